@@ -1,0 +1,249 @@
+//! Loudness per ITU-R BS.1770-4 / EBU R128, measured with the `ebur128` crate (a port of
+//! libebur128, the reference most tools use) rather than a hand-written meter.
+
+use ebur128::{EbuR128, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::audio::{lin_to_db, AudioBuffer};
+use crate::dsp::biquad::{Biquad, BiquadCoeffs};
+
+/// Loudness measurements of one file. Silence gives −inf loudness, written as `null` in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Loudness {
+    /// Integrated (programme) loudness in LUFS.
+    #[serde(with = "crate::analysis::db_or_null")]
+    pub integrated_lufs: f64,
+    /// Loudness range (EBU Tech 3342) in LU.
+    pub range_lu: f64,
+    /// Highest momentary (400 ms) loudness in LUFS.
+    #[serde(with = "crate::analysis::db_or_null")]
+    pub max_momentary_lufs: f64,
+    /// Highest short-term (3 s) loudness in LUFS.
+    #[serde(with = "crate::analysis::db_or_null")]
+    pub max_short_term_lufs: f64,
+    /// True peak in dBTP (4× oversampled at 44.1/48 kHz, per BS.1770-4), highest channel.
+    #[serde(with = "crate::analysis::db_or_null")]
+    pub true_peak_dbtp: f64,
+    /// Sample peak in dBFS, highest channel.
+    #[serde(with = "crate::analysis::db_or_null")]
+    pub sample_peak_dbfs: f64,
+    /// Percentiles 10/50/90/95 of short-term loudness (gated like LRA: −70 LUFS absolute,
+    /// −20 LU relative), in LUFS.
+    pub short_term_percentiles_lufs: [f64; 4],
+    /// Peak-to-loudness ratio: true peak minus integrated loudness, in dB.
+    pub plr_db: f64,
+    /// Short-term loudness every second, in LUFS (floored at −70), for plots of loudness over time.
+    pub short_term_series_lufs: Vec<f64>,
+}
+
+/// Lowest loudness written into series and percentiles (the BS.1770 absolute gate).
+pub const ABSOLUTE_GATE_LUFS: f64 = -70.0;
+
+/// Measures all loudness figures of `audio` in one pass over the samples for the `ebur128`
+/// meter (integrated, LRA, true and sample peak) and one for K-weighted energy, from which the
+/// momentary and short-term series are read with prefix sums (querying the meter every 100 ms
+/// would re-sum a 3 s window each time).
+pub fn measure(audio: &AudioBuffer) -> Loudness {
+    let rate = audio.sample_rate_hz;
+    let ch = audio.channel_count() as u32;
+    let mode = Mode::I | Mode::LRA | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
+    let Ok(mut meter) = EbuR128::new(ch.max(1), rate, mode) else {
+        return silent_loudness();
+    };
+    let (fed, energy) = std::thread::scope(|s| {
+        let energy = s.spawn(|| k_weighted_energy(audio));
+        let frames = audio.frames();
+        let step = rate as usize;
+        let mut start = 0;
+        let mut ok = true;
+        while start < frames && ok {
+            let end = (start + step).min(frames);
+            let planes: Vec<&[f32]> = audio.channels.iter().map(|c| &c[start..end]).collect();
+            ok = meter.add_frames_planar_f32(&planes).is_ok();
+            start = end;
+        }
+        (ok, energy.join().unwrap_or_default())
+    });
+    if !fed {
+        return silent_loudness();
+    }
+    let hop = (rate / 10).max(1) as usize;
+    let mut prefix = Vec::with_capacity(energy.len() / hop + 2);
+    prefix.push(0f64);
+    let mut acc = 0f64;
+    for c in energy.chunks(hop) {
+        acc += c.iter().map(|&e| f64::from(e)).sum::<f64>();
+        prefix.push(acc);
+    }
+    let window = |blocks: usize| -> Vec<f64> {
+        if prefix.len() <= blocks {
+            // Shorter than the window: the one value over what there is.
+            let n = energy.len().max(1) as f64;
+            return vec![-0.691 + 10.0 * (acc / n).log10()];
+        }
+        (blocks..prefix.len())
+            .map(|j| -0.691 + 10.0 * ((prefix[j] - prefix[j - blocks]) / (blocks * hop) as f64).log10())
+            .collect()
+    };
+    let momentary = window(4);
+    let short_term = window(30);
+    let max_m = momentary.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let max_s = short_term.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let integrated = meter.loudness_global().unwrap_or(f64::NEG_INFINITY);
+    let range = meter.loudness_range().unwrap_or(0.0);
+    let peak_of = |f: &dyn Fn(u32) -> f64| (0..ch).map(f).fold(0.0f64, f64::max);
+    let true_peak = lin_to_db(peak_of(&|c| meter.true_peak(c).unwrap_or(0.0)));
+    let sample_peak = lin_to_db(peak_of(&|c| meter.sample_peak(c).unwrap_or(0.0)));
+    let percentiles = short_term_percentiles(&short_term, integrated);
+    let series = short_term.iter().step_by(10).map(|s| s.max(ABSOLUTE_GATE_LUFS)).collect();
+    Loudness {
+        integrated_lufs: integrated,
+        range_lu: if range.is_finite() { range } else { 0.0 },
+        max_momentary_lufs: max_m,
+        max_short_term_lufs: max_s,
+        true_peak_dbtp: true_peak,
+        sample_peak_dbfs: sample_peak,
+        short_term_percentiles_lufs: percentiles,
+        plr_db: if integrated.is_finite() && true_peak.is_finite() { true_peak - integrated } else { 0.0 },
+        short_term_series_lufs: series,
+    }
+}
+
+/// Integrated loudness only, in LUFS (−inf for silence); used by the loudness loop.
+pub fn integrated_lufs(audio: &AudioBuffer) -> f64 {
+    let energy = k_weighted_energy(audio);
+    gated_loudness(&block_energies(&energy, audio.sample_rate_hz, |_| 1.0))
+}
+
+/// The BS.1770 K-weighting filter (pre-filter shelf and RLB high-pass) for `sample_rate_hz`,
+/// with the coefficient formulas libebur128 uses so any sample rate is exact.
+pub fn k_weighting(sample_rate_hz: u32) -> [BiquadCoeffs; 2] {
+    let fs = f64::from(sample_rate_hz);
+    let f0 = 1_681.974_450_955_533;
+    let g = 3.999_843_853_973_347;
+    let q = 0.707_175_236_955_419_6;
+    let k = (std::f64::consts::PI * f0 / fs).tan();
+    let vh = 10f64.powf(g / 20.0);
+    let vb = vh.powf(0.499_666_774_154_541_6);
+    let a0 = 1.0 + k / q + k * k;
+    let shelf = BiquadCoeffs {
+        b0: (vh + vb * k / q + k * k) / a0,
+        b1: 2.0 * (k * k - vh) / a0,
+        b2: (vh - vb * k / q + k * k) / a0,
+        a1: 2.0 * (k * k - 1.0) / a0,
+        a2: (1.0 - k / q + k * k) / a0,
+    };
+    let f0 = 38.135_470_876_024_44;
+    let q = 0.500_327_037_323_877_3;
+    let k = (std::f64::consts::PI * f0 / fs).tan();
+    let a0 = 1.0 + k / q + k * k;
+    let highpass =
+        BiquadCoeffs { b0: 1.0, b1: -2.0, b2: 1.0, a1: 2.0 * (k * k - 1.0) / a0, a2: (1.0 - k / q + k * k) / a0 };
+    [shelf, highpass]
+}
+
+/// Per-sample K-weighted energy summed over channels (channel weights 1, as for mono/stereo).
+pub fn k_weighted_energy(audio: &AudioBuffer) -> Vec<f32> {
+    let [shelf, hp] = k_weighting(audio.sample_rate_hz);
+    let mut energy = vec![0f32; audio.frames()];
+    let weights = channel_weights(audio.channel_count());
+    for (ch, &w) in audio.channels.iter().zip(&weights) {
+        if w == 0.0 {
+            continue;
+        }
+        let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
+        for (e, &x) in energy.iter_mut().zip(ch) {
+            let y = b.process(a.process(f64::from(x)));
+            *e += (w * y * y) as f32;
+        }
+    }
+    energy
+}
+
+/// BS.1770 channel weights in the `ebur128` crate's default layout: L, R (C) weight 1,
+/// surrounds 1.41, the LFE of 5.1 (fourth channel of six) and channels past the sixth unused.
+pub fn channel_weights(channels: usize) -> Vec<f64> {
+    match channels {
+        4 => vec![1.0, 1.0, 1.41, 1.41],
+        5 => vec![1.0, 1.0, 1.0, 1.41, 1.41],
+        n if n >= 6 => (0..n).map(|i| [1.0, 1.0, 1.0, 0.0, 1.41, 1.41].get(i).copied().unwrap_or(0.0)).collect(),
+        n => vec![1.0; n],
+    }
+}
+
+/// Mean energy of the 400 ms gating blocks (100 ms hop) of a per-sample energy signal, each
+/// sample weighted by `weight(i)` (the loudness loop passes the limiter's gain squared).
+pub fn block_energies(energy: &[f32], sample_rate_hz: u32, weight: impl Fn(usize) -> f32) -> Vec<f64> {
+    let hop = (sample_rate_hz / 10).max(1) as usize;
+    let sub: Vec<f64> = energy
+        .chunks(hop)
+        .enumerate()
+        .filter(|(_, c)| c.len() == hop)
+        .map(|(j, c)| c.iter().enumerate().map(|(i, &e)| f64::from(e * weight(j * hop + i))).sum::<f64>())
+        .collect();
+    sub.windows(4).map(|w| w.iter().sum::<f64>() / (4 * hop) as f64).collect()
+}
+
+/// BS.1770-4 gated loudness of block energies: absolute gate −70 LUFS, relative gate −10 LU.
+pub fn gated_loudness(blocks: &[f64]) -> f64 {
+    let lufs = |z: f64| -0.691 + 10.0 * z.log10();
+    let above_abs: Vec<f64> = blocks.iter().copied().filter(|&z| z > 0.0 && lufs(z) > ABSOLUTE_GATE_LUFS).collect();
+    if above_abs.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let relative = lufs(above_abs.iter().sum::<f64>() / above_abs.len() as f64) - 10.0;
+    let gated: Vec<f64> = above_abs.into_iter().filter(|&z| lufs(z) > relative).collect();
+    if gated.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    lufs(gated.iter().sum::<f64>() / gated.len() as f64)
+}
+
+/// True peak in dBTP as BS.1770-4 measures it (the `ebur128` crate's oversampled meter).
+pub fn true_peak_dbtp(audio: &AudioBuffer) -> f64 {
+    let Ok(mut meter) = EbuR128::new(audio.channel_count().max(1) as u32, audio.sample_rate_hz, Mode::TRUE_PEAK) else {
+        return f64::NEG_INFINITY;
+    };
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    if meter.add_frames_planar_f32(&planes).is_err() {
+        return f64::NEG_INFINITY;
+    }
+    let peak = (0..audio.channel_count() as u32).map(|c| meter.true_peak(c).unwrap_or(0.0)).fold(0.0, f64::max);
+    lin_to_db(peak)
+}
+
+fn short_term_percentiles(values: &[f64], integrated: f64) -> [f64; 4] {
+    let gate = if integrated.is_finite() { (integrated - 20.0).max(ABSOLUTE_GATE_LUFS) } else { ABSOLUTE_GATE_LUFS };
+    let mut gated: Vec<f64> = values.iter().copied().filter(|v| v.is_finite() && *v >= gate).collect();
+    if gated.is_empty() {
+        return [ABSOLUTE_GATE_LUFS; 4];
+    }
+    gated.sort_by(f64::total_cmp);
+    [0.10, 0.50, 0.90, 0.95].map(|q| percentile_sorted(&gated, q))
+}
+
+/// Linear-interpolated percentile `q` (0..1) of sorted values.
+pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let i = pos.floor() as usize;
+    let frac = pos - i as f64;
+    let next = sorted[(i + 1).min(sorted.len() - 1)];
+    sorted[i] + (next - sorted[i]) * frac
+}
+
+fn silent_loudness() -> Loudness {
+    Loudness {
+        integrated_lufs: f64::NEG_INFINITY,
+        range_lu: 0.0,
+        max_momentary_lufs: f64::NEG_INFINITY,
+        max_short_term_lufs: f64::NEG_INFINITY,
+        true_peak_dbtp: f64::NEG_INFINITY,
+        sample_peak_dbfs: f64::NEG_INFINITY,
+        short_term_percentiles_lufs: [ABSOLUTE_GATE_LUFS; 4],
+        plr_db: 0.0,
+        short_term_series_lufs: Vec::new(),
+    }
+}

@@ -1,0 +1,194 @@
+//! The way out: WAV files written with hound, 16/24-bit integer with TPDF dither or 32-bit float.
+//!
+//! Every file is first written to a temporary file beside its target and renamed into place only
+//! once complete, so a failure (disk full, killed process) never leaves a half-written output.
+//! Writing over an input file is refused.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::audio::AudioBuffer;
+use crate::error::{Error, Result};
+
+/// Output sample format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BitDepth {
+    /// 16-bit integer PCM with TPDF dither.
+    #[serde(rename = "16")]
+    Int16,
+    /// 24-bit integer PCM with TPDF dither.
+    #[serde(rename = "24")]
+    Int24,
+    /// 32-bit IEEE float, no dither needed.
+    #[serde(rename = "32f")]
+    Float32,
+}
+
+impl std::str::FromStr for BitDepth {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "16" => Ok(BitDepth::Int16),
+            "24" => Ok(BitDepth::Int24),
+            "32f" | "32" | "float" => Ok(BitDepth::Float32),
+            other => Err(format!("unknown bit depth `{other}` (use 16, 24 or 32f)")),
+        }
+    }
+}
+
+/// A small, fast, deterministic PRNG (xorshift64*) so dithered output is bit-identical run to run.
+#[derive(Debug, Clone)]
+pub struct DitherRng(u64);
+
+impl DitherRng {
+    /// Seeds the generator (a zero seed is replaced, xorshift must not start at 0).
+    pub fn new(seed: u64) -> Self {
+        Self(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+    }
+    /// Uniform in [0, 1).
+    #[inline]
+    pub fn next_unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Triangular (TPDF) noise in (−1, 1) LSB: the sum of two uniform variables.
+    #[inline]
+    pub fn tpdf(&mut self) -> f64 {
+        self.next_unit() - self.next_unit()
+    }
+}
+
+/// Quantises one sample to a `bits`-bit integer with TPDF dither, clamped to the integer range.
+#[inline]
+pub fn quantise(x: f32, bits: u32, rng: &mut DitherRng) -> i32 {
+    let scale = f64::from(1u32 << (bits - 1));
+    let max = scale - 1.0;
+    let v = f64::from(x) * scale + rng.tpdf();
+    v.round().clamp(-scale, max) as i32
+}
+
+/// Refuses to write `output` when it is one of `inputs` (compared after resolving symlinks).
+pub fn refuse_overwriting_inputs(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let out = canonical_target(output);
+    for input in inputs {
+        if let Ok(inp) = std::fs::canonicalize(input) {
+            if inp == out {
+                return Err(Error::output(output, "is an input file; refusing to overwrite it"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The absolute path `path` would have once written (its folder resolved, the name kept).
+fn canonical_target(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    let dir = parent_dir(path);
+    match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `bytes_writer`'s output atomically to `path`: a temporary file in the same folder,
+/// renamed into place only when `write` succeeded. On any failure the temporary file is removed.
+pub fn write_atomically<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+{
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        return Err(Error::output(path, format!("folder {} does not exist", dir.display())));
+    }
+    if path.is_dir() {
+        return Err(Error::output(path, "is a directory"));
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".refmaster-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| Error::output(path, io_reason(&e)))?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write(&mut w).and_then(|()| w.flush()).map_err(|e| Error::output(path, io_reason(&e)))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::output(path, io_reason(&e)))?;
+    tmp.persist(path).map_err(|e| Error::output(path, io_reason(&e.error)))?;
+    Ok(())
+}
+
+/// Writes a text file atomically (used for settings, exports and reports).
+pub fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
+    write_atomically(path, |w| w.write_all(text.as_bytes()))
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(28) => "no space left on device".into(),
+        Some(30) => "read-only file system".into(),
+        Some(27) => "file too large (size limit reached)".into(),
+        _ => match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+            std::io::ErrorKind::NotFound => "folder does not exist".into(),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// Writes `audio` as a WAV file at `path` in the given format, atomically. `dither_seed` makes
+/// the TPDF dither reproducible.
+pub fn write_wav(path: &Path, audio: &AudioBuffer, depth: BitDepth, dither_seed: u64) -> Result<()> {
+    let channels = u16::try_from(audio.channel_count()).map_err(|_| Error::output(path, "too many channels"))?;
+    if channels == 0 {
+        return Err(Error::output(path, "no channels to write"));
+    }
+    let (bits, format) = match depth {
+        BitDepth::Int16 => (16, hound::SampleFormat::Int),
+        BitDepth::Int24 => (24, hound::SampleFormat::Int),
+        BitDepth::Float32 => (32, hound::SampleFormat::Float),
+    };
+    let spec =
+        hound::WavSpec { channels, sample_rate: audio.sample_rate_hz, bits_per_sample: bits, sample_format: format };
+    write_atomically(path, |w| {
+        let mut writer = hound::WavWriter::new(w, spec).map_err(hound_io)?;
+        let frames = audio.frames();
+        let mut rng = DitherRng::new(dither_seed);
+        match depth {
+            BitDepth::Float32 => {
+                for i in 0..frames {
+                    for ch in &audio.channels {
+                        writer.write_sample(ch[i]).map_err(hound_io)?;
+                    }
+                }
+            }
+            BitDepth::Int16 | BitDepth::Int24 => {
+                for i in 0..frames {
+                    for ch in &audio.channels {
+                        let q = quantise(ch[i], u32::from(bits), &mut rng);
+                        writer.write_sample(q).map_err(hound_io)?;
+                    }
+                }
+            }
+        }
+        writer.finalize().map_err(hound_io)
+    })
+}
+
+fn hound_io(e: hound::Error) -> std::io::Error {
+    match e {
+        hound::Error::IoError(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    }
+}

@@ -1,0 +1,21 @@
+//! refmaster: automatic reference-matching mastering.
+//!
+//! The pipeline, one stage a module, data flowing one way:
+//! [`decode`] → [`analysis`] → [`solve`] → [`render`] → [`master`] (verify) → [`export`], with
+//! [`encode`] writing audio and [`report`] telling the user what happened.
+
+pub mod analysis;
+pub mod audio;
+pub mod decode;
+pub mod dsp;
+pub mod encode;
+pub mod error;
+pub mod export;
+pub mod master;
+pub mod render;
+pub mod report;
+pub mod settings;
+pub mod solve;
+
+pub use audio::AudioBuffer;
+pub use error::{Error, Result};

@@ -1,0 +1,334 @@
+//! The refmaster command line: parse, call the library, print.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use refmaster::analysis::{analyze, Profile};
+use refmaster::decode::decode_file;
+use refmaster::encode::{refuse_overwriting_inputs, write_text_atomically, write_wav, BitDepth};
+use refmaster::master::{master, MasterOptions};
+use refmaster::settings::Settings;
+use refmaster::solve::{average_profiles, SolveOptions};
+use refmaster::{render, report, AudioBuffer};
+
+/// Automatic reference-matching mastering: `refmaster mix.wav --ref favourite.flac`.
+#[derive(Parser, Debug)]
+#[command(name = "refmaster", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    master: MasterArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure files and print their profiles (loudness, spectrum, dynamics, width).
+    Analyze(AnalyzeArgs),
+    /// Render a mix with saved settings (bit-identical to the run that wrote them).
+    Apply(ApplyArgs),
+}
+
+#[derive(Args, Debug)]
+struct AnalyzeArgs {
+    /// Audio files to analyse.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Print the profiles as JSON (one object for one file, an array for several).
+    #[arg(long)]
+    json: bool,
+    /// Write the JSON to this file instead of standard output (implies --json).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Print nothing but errors (and the JSON).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// The mix to render.
+    mix: PathBuf,
+    /// Settings JSON written by `refmaster ... --settings`.
+    #[arg(long)]
+    settings: PathBuf,
+    /// Output WAV file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Output format: 16, 24 (TPDF dither) or 32f.
+    #[arg(long, default_value = "24")]
+    bits: BitDepth,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct MasterArgs {
+    /// The mix to master.
+    mix: Option<PathBuf>,
+    /// Reference track (audio) or saved profile (.json); repeat to match the average of several.
+    #[arg(long = "ref", value_name = "FILE")]
+    references: Vec<PathBuf>,
+    /// Output WAV (default: MIX.master.wav beside the mix).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// How much of the tonal and width match to apply, percent.
+    #[arg(long, default_value_t = 100.0, value_parser = percent)]
+    amount: f64,
+    /// EQ smoothing width in octaves.
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    smoothing: f64,
+    /// EQ bound, ± dB.
+    #[arg(long, default_value_t = 12.0)]
+    max_eq_db: f64,
+    /// Width bound, ± dB.
+    #[arg(long, default_value_t = 6.0)]
+    max_width_db: f64,
+    /// True-peak ceiling, dBTP.
+    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
+    ceiling: f64,
+    /// Loudness target, LUFS (default: the reference's).
+    #[arg(long, allow_hyphen_values = true)]
+    lufs: Option<f64>,
+    /// Output format: 16, 24 (TPDF dither) or 32f.
+    #[arg(long, default_value = "24")]
+    bits: BitDepth,
+    /// Write the solved settings as JSON here.
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// Solve and export settings without rendering audio.
+    #[arg(long)]
+    dry_run: bool,
+    /// Skip the matching EQ.
+    #[arg(long)]
+    no_eq: bool,
+    /// Skip multiband compression.
+    #[arg(long)]
+    no_dynamics: bool,
+    /// Skip the width stage.
+    #[arg(long)]
+    no_width: bool,
+    /// Skip the limiter (drive still applies; overs are possible).
+    #[arg(long)]
+    no_limiter: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside 0..100"))
+    }
+}
+
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn main() -> ExitCode {
+    START.get_or_init(std::time::Instant::now);
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Analyze(a)) => run_analyze(&a),
+        Some(Command::Apply(a)) => run_apply(&a),
+        None => run_master(&cli.master),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refmaster: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A spinner on stderr when it is a terminal and the user did not ask for quiet.
+fn spinner(quiet: bool) -> Option<ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(pb)
+}
+
+fn say(pb: &Option<ProgressBar>, msg: &str) {
+    if std::env::var_os("REFMASTER_TIMING").is_some() {
+        eprintln!("[{:>8.3} s] {msg}", START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64());
+    }
+    if let Some(pb) = pb {
+        pb.set_message(msg.to_string());
+    }
+}
+
+fn load(path: &Path, pb: &Option<ProgressBar>) -> Result<(AudioBuffer, Profile)> {
+    say(pb, &format!("decoding {}", path.display()));
+    let (audio, info) = decode_file(path)?;
+    say(pb, &format!("analysing {}", path.display()));
+    let profile = analyze(&audio, &path.display().to_string(), info.lossy);
+    Ok((audio, profile))
+}
+
+fn load_reference(path: &Path, pb: &Option<ProgressBar>) -> Result<Profile> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        return refmaster::analysis::profile_from_json(&text, path).map_err(Into::into);
+    }
+    Ok(load(path, pb)?.1)
+}
+
+fn run_analyze(a: &AnalyzeArgs) -> Result<()> {
+    let pb = spinner(a.quiet);
+    let mut profiles = Vec::new();
+    for f in &a.files {
+        profiles.push(load(f, &pb)?.1);
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if a.json || a.output.is_some() {
+        let json = if profiles.len() == 1 {
+            serde_json::to_string_pretty(&profiles[0])?
+        } else {
+            serde_json::to_string_pretty(&profiles)?
+        };
+        match &a.output {
+            Some(out) => {
+                let inputs: Vec<&Path> = a.files.iter().map(PathBuf::as_path).collect();
+                refuse_overwriting_inputs(out, &inputs)?;
+                write_text_atomically(out, &(json + "\n"))?;
+            }
+            None => println!("{json}"),
+        }
+    } else {
+        for p in &profiles {
+            println!("{}", report::profile_text(p));
+        }
+    }
+    Ok(())
+}
+
+fn run_apply(a: &ApplyArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&a.settings).with_context(|| format!("{}: cannot read", a.settings.display()))?;
+    let settings = Settings::from_json(&text, &a.settings.display().to_string())?;
+    refuse_overwriting_inputs(&a.output, &[&a.mix, &a.settings])?;
+    let pb = spinner(a.quiet);
+    say(&pb, "decoding");
+    let (mix, _) = decode_file(&a.mix)?;
+    say(&pb, "rendering");
+    let rendered = render::render(&mix, &settings)?;
+    write_wav(&a.output, &rendered.audio, a.bits, settings.dither_seed)?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if !a.quiet {
+        println!("wrote {}", a.output.display());
+    }
+    Ok(())
+}
+
+fn default_output(mix: &Path) -> PathBuf {
+    let stem = mix.file_stem().map_or_else(|| "master".into(), |s| s.to_string_lossy().into_owned());
+    mix.with_file_name(format!("{stem}.master.wav"))
+}
+
+fn run_master(a: &MasterArgs) -> Result<()> {
+    let Some(mix_path) = a.mix.as_deref() else {
+        bail!("no mix given: usage `refmaster MIX --ref REFERENCE [-o OUT.wav]` (see --help)");
+    };
+    if a.references.is_empty() {
+        bail!("no reference given: add `--ref REFERENCE` (an audio file or a saved .json profile)");
+    }
+    let out = a.output.clone().unwrap_or_else(|| default_output(mix_path));
+    let mut inputs: Vec<&Path> = vec![mix_path];
+    inputs.extend(a.references.iter().map(PathBuf::as_path));
+    if !a.dry_run {
+        refuse_overwriting_inputs(&out, &inputs)?;
+    }
+    if let Some(s) = &a.settings {
+        refuse_overwriting_inputs(s, &inputs)?;
+    }
+    let pb = spinner(a.quiet);
+    let (mix, mix_profile) = load(mix_path, &pb)?;
+    refmaster::render::check_channels(&mix).with_context(|| mix_path.display().to_string())?;
+    let mut refs = Vec::new();
+    for r in &a.references {
+        refs.push(load_reference(r, &pb)?);
+    }
+    let target = average_profiles(&refs).context("no reference profile")?;
+    let opts = MasterOptions {
+        solve: SolveOptions {
+            amount: a.amount / 100.0,
+            smoothing_octaves: a.smoothing.clamp(0.02, 3.0),
+            max_eq_db: a.max_eq_db.clamp(0.0, refmaster::settings::limits::EQ_GAIN_DB),
+            max_width_db: a.max_width_db.clamp(0.0, refmaster::settings::limits::WIDTH_GAIN_DB),
+            ceiling_dbtp: a.ceiling,
+            target_lufs: a.lufs,
+            eq: !a.no_eq,
+            dynamics: !a.no_dynamics,
+            width: !a.no_width,
+            limiter: !a.no_limiter,
+        },
+        ..MasterOptions::default()
+    };
+    if !(-20.0..=0.0).contains(&a.ceiling) {
+        bail!("--ceiling {} is outside -20..0 dBTP", a.ceiling);
+    }
+    if let Some(l) = a.lufs {
+        if !(-70.0..=0.0).contains(&l) {
+            bail!("--lufs {l} is outside -70..0 LUFS");
+        }
+    }
+    if a.dry_run {
+        say(&pb, "solving");
+        let (settings, notes) = refmaster::solve::solve(&mix_profile, &target, &opts.solve);
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        if let Some(s) = &a.settings {
+            write_text_atomically(s, &(settings.to_json() + "\n"))?;
+        }
+        if !a.quiet {
+            println!("{}", report::settings_text(&settings));
+            for n in notes {
+                println!("note: {n}");
+            }
+        }
+        return Ok(());
+    }
+    let progress = |m: &str| say(&pb, m);
+    let mastered = master(&mix, &mix_profile, &target, &opts, &progress)?;
+    say(&pb, "writing");
+    write_wav(&out, &mastered.audio, a.bits, mastered.settings.dither_seed)?;
+    if let Some(s) = &a.settings {
+        write_text_atomically(s, &(mastered.settings.to_json() + "\n"))?;
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if !a.quiet {
+        println!("{}", report::comparison_text(&mix_profile, &target, &mastered.profile));
+        println!("{}", report::settings_text(&mastered.settings));
+        for n in report::warnings(&mix_profile, &target, &mastered) {
+            println!("warning: {n}");
+        }
+        for n in &mastered.notes {
+            println!("note: {n}");
+        }
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! True-peak look-ahead limiter.
+//!
+//! For every sample the gain needed to keep the 4× oversampled peak under the ceiling is known
+//! from the true-peak envelope. That requirement is turned into a smooth gain curve in three
+//! passes: a sliding minimum over the look-ahead window, an exponential release, and a moving
+//! average over the same window. The moving average of minima taken over windows that all contain
+//! sample n can never exceed the gain sample n needs, so the ceiling holds by construction, and
+//! the gain ramps over the whole look-ahead instead of jumping (no clicks).
+
+use std::collections::VecDeque;
+
+use crate::settings::LimiterSettings;
+
+/// Safety margin below the ceiling the limiter aims at, dB: covers the difference between this
+/// detector and other 4× true-peak meters.
+pub const CEILING_MARGIN_DB: f64 = 0.15;
+
+/// What the limiter did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LimiterStats {
+    /// Largest gain reduction, dB (≥ 0).
+    pub max_gain_reduction_db: f64,
+    /// Largest gain reduction in each 100 ms block, dB, for plots.
+    pub gain_reduction_series_db: Vec<f32>,
+}
+
+/// Applies drive and limiting to `channels` in place. `envelope` is the true-peak envelope of the
+/// undriven input ([`crate::dsp::truepeak::peak_envelope`]).
+pub fn limit(channels: &mut [Vec<f32>], envelope: &[f32], sample_rate_hz: u32, s: &LimiterSettings) -> LimiterStats {
+    let drive = 10f64.powf(s.drive_db / 20.0) as f32;
+    let n = envelope.len();
+    let block = (sample_rate_hz / 10).max(1) as usize;
+    if !s.enabled {
+        for ch in channels.iter_mut() {
+            ch.iter_mut().for_each(|x| *x *= drive);
+        }
+        return LimiterStats { max_gain_reduction_db: 0.0, gain_reduction_series_db: vec![0.0; n.div_ceil(block)] };
+    }
+    let gain = gain_curve(envelope, drive, sample_rate_hz, s);
+    for ch in channels.iter_mut() {
+        for (x, g) in ch.iter_mut().zip(&gain) {
+            *x *= drive * g;
+        }
+    }
+    let series: Vec<f32> =
+        gain.chunks(block).map(|c| -20.0 * c.iter().fold(1f32, |a, &b| a.min(b)).max(1e-6).log10()).collect();
+    let max = series.iter().fold(0f32, |a, &b| a.max(b));
+    LimiterStats { max_gain_reduction_db: f64::from(max), gain_reduction_series_db: series }
+}
+
+/// The limiter's gain (linear, ≤ 1) for every sample, for an input whose undriven true-peak
+/// envelope is `envelope`, driven by `drive` (linear).
+pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &LimiterSettings) -> Vec<f32> {
+    let n = envelope.len();
+    let ceiling = 10f64.powf((s.ceiling_dbtp - CEILING_MARGIN_DB) / 20.0) as f32;
+    let look = ((s.lookahead_ms * 1e-3 * f64::from(sample_rate_hz)).round() as usize).max(1);
+    // 1. required gain
+    let required: Vec<f32> = envelope
+        .iter()
+        .map(|&p| {
+            let peak = p * drive;
+            if peak > ceiling {
+                ceiling / peak
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    // 2. sliding minimum over [i, i + look − 1] (monotonic deque)
+    let mut minimum = vec![1f32; n];
+    let mut deque: VecDeque<usize> = VecDeque::with_capacity(look + 1);
+    for j in 0..n + look - 1 {
+        if j < n {
+            while deque.back().is_some_and(|&k| required[k] >= required[j]) {
+                deque.pop_back();
+            }
+            deque.push_back(j);
+        }
+        if j + 1 >= look {
+            let i = j + 1 - look;
+            while deque.front().is_some_and(|&k| k < i) {
+                deque.pop_front();
+            }
+            if i < n {
+                minimum[i] = deque.front().map_or(1.0, |&k| required[k]);
+            }
+        }
+    }
+    // 3. release: instant down, exponential up
+    let a = (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(sample_rate_hz))).exp() as f32;
+    let mut r = 1f32;
+    for v in minimum.iter_mut() {
+        r = if *v < r { *v } else { *v + (r - *v) * a };
+        *v = r;
+    }
+    // 4. moving average over the previous `look` values (values before the start count as 1)
+    let mut out = vec![1f32; n];
+    let mut sum = look as f64;
+    for i in 0..n {
+        sum += f64::from(minimum[i]);
+        sum -= if i >= look { f64::from(minimum[i - look]) } else { 1.0 };
+        out[i] = ((sum / look as f64) as f32).min(1.0);
+    }
+    out
+}

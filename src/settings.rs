@@ -1,0 +1,271 @@
+//! [`Settings`]: the mastering chain the solver chose, in units a person can read and edit.
+//!
+//! Settings are the contract between the solver, the renderer and the exporters. They are
+//! versioned JSON; [`Settings::validate`] checks every field (finite, in range, consistent) so a
+//! hand-edited file fails with the field's name instead of producing a broken master.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::solve::parametric::ParametricEq;
+
+/// Version of the settings JSON schema.
+pub const SETTINGS_VERSION: u32 = 1;
+
+/// Hard limits every settings file must respect (wider than the solver's defaults, so hand edits
+/// have room, but narrow enough that nothing destructive can be asked for).
+pub mod limits {
+    /// Largest EQ boost or cut at any frequency, dB.
+    pub const EQ_GAIN_DB: f64 = 24.0;
+    /// Largest side gain of the width stage, dB.
+    pub const WIDTH_GAIN_DB: f64 = 12.0;
+    /// Compressor threshold range, dBFS.
+    pub const THRESHOLD_DBFS: (f64, f64) = (-80.0, 0.0);
+    /// Compressor ratio range.
+    pub const RATIO: (f64, f64) = (1.0, 20.0);
+    /// Compressor knee width range, dB.
+    pub const KNEE_DB: (f64, f64) = (0.0, 24.0);
+    /// Attack time range, ms.
+    pub const ATTACK_MS: (f64, f64) = (0.1, 500.0);
+    /// Release time range, ms.
+    pub const RELEASE_MS: (f64, f64) = (1.0, 5000.0);
+    /// Make-up gain range, dB.
+    pub const MAKEUP_DB: (f64, f64) = (-24.0, 24.0);
+    /// Limiter drive range, dB.
+    pub const DRIVE_DB: (f64, f64) = (-60.0, 36.0);
+    /// Ceiling range, dBTP.
+    pub const CEILING_DBTP: (f64, f64) = (-20.0, 0.0);
+    /// Look-ahead range, ms.
+    pub const LOOKAHEAD_MS: (f64, f64) = (0.1, 20.0);
+}
+
+/// The whole mastering chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Schema version ([`SETTINGS_VERSION`]).
+    pub version: u32,
+    /// Mid/side matching EQ.
+    pub eq: EqSettings,
+    /// Multiband compression.
+    pub dynamics: DynamicsSettings,
+    /// Per-band stereo width.
+    pub width: WidthSettings,
+    /// True-peak limiter and loudness.
+    pub limiter: LimiterSettings,
+    /// Dither seed for integer output (same seed, same bits).
+    pub dither_seed: u64,
+}
+
+/// Matching EQ: gain curves for mid and side on a log-frequency grid, rendered as linear-phase
+/// FIR filters (interpolated linearly in dB over log frequency, held flat beyond the ends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EqSettings {
+    /// Stage on/off.
+    pub enabled: bool,
+    /// Grid frequencies in Hz, ascending.
+    pub frequencies_hz: Vec<f64>,
+    /// Mid gain at each grid frequency, dB.
+    pub mid_gain_db: Vec<f64>,
+    /// Side gain at each grid frequency, dB (shape only; the width stage sets side level).
+    pub side_gain_db: Vec<f64>,
+    /// Parametric approximation of the mid curve (for export; the FIR is what renders).
+    pub parametric_mid: ParametricEq,
+    /// Parametric approximation of the side curve.
+    pub parametric_side: ParametricEq,
+}
+
+/// Multiband compressor: four bands split by LR4 crossovers, detector on the mid signal of each
+/// band, the same gain applied to the band's mid and side so the image does not shift.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicsSettings {
+    /// Stage on/off.
+    pub enabled: bool,
+    /// Crossover frequencies in Hz, ascending.
+    pub crossovers_hz: [f64; 3],
+    /// One compressor per band, low to high.
+    pub bands: Vec<CompressorBand>,
+}
+
+/// One band's compressor (feed-forward, RMS detector, soft knee).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressorBand {
+    /// Threshold in dBFS (RMS of the band's mid signal).
+    pub threshold_dbfs: f64,
+    /// Ratio (1 = off).
+    pub ratio: f64,
+    /// Knee width in dB.
+    pub knee_db: f64,
+    /// Attack time constant in ms.
+    pub attack_ms: f64,
+    /// Release time constant in ms.
+    pub release_ms: f64,
+    /// Make-up gain in dB (restores the band's average level).
+    pub makeup_db: f64,
+}
+
+impl CompressorBand {
+    /// True when this band changes nothing.
+    pub fn is_neutral(&self) -> bool {
+        self.ratio <= 1.0 && self.makeup_db == 0.0
+    }
+}
+
+/// Per-band side gain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WidthSettings {
+    /// Stage on/off.
+    pub enabled: bool,
+    /// Bands, ascending and contiguous.
+    pub bands: Vec<WidthBandGain>,
+}
+
+/// Side gain of one band.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WidthBandGain {
+    /// Lower edge, Hz.
+    pub low_hz: f64,
+    /// Upper edge, Hz.
+    pub high_hz: f64,
+    /// Gain applied to the side signal, dB (positive = wider).
+    pub side_gain_db: f64,
+}
+
+/// Drive into a true-peak limiter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimiterSettings {
+    /// Stage on/off (off: the drive still applies, nothing stops overs).
+    pub enabled: bool,
+    /// Gain before the limiter, dB.
+    pub drive_db: f64,
+    /// Ceiling in dBTP (4× oversampled detection).
+    pub ceiling_dbtp: f64,
+    /// Look-ahead (and attack) time, ms.
+    pub lookahead_ms: f64,
+    /// Release time constant, ms.
+    pub release_ms: f64,
+    /// Loudness the loop aimed at, LUFS (informational).
+    pub target_lufs: f64,
+}
+
+fn check_range(src: &str, field: &str, v: f64, (lo, hi): (f64, f64)) -> Result<()> {
+    if !v.is_finite() {
+        return Err(Error::settings(src, field, format!("must be a finite number, got {v}")));
+    }
+    if v < lo || v > hi {
+        return Err(Error::settings(src, field, format!("{v} is outside {lo}..{hi}")));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Checks every field; `src` names the file (or "settings") in the error.
+    pub fn validate(&self, src: &str) -> Result<()> {
+        if self.version != SETTINGS_VERSION {
+            return Err(Error::settings(
+                src,
+                "version",
+                format!("unknown settings version {} (this refmaster reads version {SETTINGS_VERSION})", self.version),
+            ));
+        }
+        let eq = &self.eq;
+        let n = eq.frequencies_hz.len();
+        if n < 2 {
+            return Err(Error::settings(src, "eq.frequencies_hz", "needs at least 2 frequencies"));
+        }
+        if eq.mid_gain_db.len() != n || eq.side_gain_db.len() != n {
+            return Err(Error::settings(src, "eq.mid_gain_db", "mid and side gains need one value per frequency"));
+        }
+        for (i, f) in eq.frequencies_hz.iter().enumerate() {
+            check_range(src, &format!("eq.frequencies_hz[{i}]"), *f, (1.0, 100_000.0))?;
+            if i > 0 && *f <= eq.frequencies_hz[i - 1] {
+                return Err(Error::settings(src, format!("eq.frequencies_hz[{i}]"), "frequencies must ascend"));
+            }
+        }
+        let g = (-limits::EQ_GAIN_DB, limits::EQ_GAIN_DB);
+        for (i, v) in eq.mid_gain_db.iter().enumerate() {
+            check_range(src, &format!("eq.mid_gain_db[{i}]"), *v, g)?;
+        }
+        for (i, v) in eq.side_gain_db.iter().enumerate() {
+            check_range(src, &format!("eq.side_gain_db[{i}]"), *v, g)?;
+        }
+        for (name, p) in [("eq.parametric_mid", &eq.parametric_mid), ("eq.parametric_side", &eq.parametric_side)] {
+            check_range(src, &format!("{name}.preamp_db"), p.preamp_db, (-48.0, 48.0))?;
+            for (i, b) in p.bands.iter().enumerate() {
+                check_range(src, &format!("{name}.bands[{i}].freq_hz"), b.freq_hz, (1.0, 100_000.0))?;
+                check_range(src, &format!("{name}.bands[{i}].gain_db"), b.gain_db, (-48.0, 48.0))?;
+                check_range(src, &format!("{name}.bands[{i}].q"), b.q, (0.01, 100.0))?;
+            }
+        }
+        let d = &self.dynamics;
+        for (i, f) in d.crossovers_hz.iter().enumerate() {
+            check_range(src, &format!("dynamics.crossovers_hz[{i}]"), *f, (20.0, 20_000.0))?;
+        }
+        if !(d.crossovers_hz[0] < d.crossovers_hz[1] && d.crossovers_hz[1] < d.crossovers_hz[2]) {
+            return Err(Error::settings(src, "dynamics.crossovers_hz", "crossovers must ascend"));
+        }
+        if d.bands.len() != 4 {
+            return Err(Error::settings(src, "dynamics.bands", format!("needs 4 bands, got {}", d.bands.len())));
+        }
+        for (i, b) in d.bands.iter().enumerate() {
+            let p = format!("dynamics.bands[{i}]");
+            check_range(src, &format!("{p}.threshold_dbfs"), b.threshold_dbfs, limits::THRESHOLD_DBFS)?;
+            check_range(src, &format!("{p}.ratio"), b.ratio, limits::RATIO)?;
+            check_range(src, &format!("{p}.knee_db"), b.knee_db, limits::KNEE_DB)?;
+            check_range(src, &format!("{p}.attack_ms"), b.attack_ms, limits::ATTACK_MS)?;
+            check_range(src, &format!("{p}.release_ms"), b.release_ms, limits::RELEASE_MS)?;
+            check_range(src, &format!("{p}.makeup_db"), b.makeup_db, limits::MAKEUP_DB)?;
+        }
+        for (i, b) in self.width.bands.iter().enumerate() {
+            let p = format!("width.bands[{i}]");
+            check_range(src, &format!("{p}.low_hz"), b.low_hz, (0.0, 100_000.0))?;
+            check_range(src, &format!("{p}.high_hz"), b.high_hz, (b.low_hz, 100_000.0))?;
+            check_range(
+                src,
+                &format!("{p}.side_gain_db"),
+                b.side_gain_db,
+                (-limits::WIDTH_GAIN_DB, limits::WIDTH_GAIN_DB),
+            )?;
+        }
+        let l = &self.limiter;
+        check_range(src, "limiter.drive_db", l.drive_db, limits::DRIVE_DB)?;
+        check_range(src, "limiter.ceiling_dbtp", l.ceiling_dbtp, limits::CEILING_DBTP)?;
+        check_range(src, "limiter.lookahead_ms", l.lookahead_ms, limits::LOOKAHEAD_MS)?;
+        check_range(src, "limiter.release_ms", l.release_ms, limits::RELEASE_MS)?;
+        check_range(src, "limiter.target_lufs", l.target_lufs, (-70.0, 0.0))?;
+        Ok(())
+    }
+
+    /// Parses and validates settings JSON; `src` names the file in errors.
+    pub fn from_json(text: &str, src: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::settings(src, "(file)", format!("not valid JSON ({e})")))?;
+        // Check the version first so an old or future file says so instead of a missing field.
+        match value.get("version").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(SETTINGS_VERSION) => {}
+            Some(v) => {
+                return Err(Error::settings(
+                    src,
+                    "version",
+                    format!("unknown settings version {v} (this refmaster reads version {SETTINGS_VERSION})"),
+                ))
+            }
+            None => return Err(Error::settings(src, "version", "missing or not a number")),
+        }
+        let settings: Settings = serde_json::from_value(value).map_err(|e| {
+            let msg = e.to_string();
+            // serde_json names the missing or mistyped field in its message.
+            Error::settings(src, field_from_serde(&msg), msg)
+        })?;
+        settings.validate(src)?;
+        Ok(settings)
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+fn field_from_serde(msg: &str) -> String {
+    msg.split('`').nth(1).map_or_else(|| "(structure)".to_string(), str::to_string)
+}

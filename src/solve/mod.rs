@@ -1,0 +1,309 @@
+//! Stage 3: two profiles in, [`Settings`] out. Pure functions, no audio.
+//!
+//! - EQ: the smoothed difference of the mid spectra and of the side spectra, level offset removed
+//!   (loudness is the limiter drive's job), bounded, not followed above the content cutoff.
+//! - Width: per-band side gain toward the target's side-to-mid ratio, never wider below 120 Hz.
+//! - Dynamics: per-band compressors found by simulating candidate settings on the mix's own
+//!   5 ms envelopes and measuring crest and spread with the analysis yardstick.
+//! - Limiter: a first drive estimate; the loudness loop in [`crate::master`] refines it.
+
+pub mod dynamics;
+pub mod parametric;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::spectrum::FLOOR_DB;
+use crate::analysis::Profile;
+use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
+use crate::settings::{EqSettings, LimiterSettings, Settings, WidthBandGain, WidthSettings, SETTINGS_VERSION};
+
+/// Below this frequency the width stage may narrow but never widen, Hz.
+pub const NO_WIDENING_BELOW_HZ: f64 = 120.0;
+/// Lowest frequency the EQ follows, Hz.
+pub const EQ_LOWEST_HZ: f64 = 20.0;
+/// Range over which the EQ's level offset is computed (the shape error's range), Hz.
+pub const SHAPE_RANGE_HZ: (f64, f64) = (40.0, 16_000.0);
+
+/// What the user asked of the solver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SolveOptions {
+    /// How much of the matched EQ and width to apply, 0..=1.
+    pub amount: f64,
+    /// Width of the fractional-octave smoothing of the EQ curve, octaves.
+    pub smoothing_octaves: f64,
+    /// EQ bound, ± dB.
+    pub max_eq_db: f64,
+    /// Width bound, ± dB.
+    pub max_width_db: f64,
+    /// Limiter ceiling, dBTP.
+    pub ceiling_dbtp: f64,
+    /// Loudness target, LUFS (None: the target profile's integrated loudness).
+    pub target_lufs: Option<f64>,
+    /// Stage switches.
+    pub eq: bool,
+    /// Multiband compression on/off.
+    pub dynamics: bool,
+    /// Width on/off.
+    pub width: bool,
+    /// Limiter on/off.
+    pub limiter: bool,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        Self {
+            amount: 1.0,
+            smoothing_octaves: 1.0 / 3.0,
+            max_eq_db: 12.0,
+            max_width_db: 6.0,
+            ceiling_dbtp: -1.0,
+            target_lufs: None,
+            eq: true,
+            dynamics: true,
+            width: true,
+            limiter: true,
+        }
+    }
+}
+
+/// Solves the mastering chain that moves `mix` toward `target`. Notes for the user (bands the
+/// bounded EQ cannot reach, a mono mix that cannot be widened, ...) are returned beside it.
+pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings, Vec<String>) {
+    let mut notes = Vec::new();
+    let grid = mix.spectrum.frequencies_hz.clone();
+    let cutoff = follow_limit_hz(mix, target);
+    let (mut mid_gain, mut side_gain) = (vec![0.0; grid.len()], vec![0.0; grid.len()]);
+    if opts.eq {
+        let mid_diff = difference(&target.spectrum.mid_db, &mix.spectrum.mid_db);
+        mid_gain = match_curve(&grid, &mid_diff, cutoff, opts);
+        report_unreachable(&grid, &mid_diff, &mid_gain, cutoff, opts, "mid", &mut notes);
+        if mix.channels >= 2 && target.channels >= 2 && has_side(mix) && has_side(target) {
+            let side_diff = difference(&target.spectrum.side_db, &mix.spectrum.side_db);
+            side_gain = match_curve(&grid, &side_diff, cutoff, opts);
+        }
+    }
+    let width_bands = if opts.width && mix.channels >= 2 && has_side(mix) {
+        solve_width(mix, target, &grid, &mid_gain, &side_gain, opts)
+    } else {
+        if opts.width && mix.channels < 2 {
+            notes.push("mix is mono: width left alone (mono stays mono)".into());
+        } else if opts.width && !has_side(mix) {
+            notes.push("mix has no side signal (dual mono): width cannot be created, left alone".into());
+        }
+        Vec::new()
+    };
+    let dynamics = if opts.dynamics {
+        dynamics::solve_dynamics(mix, target, &grid, &mid_gain, &mut notes)
+    } else {
+        dynamics::neutral(DEFAULT_CROSSOVERS_HZ)
+    };
+    let target_lufs = opts.target_lufs.unwrap_or(target.loudness.integrated_lufs);
+    let drive = if mix.loudness.integrated_lufs.is_finite() && target_lufs.is_finite() {
+        (target_lufs - mix.loudness.integrated_lufs).clamp(-60.0, 36.0)
+    } else {
+        0.0
+    };
+    let fit_max = cutoff.min(20_000.0);
+    let rate = f64::from(mix.sample_rate_hz);
+    let settings = Settings {
+        version: SETTINGS_VERSION,
+        eq: EqSettings {
+            enabled: opts.eq,
+            parametric_mid: parametric::fit(&grid, &mid_gain, fit_max, 10, rate),
+            parametric_side: parametric::fit(&grid, &side_gain, fit_max, 10, rate),
+            frequencies_hz: grid,
+            mid_gain_db: mid_gain,
+            side_gain_db: side_gain,
+        },
+        dynamics,
+        width: WidthSettings { enabled: opts.width && !width_bands.is_empty(), bands: width_bands },
+        limiter: LimiterSettings {
+            enabled: opts.limiter,
+            drive_db: drive,
+            ceiling_dbtp: opts.ceiling_dbtp,
+            lookahead_ms: 2.0,
+            release_ms: 80.0,
+            target_lufs: if target_lufs.is_finite() { target_lufs } else { -14.0 },
+        },
+        dither_seed: 0x005E_ED0F_4D17,
+    };
+    (settings, notes)
+}
+
+fn has_side(p: &Profile) -> bool {
+    p.stereo.width_db > -60.0
+}
+
+/// The highest frequency the EQ follows: the lower of both content cutoffs, at most 20 kHz.
+pub fn follow_limit_hz(mix: &Profile, target: &Profile) -> f64 {
+    mix.spectrum.content_cutoff_hz.min(target.spectrum.content_cutoff_hz).min(20_000.0)
+}
+
+/// Band-by-band difference `a − b` in dB.
+pub fn difference(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// Fractional-octave smoothing of `values` on the log grid `grid` over `width_octaves`, using
+/// only points where `valid` holds (triangular weights, 0 at ±width).
+pub fn smooth(grid: &[f64], values: &[f64], valid: &[bool], width_octaves: f64) -> Vec<f64> {
+    let w = width_octaves.max(1e-6);
+    grid.iter()
+        .map(|&f| {
+            let (mut sum, mut weight) = (0.0, 0.0);
+            for ((&g, &v), &ok) in grid.iter().zip(values).zip(valid) {
+                let d = (g / f).log2().abs();
+                if ok && d < w {
+                    let wt = 1.0 - d / w;
+                    sum += wt * v;
+                    weight += wt;
+                }
+            }
+            if weight > 0.0 {
+                sum / weight
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Turns a raw spectral difference into an EQ curve: smoothed, level offset removed, held flat
+/// above `cutoff_hz` and below the lowest followed band (cuts only down there), bounded, scaled.
+pub fn match_curve(grid: &[f64], diff: &[f64], cutoff_hz: f64, opts: &SolveOptions) -> Vec<f64> {
+    let valid: Vec<bool> =
+        grid.iter().zip(diff).map(|(f, d)| *f >= EQ_LOWEST_HZ && *f <= cutoff_hz && d.abs() < 100.0).collect();
+    let smoothed = smooth(grid, diff, &valid, opts.smoothing_octaves);
+    let offset = shape_offset(grid, &smoothed, &valid);
+    let first = valid.iter().position(|v| *v);
+    let last = valid.iter().rposition(|v| *v);
+    let (Some(first), Some(last)) = (first, last) else {
+        return vec![0.0; grid.len()];
+    };
+    (0..grid.len())
+        .map(|i| {
+            let g = if i < first {
+                (smoothed[first] - offset).min(0.0)
+            } else if i > last {
+                smoothed[last] - offset
+            } else {
+                smoothed[i] - offset
+            };
+            (g.clamp(-opts.max_eq_db, opts.max_eq_db) * opts.amount.clamp(0.0, 1.0))
+                .clamp(-opts.max_eq_db, opts.max_eq_db)
+        })
+        .collect()
+}
+
+/// Mean of `curve` over valid grid points inside [`SHAPE_RANGE_HZ`]: the part of a difference
+/// that is level, not shape.
+pub fn shape_offset(grid: &[f64], curve: &[f64], valid: &[bool]) -> f64 {
+    let (mut s, mut n) = (0.0, 0usize);
+    for ((f, c), ok) in grid.iter().zip(curve).zip(valid) {
+        if *ok && (SHAPE_RANGE_HZ.0..=SHAPE_RANGE_HZ.1).contains(f) {
+            s += c;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        s / n as f64
+    } else {
+        0.0
+    }
+}
+
+fn report_unreachable(
+    grid: &[f64],
+    diff: &[f64],
+    gain: &[f64],
+    cutoff: f64,
+    opts: &SolveOptions,
+    which: &str,
+    notes: &mut Vec<String>,
+) {
+    let valid: Vec<bool> = grid.iter().map(|f| *f >= EQ_LOWEST_HZ && *f <= cutoff).collect();
+    let smoothed = smooth(grid, diff, &valid, opts.smoothing_octaves);
+    let offset = shape_offset(grid, &smoothed, &valid);
+    let over: Vec<String> = grid
+        .iter()
+        .zip(smoothed.iter().zip(gain))
+        .filter(|(f, (s, g))| **f <= cutoff && (**s - offset - **g).abs() > 0.5 && opts.amount >= 1.0)
+        .map(|(f, (s, _))| format!("{} ({:+.1} dB wanted)", crate::report::fmt_hz(*f), s - offset))
+        .collect();
+    if !over.is_empty() {
+        notes.push(format!(
+            "{which} EQ bounded at ±{:.0} dB; not fully reached at {}",
+            opts.max_eq_db,
+            over.join(", ")
+        ));
+    }
+}
+
+/// Mean of a grid curve between two frequencies, dB.
+pub fn mean_between(grid: &[f64], curve: &[f64], lo_hz: f64, hi_hz: f64) -> f64 {
+    let vals: Vec<f64> = grid.iter().zip(curve).filter(|(f, _)| **f >= lo_hz && **f < hi_hz).map(|(_, g)| *g).collect();
+    if vals.is_empty() {
+        0.0
+    } else {
+        vals.iter().sum::<f64>() / vals.len() as f64
+    }
+}
+
+fn solve_width(
+    mix: &Profile,
+    target: &Profile,
+    grid: &[f64],
+    mid_gain: &[f64],
+    side_gain: &[f64],
+    opts: &SolveOptions,
+) -> Vec<WidthBandGain> {
+    let cutoff = follow_limit_hz(mix, target);
+    mix.stereo
+        .bands
+        .iter()
+        .zip(&target.stereo.bands)
+        .map(|(m, t)| {
+            let after_eq = m.side_to_mid_db + mean_between(grid, side_gain, m.low_hz, m.high_hz)
+                - mean_between(grid, mid_gain, m.low_hz, m.high_hz);
+            let usable = m.side_to_mid_db > FLOOR_DB + 10.0 && t.side_to_mid_db > FLOOR_DB + 10.0 && m.low_hz < cutoff;
+            let mut g = if usable { t.side_to_mid_db - after_eq } else { 0.0 };
+            g = g.clamp(-opts.max_width_db, opts.max_width_db) * opts.amount.clamp(0.0, 1.0);
+            if m.high_hz <= NO_WIDENING_BELOW_HZ {
+                g = g.min(0.0);
+            }
+            WidthBandGain { low_hz: m.low_hz, high_hz: m.high_hz, side_gain_db: g }
+        })
+        .collect()
+}
+
+/// Average of several target profiles (spectra, loudness, dynamics and width averaged in dB), for
+/// `--ref a --ref b`.
+pub fn average_profiles(profiles: &[Profile]) -> Option<Profile> {
+    let first = profiles.first()?;
+    let n = profiles.len() as f64;
+    let mut avg = first.clone();
+    let mean = |f: &dyn Fn(&Profile) -> f64| profiles.iter().map(f).sum::<f64>() / n;
+    avg.source = profiles.iter().map(|p| p.source.as_str()).collect::<Vec<_>>().join(" + ");
+    avg.loudness.integrated_lufs = mean(&|p| p.loudness.integrated_lufs);
+    avg.loudness.range_lu = mean(&|p| p.loudness.range_lu);
+    avg.loudness.true_peak_dbtp = mean(&|p| p.loudness.true_peak_dbtp);
+    avg.loudness.plr_db = mean(&|p| p.loudness.plr_db);
+    for i in 0..avg.spectrum.mid_db.len() {
+        avg.spectrum.mid_db[i] = mean(&|p| p.spectrum.mid_db[i]);
+        avg.spectrum.side_db[i] = mean(&|p| p.spectrum.side_db[i]);
+    }
+    avg.spectrum.content_cutoff_hz = profiles.iter().map(|p| p.spectrum.content_cutoff_hz).fold(f64::MAX, f64::min);
+    for b in 0..avg.dynamics.len() {
+        avg.dynamics[b].crest_db = mean(&|p| p.dynamics[b].crest_db);
+        avg.dynamics[b].spread_db = mean(&|p| p.dynamics[b].spread_db);
+        avg.dynamics[b].rms_dbfs = mean(&|p| p.dynamics[b].rms_dbfs);
+    }
+    for b in 0..avg.stereo.bands.len() {
+        avg.stereo.bands[b].side_to_mid_db = mean(&|p| p.stereo.bands[b].side_to_mid_db);
+    }
+    avg.stereo.width_db = mean(&|p| p.stereo.width_db);
+    avg.channels = profiles.iter().map(|p| p.channels).min().unwrap_or(2);
+    avg.lossy = profiles.iter().any(|p| p.lossy);
+    avg.envelopes = None;
+    Some(avg)
+}
