@@ -120,6 +120,13 @@ pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
         }
     }
     validate_rate(path, rate)?;
+    let duration = frames as f64 / f64::from(rate);
+    if duration < MIN_DURATION_S {
+        return Err(Error::input(
+            path,
+            format!("too short to measure: {duration:.3} s (refmaster needs at least {MIN_DURATION_S} s of audio)"),
+        ));
+    }
     let buffer = AudioBuffer { sample_rate_hz: rate, channels };
     check_finite(path, &buffer)?;
     Ok((buffer, SourceInfo { codec: codec_name, lossy }))

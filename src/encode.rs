@@ -110,16 +110,32 @@ where
 {
     let dir = parent_dir(path);
     if !dir.is_dir() {
-        return Err(Error::output(path, format!("folder {} does not exist", dir.display())));
+        let reason = if dir.exists() {
+            format!("{} is not a folder", dir.display())
+        } else {
+            format!("folder {} does not exist", dir.display())
+        };
+        return Err(Error::output(path, reason));
     }
     if path.is_dir() {
         return Err(Error::output(path, "is a directory"));
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".refmaster-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::output(path, io_reason(&e)))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".refmaster-").suffix(".part");
+    // tempfile creates 0600 files; ask for 0666 so the output gets the usual permissions (the
+    // umask still applies, as for any new file), not owner-only ones after the rename.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| {
+        // The folder exists (checked above), so "not found" here means it takes no new files
+        // (e.g. /proc), not that it is missing.
+        let reason = if e.kind() == std::io::ErrorKind::NotFound {
+            format!("cannot create files in folder {}", dir.display())
+        } else {
+            io_reason(&e)
+        };
+        Error::output(path, reason)
+    })?;
     {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         write(&mut w).and_then(|()| w.flush()).map_err(|e| Error::output(path, io_reason(&e)))?;

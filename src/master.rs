@@ -18,9 +18,10 @@ use std::path::Path;
 
 /// Loudness tolerance of the drive search, LU.
 pub const LOUDNESS_TOLERANCE_LU: f64 = 0.05;
-/// Deepest limiting refmaster applies by default (peak gain reduction), dB. Past this a loud
-/// target is reported unreachable rather than crushed.
-pub const MAX_LIMITING_DB: f64 = 20.0;
+/// Deepest limiting refmaster applies by default, dB of gain reduction at the 99.9th percentile
+/// (what more than 0.1 % of the music receives). Past this a loud target is reported
+/// unreachable rather than crushed.
+pub const MAX_LIMITING_DB: f64 = 12.0;
 
 /// Options of a mastering run.
 #[derive(Debug, Clone)]
@@ -81,13 +82,18 @@ pub fn master(
     let mut loop_opts = opts.solve.clone();
     loop_opts.amount = 1.0;
     let mut unreachable;
+    let mut bias = 0.0;
     let mut pass = 0;
     let (audio, stats) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
         let pre = render_pre_limiter(mix, &settings)?;
         let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
         let env = peak_envelope(&planes);
-        let (out, stats, short) = loudness_loop(&pre, &env, &mut settings, opts.max_limiting_db);
+        let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
+        // Intermediate passes only need the loudness roughly right (for the spectral measurement);
+        // the final pass verifies on the real output until it is within tolerance.
+        let rounds = if last { 4 } else { 1 };
+        let (out, stats, short) = loudness_loop(&pre, &env, &mut settings, opts.max_limiting_db, rounds, &mut bias);
         unreachable = short;
         if pass >= opts.closed_loop_passes || !settings.eq.enabled {
             break (out, stats);
@@ -101,10 +107,26 @@ pub fn master(
         for (g, e) in settings.eq.mid_gain_db.iter_mut().zip(&e_mid) {
             *g = (*g + e).clamp(-max, max);
         }
+        let mut e_side = vec![0.0; grid.len()];
         if out.channel_count() == 2 && settings.eq.side_gain_db.iter().any(|g| *g != 0.0) {
-            let e_side = match_curve(&grid, &crate::solve::difference(&want_side, &out_side), cutoff, &loop_opts);
+            e_side = match_curve(&grid, &crate::solve::difference(&want_side, &out_side), cutoff, &loop_opts);
             for (g, e) in settings.eq.side_gain_db.iter_mut().zip(&e_side) {
                 *g = (*g + e).clamp(-max, max);
+            }
+        }
+        if out.channel_count() == 2 && settings.width.enabled && settings.width.bands.len() == grid.len() {
+            let sm = |side: &[f64], mid: &[f64]| crate::solve::difference(side, mid);
+            let gap = crate::solve::difference(&sm(&want_side, &want_mid), &sm(&out_side, &out_mid));
+            // What the EQ corrections above already do to side/mid is not the width stage's job.
+            let wanted = crate::solve::difference(&gap, &sm(&e_side, &e_mid));
+            let e_w = crate::solve::width_curve(&grid, &wanted, cutoff, &loop_opts);
+            let bound = opts.solve.max_width_db;
+            for ((b, e), f) in settings.width.bands.iter_mut().zip(&e_w).zip(&grid) {
+                let mut g = (b.side_gain_db + e).clamp(-bound, bound);
+                if *f <= crate::solve::NO_WIDENING_BELOW_HZ {
+                    g = g.min(0.0);
+                }
+                b.side_gain_db = g;
             }
         }
         pass += 1;
@@ -112,7 +134,9 @@ pub fn master(
     let rate = f64::from(mix.sample_rate_hz);
     let fit_max = cutoff.min(20_000.0);
     settings.eq.parametric_mid = crate::solve::parametric::fit(&grid, &settings.eq.mid_gain_db, fit_max, 10, rate);
-    settings.eq.parametric_side = crate::solve::parametric::fit(&grid, &settings.eq.side_gain_db, fit_max, 10, rate);
+    let side_total: Vec<f64> =
+        grid.iter().map(|&f| crate::render::eq::side_curve_db(&settings.eq, &settings.width, f)).collect();
+    settings.eq.parametric_side = crate::solve::parametric::fit(&grid, &side_total, fit_max, 10, rate);
     if let Some((reached, wanted)) = unreachable {
         notes.push(format!(
             "target {wanted:.1} LUFS is not reachable under the {:.1} dBTP ceiling without more than {:.0} dB of limiting; mastered to {reached:.1} LUFS instead",
@@ -137,6 +161,8 @@ pub fn loudness_loop(
     env: &[f32],
     settings: &mut Settings,
     max_limiting_db: f64,
+    rounds: usize,
+    bias: &mut f64,
 ) -> (AudioBuffer, LimiterStats, Option<(f64, f64)>) {
     let target = settings.limiter.target_lufs;
     let rate = pre.sample_rate_hz;
@@ -157,8 +183,18 @@ pub fn loudness_loop(
         let (out, stats) = render(settings);
         return (out, stats, None);
     }
-    let peak_db = 20.0 * f64::from(env.iter().fold(0f32, |a, &b| a.max(b))).log10();
-    let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - peak_db).min(36.0);
+    // Limiting depth is judged at the 99.9th percentile of the true-peak envelope: the gain
+    // reduction that more than 0.1 % of the music receives. A lone transient may go deeper.
+    let mut sorted: Vec<f32> = env.chunks(8).map(|c| c.iter().fold(0f32, |a, &b| a.max(b))).collect();
+    let k = ((sorted.len() as f64) * 0.999) as usize;
+    let loud_db = if sorted.is_empty() {
+        0.0
+    } else {
+        let idx = k.min(sorted.len() - 1);
+        let (_, v, _) = sorted.select_nth_unstable_by(idx, f32::total_cmp);
+        20.0 * f64::from(v.max(1e-10)).log10()
+    };
+    let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
     // The estimate runs on an 8× decimated envelope and energy (block maxima and means): the
     // limiter's gain at that resolution is close enough to aim, and eight times cheaper.
     const DECIMATION: usize = 8;
@@ -171,11 +207,11 @@ pub fn loudness_loop(
         let g2 = db_to_lin(2.0 * drive_db) as f32;
         gated_loudness(&block_energies(&energy_d, rate_d, |i| gain[i] * gain[i] * g2))
     };
-    let mut aim = target;
+    let mut aim = target + *bias;
     let mut drive = (target - base).clamp(-60.0, drive_max);
     let mut reached = f64::NEG_INFINITY;
     let mut best: Option<(AudioBuffer, LimiterStats)> = None;
-    for _ in 0..4 {
+    for _ in 0..rounds.max(1) {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
         let (out, stats) = render(settings);
@@ -186,6 +222,7 @@ pub fn loudness_loop(
         }
         aim += target - reached;
     }
+    *bias = aim - target;
     let (out, stats) = best.unwrap_or_else(|| render(settings));
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
     (out, stats, short)

@@ -145,16 +145,32 @@ pub fn k_weighting(sample_rate_hz: u32) -> [BiquadCoeffs; 2] {
 /// Per-sample K-weighted energy summed over channels (channel weights 1, as for mono/stereo).
 pub fn k_weighted_energy(audio: &AudioBuffer) -> Vec<f32> {
     let [shelf, hp] = k_weighting(audio.sample_rate_hz);
-    let mut energy = vec![0f32; audio.frames()];
     let weights = channel_weights(audio.channel_count());
-    for (ch, &w) in audio.channels.iter().zip(&weights) {
-        if w == 0.0 {
-            continue;
-        }
+    let filtered = |ch: &[f32], w: f64| -> Vec<f32> {
         let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
-        for (e, &x) in energy.iter_mut().zip(ch) {
-            let y = b.process(a.process(f64::from(x)));
-            *e += (w * y * y) as f32;
+        ch.iter()
+            .map(|&x| {
+                let y = b.process(a.process(f64::from(x)));
+                (w * y * y) as f32
+            })
+            .collect()
+    };
+    // One thread per channel (stereo uses both cores), then the weighted sum.
+    let per_channel: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = audio
+            .channels
+            .iter()
+            .zip(&weights)
+            .filter(|(_, w)| **w > 0.0)
+            .map(|(ch, &w)| s.spawn(move || filtered(ch, w)))
+            .collect();
+        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+    });
+    let mut iter = per_channel.into_iter();
+    let mut energy = iter.next().unwrap_or_else(|| vec![0f32; audio.frames()]);
+    for other in iter {
+        for (e, o) in energy.iter_mut().zip(&other) {
+            *e += o;
         }
     }
     energy

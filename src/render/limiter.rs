@@ -93,12 +93,14 @@ pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &Limiter
         r = if *v < r { *v } else { *v + (r - *v) * a };
         *v = r;
     }
-    // 4. moving average over the previous `look` values (values before the start count as 1)
+    // 4. moving average over the previous `look` values. Values before the start count as the
+    //    first window's minimum, so a peak in the first look-ahead is held too.
     let mut out = vec![1f32; n];
-    let mut sum = look as f64;
+    let before = f64::from(minimum.first().copied().unwrap_or(1.0));
+    let mut sum = look as f64 * before;
     for i in 0..n {
         sum += f64::from(minimum[i]);
-        sum -= if i >= look { f64::from(minimum[i - look]) } else { 1.0 };
+        sum -= if i >= look { f64::from(minimum[i - look]) } else { before };
         out[i] = ((sum / look as f64) as f32).min(1.0);
     }
     out

@@ -20,9 +20,12 @@ pub const KNEE_DB: f64 = 6.0;
 /// Ratios the solver tries.
 const RATIOS: [f64; 5] = [1.5, 2.0, 2.5, 3.0, 4.0];
 /// Thresholds tried, relative to the band's gated RMS level, dB.
-const THRESHOLD_STEPS_DB: std::ops::RangeInclusive<i32> = -10..=4;
+const THRESHOLD_STEPS_DB: std::ops::RangeInclusive<i32> = -6..=4;
 /// Step between tried thresholds, dB.
 const THRESHOLD_STEP_DB: f64 = 1.5;
+/// Largest average gain reduction (and so make-up gain) a band may use, dB: beyond this a
+/// compressor is flattening the music, not glueing it.
+pub const MAX_MEAN_REDUCTION_DB: f64 = 6.0;
 /// The target must be denser than the mix by this much (dB of spread or crest) before a band is
 /// compressed at all.
 pub const MIN_DENSITY_GAP_DB: f64 = 0.5;
@@ -97,7 +100,7 @@ fn cost(crest_db: f64, spread_db: f64, target_crest: f64, target_spread: f64) ->
             4.0 * d * d
         }
     };
-    side(spread_db, target_spread) + 0.5 * side(crest_db, target_crest)
+    side(spread_db, target_spread) + 0.25 * side(crest_db, target_crest)
 }
 
 /// Solves the four band compressors from the mix's envelopes (the mix profile must carry them).
@@ -155,6 +158,9 @@ fn best_band(
             cand.ratio = ratio;
             cand.threshold_dbfs = (level_dbfs + f64::from(step) * THRESHOLD_STEP_DB).clamp(-80.0, 0.0);
             let (out, makeup) = simulate(env, &cand, shift_db);
+            if makeup > MAX_MEAN_REDUCTION_DB {
+                continue;
+            }
             let (_, c) = crest(&out.peak, &out.mean_square);
             let s = spread(&out.mean_square);
             // A small premium on ratio prefers the gentler of two equally good settings.

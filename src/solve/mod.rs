@@ -72,23 +72,33 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
     let mut notes = Vec::new();
     let grid = mix.spectrum.frequencies_hz.clone();
     let cutoff = follow_limit_hz(mix, target);
-    let (mut mid_gain, mut side_gain) = (vec![0.0; grid.len()], vec![0.0; grid.len()]);
+    let mut mid_gain = vec![0.0; grid.len()];
     if opts.eq {
         let mid_diff = difference(&target.spectrum.mid_db, &mix.spectrum.mid_db);
         mid_gain = match_curve(&grid, &mid_diff, cutoff, opts);
         report_unreachable(&grid, &mid_diff, &mid_gain, cutoff, opts, "mid", &mut notes);
-        if mix.channels >= 2 && target.channels >= 2 && has_side(mix) && has_side(target) {
-            let side_diff = difference(&target.spectrum.side_db, &mix.spectrum.side_db);
-            side_gain = match_curve(&grid, &side_diff, cutoff, opts);
-        }
     }
-    let width_bands = if opts.width && mix.channels >= 2 && has_side(mix) {
-        solve_width(mix, target, &grid, &mid_gain, &side_gain, opts)
+    // The side EQ matches the side's shape (its own level offset removed); the width stage then
+    // sets the side's level relative to the mid, band by band.
+    let stereo = mix.channels >= 2;
+    let mut side_gain = vec![0.0; grid.len()];
+    if opts.eq && stereo && has_side(mix) && has_side(target) {
+        let side_diff = difference(&target.spectrum.side_db, &mix.spectrum.side_db);
+        side_gain = match_curve(&grid, &side_diff, cutoff, opts);
+    }
+    let width_bands = if opts.width && stereo && has_side(mix) && has_side(target) {
+        let eq_sm = difference(&side_gain, &mid_gain);
+        let wanted = difference(&width_difference(mix, target), &eq_sm);
+        let gains = width_curve(&grid, &wanted, cutoff, opts);
+        report_width_bound(&grid, &wanted, cutoff, opts, &mut notes);
+        grid.iter().zip(&gains).map(|(&f, &g)| band_gain(f, g)).collect()
     } else {
-        if opts.width && mix.channels < 2 {
+        if opts.width && !stereo {
             notes.push("mix is mono: width left alone (mono stays mono)".into());
         } else if opts.width && !has_side(mix) {
             notes.push("mix has no side signal (dual mono): width cannot be created, left alone".into());
+        } else if opts.width && !has_side(target) {
+            notes.push("reference is mono: width left alone".into());
         }
         Vec::new()
     };
@@ -104,13 +114,18 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
         0.0
     };
     let fit_max = cutoff.min(20_000.0);
+    let with_width: Vec<f64> = if width_bands.is_empty() {
+        side_gain.clone()
+    } else {
+        side_gain.iter().zip(&width_bands).map(|(s, w)| s + w.side_gain_db).collect()
+    };
     let rate = f64::from(mix.sample_rate_hz);
     let settings = Settings {
         version: SETTINGS_VERSION,
         eq: EqSettings {
             enabled: opts.eq,
             parametric_mid: parametric::fit(&grid, &mid_gain, fit_max, 10, rate),
-            parametric_side: parametric::fit(&grid, &side_gain, fit_max, 10, rate),
+            parametric_side: parametric::fit(&grid, &with_width, fit_max, 10, rate),
             frequencies_hz: grid,
             mid_gain_db: mid_gain,
             side_gain_db: side_gain,
@@ -195,21 +210,23 @@ pub fn match_curve(grid: &[f64], diff: &[f64], cutoff_hz: f64, opts: &SolveOptio
         .collect()
 }
 
-/// Mean of `curve` over valid grid points inside [`SHAPE_RANGE_HZ`]: the part of a difference
-/// that is level, not shape.
+/// Median of `curve` over valid grid points inside [`SHAPE_RANGE_HZ`]: the part of a
+/// difference that is level, not shape. The median (not the mean) so that a few bands that
+/// differ wildly (a sub-bass the mix lacks) do not shift the whole curve, and because the median
+/// is the offset that minimises the mean absolute shape error.
 pub fn shape_offset(grid: &[f64], curve: &[f64], valid: &[bool]) -> f64 {
-    let (mut s, mut n) = (0.0, 0usize);
-    for ((f, c), ok) in grid.iter().zip(curve).zip(valid) {
-        if *ok && (SHAPE_RANGE_HZ.0..=SHAPE_RANGE_HZ.1).contains(f) {
-            s += c;
-            n += 1;
-        }
+    let mut v: Vec<f64> = grid
+        .iter()
+        .zip(curve)
+        .zip(valid)
+        .filter(|((f, _), ok)| **ok && (SHAPE_RANGE_HZ.0..=SHAPE_RANGE_HZ.1).contains(*f))
+        .map(|((_, c), _)| *c)
+        .collect();
+    if v.is_empty() {
+        return 0.0;
     }
-    if n > 0 {
-        s / n as f64
-    } else {
-        0.0
-    }
+    v.sort_by(f64::total_cmp);
+    crate::analysis::loudness::percentile_sorted(&v, 0.5)
 }
 
 fn report_unreachable(
@@ -249,31 +266,70 @@ pub fn mean_between(grid: &[f64], curve: &[f64], lo_hz: f64, hi_hz: f64) -> f64 
     }
 }
 
-fn solve_width(
-    mix: &Profile,
-    target: &Profile,
-    grid: &[f64],
-    mid_gain: &[f64],
-    side_gain: &[f64],
-    opts: &SolveOptions,
-) -> Vec<WidthBandGain> {
-    let cutoff = follow_limit_hz(mix, target);
-    mix.stereo
-        .bands
-        .iter()
-        .zip(&target.stereo.bands)
-        .map(|(m, t)| {
-            let after_eq = m.side_to_mid_db + mean_between(grid, side_gain, m.low_hz, m.high_hz)
-                - mean_between(grid, mid_gain, m.low_hz, m.high_hz);
-            let usable = m.side_to_mid_db > FLOOR_DB + 10.0 && t.side_to_mid_db > FLOOR_DB + 10.0 && m.low_hz < cutoff;
-            let mut g = if usable { t.side_to_mid_db - after_eq } else { 0.0 };
-            g = g.clamp(-opts.max_width_db, opts.max_width_db) * opts.amount.clamp(0.0, 1.0);
-            if m.high_hz <= NO_WIDENING_BELOW_HZ {
-                g = g.min(0.0);
+/// A width band on the analysis grid: the 1/6-octave band around `centre_hz`.
+fn band_gain(centre_hz: f64, gain_db: f64) -> WidthBandGain {
+    let (low_hz, high_hz) = crate::analysis::spectrum::band_edges_hz(centre_hz);
+    WidthBandGain { low_hz, high_hz, side_gain_db: gain_db }
+}
+
+/// Wanted change of the side-to-mid ratio per grid band, dB: (target S/M) − (mix S/M).
+pub fn width_difference(mix: &Profile, target: &Profile) -> Vec<f64> {
+    let sm = |p: &Profile| difference(&p.spectrum.side_db, &p.spectrum.mid_db);
+    let mut d = difference(&sm(target), &sm(mix));
+    for (i, v) in d.iter_mut().enumerate() {
+        let floor = FLOOR_DB + 10.0;
+        let usable = mix.spectrum.side_db[i] > floor
+            && mix.spectrum.mid_db[i] > floor
+            && target.spectrum.side_db[i] > floor
+            && target.spectrum.mid_db[i] > floor;
+        if !usable {
+            *v = f64::NAN;
+        }
+    }
+    d
+}
+
+/// Turns a wanted side-to-mid change into per-band side gains: smoothed like the EQ, bounded by
+/// the width bound, never wider below [`NO_WIDENING_BELOW_HZ`], held beyond the followed range.
+pub fn width_curve(grid: &[f64], wanted: &[f64], cutoff_hz: f64, opts: &SolveOptions) -> Vec<f64> {
+    let valid: Vec<bool> =
+        grid.iter().zip(wanted).map(|(f, d)| *f >= EQ_LOWEST_HZ && *f <= cutoff_hz && d.is_finite()).collect();
+    let clean: Vec<f64> = wanted.iter().map(|d| if d.is_finite() { *d } else { 0.0 }).collect();
+    let smoothed = smooth(grid, &clean, &valid, opts.smoothing_octaves);
+    let (Some(first), Some(last)) = (valid.iter().position(|v| *v), valid.iter().rposition(|v| *v)) else {
+        return vec![0.0; grid.len()];
+    };
+    grid.iter()
+        .enumerate()
+        .map(|(i, &f)| {
+            let g = smoothed[i.clamp(first, last)].clamp(-opts.max_width_db, opts.max_width_db)
+                * opts.amount.clamp(0.0, 1.0);
+            if f <= NO_WIDENING_BELOW_HZ {
+                g.min(0.0)
+            } else {
+                g
             }
-            WidthBandGain { low_hz: m.low_hz, high_hz: m.high_hz, side_gain_db: g }
         })
         .collect()
+}
+
+fn report_width_bound(grid: &[f64], wanted: &[f64], cutoff: f64, opts: &SolveOptions, notes: &mut Vec<String>) {
+    let valid: Vec<bool> = grid.iter().zip(wanted).map(|(f, d)| *f >= 100.0 && *f <= cutoff && d.is_finite()).collect();
+    let clean: Vec<f64> = wanted.iter().map(|d| if d.is_finite() { *d } else { 0.0 }).collect();
+    let smoothed = smooth(grid, &clean, &valid, opts.smoothing_octaves);
+    let over: Vec<f64> = smoothed
+        .iter()
+        .zip(&valid)
+        .filter(|(s, ok)| **ok && s.abs() > opts.max_width_db + 0.5)
+        .map(|(s, _)| *s)
+        .collect();
+    if let Some(worst) = over.iter().copied().max_by(|a, b| a.abs().total_cmp(&b.abs())) {
+        notes.push(format!(
+            "width bounded at ±{:.0} dB: the reference's side/mid differs by up to {worst:+.1} dB in {} of the bands from 100 Hz up",
+            opts.max_width_db,
+            over.len()
+        ));
+    }
 }
 
 /// Average of several target profiles (spectra, loudness, dynamics and width averaged in dB), for

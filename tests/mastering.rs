@@ -1,0 +1,310 @@
+//! Specifications of the mastering core (solver, renderer, limiter, loudness loop) on generated
+//! signals and the shipped demo files. Loudness and true peak are checked by ffmpeg's ebur128
+//! filter where the claim is about the written file, so the engine is not judged by its own meter.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{ffmpeg_ebur128, in_dir, kellet_pink, run_refmaster, temp_dir, write_wav_f32, Rng};
+use refmaster::analysis::{analyze, Profile};
+use refmaster::audio::AudioBuffer;
+use refmaster::decode::decode_file;
+use refmaster::master::{master, MasterOptions};
+use refmaster::solve::{solve, SolveOptions};
+
+fn shipped(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("references").join(name)
+}
+
+fn load(path: &Path) -> (AudioBuffer, Profile) {
+    let (audio, info) = decode_file(path).expect("shipped file decodes");
+    let p = analyze(&audio, &path.display().to_string(), info.lossy);
+    (audio, p)
+}
+
+/// Mid shape difference of two profiles in dB: mean |difference| over 40 Hz–16 kHz after removing
+/// the median offset (the same idea as ../shared/eval's shape error).
+fn mid_shape_error_db(a: &Profile, b: &Profile) -> f64 {
+    let d: Vec<f64> = a
+        .spectrum
+        .frequencies_hz
+        .iter()
+        .zip(a.spectrum.mid_db.iter().zip(&b.spectrum.mid_db))
+        .filter(|(f, _)| (40.0..=16_000.0).contains(*f))
+        .map(|(_, (x, y))| x - y)
+        .collect();
+    let mut s = d.clone();
+    s.sort_by(f64::total_cmp);
+    let med = s[s.len() / 2];
+    d.iter().map(|v| (v - med).abs()).sum::<f64>() / d.len() as f64
+}
+
+/// Max |difference| of two profiles' mid spectra over 40 Hz–16 kHz after removing the median offset.
+fn mid_max_band_change_db(a: &Profile, b: &Profile) -> f64 {
+    let d: Vec<f64> = a
+        .spectrum
+        .frequencies_hz
+        .iter()
+        .zip(a.spectrum.mid_db.iter().zip(&b.spectrum.mid_db))
+        .filter(|(f, _)| (40.0..=16_000.0).contains(*f))
+        .map(|(_, (x, y))| x - y)
+        .collect();
+    let mut s = d.clone();
+    s.sort_by(f64::total_cmp);
+    let med = s[s.len() / 2];
+    d.iter().map(|v| (v - med).abs()).fold(0.0, f64::max)
+}
+
+fn quiet(_: &str) {}
+
+/// A stereo "mix": pink noise with a dull top (one-pole low-pass) and a narrow image.
+fn dull_narrow_mix(rate: u32, seconds: f64) -> AudioBuffer {
+    let n = (f64::from(rate) * seconds) as usize;
+    let a = kellet_pink(1, n, -20.0);
+    let b = kellet_pink(2, n, -20.0);
+    let lp = |x: &[f32]| -> Vec<f32> {
+        let c = (-2.0 * std::f32::consts::PI * 1500.0 / rate as f32).exp();
+        let mut y = 0f32;
+        x.iter()
+            .map(|&v| {
+                y = (1.0 - c) * v + c * y;
+                y
+            })
+            .collect()
+    };
+    let (a, b) = (lp(&a), lp(&b));
+    let left = a.iter().zip(&b).map(|(x, y)| x + 0.25 * y).collect();
+    let right = a.iter().zip(&b).map(|(x, y)| x - 0.25 * y).collect();
+    AudioBuffer { sample_rate_hz: rate, channels: vec![left, right] }
+}
+
+/// A stereo "reference": full-band pink noise, wider, louder.
+fn bright_wide_reference(rate: u32, seconds: f64) -> AudioBuffer {
+    let n = (f64::from(rate) * seconds) as usize;
+    let a = kellet_pink(3, n, -14.0);
+    let b = kellet_pink(4, n, -14.0);
+    let left = a.iter().zip(&b).map(|(x, y)| x + 0.4 * y).collect();
+    let right = a.iter().zip(&b).map(|(x, y)| x - 0.4 * y).collect();
+    AudioBuffer { sample_rate_hz: rate, channels: vec![left, right] }
+}
+
+#[test]
+fn master_moves_a_dull_narrow_mix_onto_the_references_tone_width_and_loudness() {
+    let mix = dull_narrow_mix(44_100, 20.0);
+    let reference = bright_wide_reference(44_100, 20.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let before = mid_shape_error_db(&mp, &rp);
+    let m = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters");
+    let after = mid_shape_error_db(&m.profile, &rp);
+    assert!(before > 3.0, "the test mix should start far from the reference (got {before:.2} dB)");
+    assert!(after < 0.5, "mid shape error after mastering {after:.2} dB (before {before:.2})");
+    let lufs_err = m.profile.loudness.integrated_lufs - rp.loudness.integrated_lufs;
+    assert!(lufs_err.abs() <= 0.1, "loudness off by {lufs_err:.2} LU");
+    assert!(m.profile.loudness.true_peak_dbtp <= -1.0, "true peak {:.2} dBTP", m.profile.loudness.true_peak_dbtp);
+    let width_err = m.profile.stereo.width_db - rp.stereo.width_db;
+    assert!(width_err.abs() < 1.0, "side/mid off by {width_err:.2} dB");
+}
+
+#[test]
+fn a_width_gap_beyond_the_bound_is_reported_not_chased() {
+    let mix = dull_narrow_mix(44_100, 8.0);
+    let reference = bright_wide_reference(44_100, 8.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let (s, notes) = solve(&mp, &rp, &SolveOptions { max_width_db: 1.0, ..SolveOptions::default() });
+    assert!(s.width.bands.iter().all(|b| b.side_gain_db <= 1.0 + 1e-9));
+    assert!(notes.iter().any(|n| n.starts_with("width bounded")), "no note about the width bound: {notes:?}");
+}
+
+#[test]
+fn solver_settings_stay_inside_their_bounds_and_never_widen_below_120_hz() {
+    let mix = dull_narrow_mix(48_000, 8.0);
+    let reference = bright_wide_reference(48_000, 8.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    for (max_eq, max_width) in [(12.0, 6.0), (3.0, 1.0)] {
+        let opts = SolveOptions { max_eq_db: max_eq, max_width_db: max_width, ..SolveOptions::default() };
+        let (s, _) = solve(&mp, &rp, &opts);
+        s.validate("test").expect("solved settings validate");
+        assert!(s.eq.mid_gain_db.iter().chain(&s.eq.side_gain_db).all(|g| g.abs() <= max_eq + 1e-9));
+        for b in &s.width.bands {
+            assert!(b.side_gain_db.abs() <= max_width + 1e-9);
+            if b.high_hz <= 120.0 * 1.06 {
+                assert!(b.side_gain_db <= 1e-9, "widening at {}-{} Hz", b.low_hz, b.high_hz);
+            }
+        }
+    }
+}
+
+#[test]
+fn amount_zero_leaves_tone_and_width_alone() {
+    let mix = dull_narrow_mix(44_100, 8.0);
+    let reference = bright_wide_reference(44_100, 8.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let (s, _) = solve(&mp, &rp, &SolveOptions { amount: 0.0, ..SolveOptions::default() });
+    assert!(s.eq.mid_gain_db.iter().chain(&s.eq.side_gain_db).all(|g| *g == 0.0));
+    assert!(s.width.bands.iter().all(|b| b.side_gain_db == 0.0));
+}
+
+#[test]
+fn a_dynamic_reference_never_makes_the_compressor_squash_a_dense_mix() {
+    let rate = 44_100;
+    let n = rate as usize * 12;
+    // Dense mix: steady noise. Dynamic reference: the same noise switching between -40 and -14 dBFS.
+    let noise = kellet_pink(7, n, -16.0);
+    let mix = AudioBuffer { sample_rate_hz: rate, channels: vec![noise.clone(), noise.clone()] };
+    let mut rng = Rng::new(9);
+    let gated: Vec<f32> = noise
+        .chunks(rate as usize / 2)
+        .flat_map(|c| {
+            let g = if rng.unit() < 0.5 { 0.05 } else { 1.0 };
+            c.iter().map(move |x| x * g).collect::<Vec<_>>()
+        })
+        .collect();
+    let reference = AudioBuffer { sample_rate_hz: rate, channels: vec![gated.clone(), gated] };
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let (s, _) = solve(&mp, &rp, &SolveOptions::default());
+    assert!(
+        s.dynamics.bands.iter().all(|b| b.ratio <= 1.0),
+        "compressed toward a more dynamic reference: {:?}",
+        s.dynamics
+    );
+}
+
+#[test]
+fn limiter_holds_the_true_peak_ceiling_on_hot_square_waves_and_impulses() {
+    let rate = 44_100;
+    let n = rate as usize * 4;
+    let square: Vec<f32> = (0..n).map(|i| if (i / 20) % 2 == 0 { 0.99 } else { -0.99 }).collect();
+    let mut impulses = vec![0f32; n];
+    for i in (0..n).step_by(rate as usize / 3) {
+        impulses[i] = 1.0;
+    }
+    let sine = common::sine(rate, 11_025.0, -0.1, std::f64::consts::FRAC_PI_4, n);
+    for (name, x) in [("square", square), ("impulses", impulses), ("fs/4 sine", sine)] {
+        let mix = AudioBuffer { sample_rate_hz: rate, channels: vec![x.clone(), x] };
+        let mp = analyze(&mix, name, false);
+        let opts = MasterOptions {
+            solve: SolveOptions { target_lufs: Some(-6.0), ..SolveOptions::default() },
+            ..MasterOptions::default()
+        };
+        let m = master(&mix, &mp, &mp, &opts, &quiet).expect("masters");
+        let tp = refmaster::analysis::loudness::true_peak_dbtp(&m.audio);
+        assert!(tp <= -1.0, "{name}: true peak {tp:.3} dBTP over the -1.0 ceiling");
+        assert!(m.audio.channels.iter().flatten().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn mono_mix_stays_mono() {
+    let rate = 44_100;
+    let x = kellet_pink(5, rate as usize * 6, -20.0);
+    let mix = AudioBuffer { sample_rate_hz: rate, channels: vec![x] };
+    let reference = bright_wide_reference(rate, 6.0);
+    let mp = analyze(&mix, "mono", false);
+    let rp = analyze(&reference, "ref", false);
+    let m = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters mono");
+    assert_eq!(m.audio.channel_count(), 1);
+    assert!(m.notes.iter().any(|n| n.contains("mono")), "a note says mono stays mono: {:?}", m.notes);
+}
+
+#[test]
+fn mastering_a_finished_track_against_itself_touches_only_its_peaks() {
+    for name in ["demo_ref.ogg", "demo_mix.flac"] {
+        let (audio, p) = load(&shipped(name));
+        let m = master(&audio, &p, &p, &MasterOptions::default(), &quiet).expect("masters");
+        let change = mid_max_band_change_db(&m.profile, &p);
+        assert!(change < 0.5, "{name}: spectrum changed by up to {change:.2} dB in a band");
+        let dl = m.profile.loudness.integrated_lufs - p.loudness.integrated_lufs;
+        assert!(dl.abs() < 0.3, "{name}: loudness changed by {dl:.2} LU");
+        assert!(m.settings.dynamics.bands.iter().all(|b| b.ratio <= 1.0), "{name}: compressed itself");
+        let tp = m.profile.loudness.true_peak_dbtp;
+        assert!(tp <= -1.0, "{name}: true peak {tp:.2} dBTP");
+    }
+}
+
+#[test]
+fn cli_master_hits_the_loudness_target_under_the_ceiling_as_ffmpeg_measures_it() {
+    let dir = temp_dir();
+    let out = in_dir(&dir, "master.wav");
+    let o = run_refmaster([
+        shipped("demo_mix.flac").as_os_str(),
+        "--ref".as_ref(),
+        shipped("demo_ref.ogg").as_os_str(),
+        "--lufs".as_ref(),
+        "-14".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = ffmpeg_ebur128(&out);
+    assert!((m.integrated_lufs + 14.0).abs() <= 0.3, "ffmpeg reads {:.2} LUFS", m.integrated_lufs);
+    assert!(m.true_peak_dbtp <= -1.0, "ffmpeg reads {:.2} dBTP", m.true_peak_dbtp);
+}
+
+#[test]
+fn same_inputs_give_bit_identical_masters_and_saved_settings_reapply_bit_identically() {
+    let dir = temp_dir();
+    let a = in_dir(&dir, "a.wav");
+    let b = in_dir(&dir, "b.wav");
+    let applied = in_dir(&dir, "applied.wav");
+    let settings = in_dir(&dir, "s.json");
+    let mix = shipped("demo_mix.flac");
+    let reference = shipped("demo_ref.ogg");
+    for (out, extra) in [(&a, true), (&b, false)] {
+        let mut args = vec![mix.as_os_str(), "--ref".as_ref(), reference.as_os_str(), "-o".as_ref(), out.as_os_str()];
+        if extra {
+            args.extend(["--settings".as_ref(), settings.as_os_str()]);
+        }
+        args.push("--quiet".as_ref());
+        let o = run_refmaster(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = run_refmaster([
+        "apply".as_ref(),
+        mix.as_os_str(),
+        "--settings".as_ref(),
+        settings.as_os_str(),
+        "-o".as_ref(),
+        applied.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = |p: &PathBuf| std::fs::read(p).expect("read output");
+    assert!(bytes(&a) == bytes(&b), "two runs differ");
+    assert!(bytes(&a) == bytes(&applied), "apply with saved settings differs from the direct run");
+}
+
+#[test]
+fn stage_switches_turn_stages_off() {
+    let mix = dull_narrow_mix(44_100, 6.0);
+    let reference = bright_wide_reference(44_100, 6.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let opts = SolveOptions { eq: false, dynamics: false, width: false, ..SolveOptions::default() };
+    let (s, _) = solve(&mp, &rp, &opts);
+    assert!(!s.eq.enabled && !s.dynamics.enabled && !s.width.enabled);
+    let m = master(&mix, &mp, &rp, &MasterOptions { solve: opts, ..MasterOptions::default() }, &quiet).expect("m");
+    // Without EQ the tonal shape is the mix's own (limiting aside).
+    assert!(mid_max_band_change_db(&m.profile, &mp) < 0.5);
+}
+
+#[test]
+fn mix_and_reference_at_different_rates_master_at_the_mixs_own_rate() {
+    let mix = dull_narrow_mix(48_000, 6.0);
+    let reference = bright_wide_reference(44_100, 6.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let m = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters");
+    assert_eq!(m.audio.sample_rate_hz, 48_000);
+    assert!(mid_shape_error_db(&m.profile, &rp) < 0.6);
+    let dir = temp_dir();
+    let p = in_dir(&dir, "x.wav");
+    write_wav_f32(&p, 48_000, &m.audio.channels);
+    assert!(ffmpeg_ebur128(&p).true_peak_dbtp <= -1.0);
+}
