@@ -65,7 +65,15 @@ pub fn master(
 ) -> Result<Mastered> {
     crate::render::check_channels(mix)?;
     if !mix_profile.loudness.integrated_lufs.is_finite() {
-        return Err(Error::input(Path::new(&mix_profile.source), "is digital silence: nothing to master"));
+        let reason = if mix_profile.loudness.sample_peak_dbfs.is_finite() {
+            format!(
+                "is too quiet to master: below the -70 LUFS loudness gate (sample peak {:.1} dBFS)",
+                mix_profile.loudness.sample_peak_dbfs
+            )
+        } else {
+            "is digital silence: nothing to master".to_string()
+        };
+        return Err(Error::input(Path::new(&mix_profile.source), reason));
     }
     if opts.solve.target_lufs.is_none() && !target.loudness.integrated_lufs.is_finite() {
         return Err(Error::input(Path::new(&target.source), "reference is digital silence: no loudness to match"));

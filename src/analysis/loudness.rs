@@ -46,7 +46,7 @@ pub const ABSOLUTE_GATE_LUFS: f64 = -70.0;
 pub fn measure(audio: &AudioBuffer) -> Loudness {
     let rate = audio.sample_rate_hz;
     let ch = audio.channel_count() as u32;
-    let mode = Mode::I | Mode::LRA | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
+    let mode = Mode::I | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
     let Ok(mut meter) = EbuR128::new(ch.max(1), rate, mode) else {
         return silent_loudness();
     };
@@ -90,7 +90,7 @@ pub fn measure(audio: &AudioBuffer) -> Loudness {
     let max_m = momentary.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let max_s = short_term.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let integrated = meter.loudness_global().unwrap_or(f64::NEG_INFINITY);
-    let range = meter.loudness_range().unwrap_or(0.0);
+    let range = loudness_range_lu(&short_term);
     let peak_of = |f: &dyn Fn(u32) -> f64| (0..ch).map(f).fold(0.0f64, f64::max);
     let true_peak = lin_to_db(peak_of(&|c| meter.true_peak(c).unwrap_or(0.0)));
     let sample_peak = lin_to_db(peak_of(&|c| meter.sample_peak(c).unwrap_or(0.0)));
@@ -226,6 +226,25 @@ pub fn true_peak_dbtp(audio: &AudioBuffer) -> f64 {
     }
     let peak = (0..audio.channel_count() as u32).map(|c| meter.true_peak(c).unwrap_or(0.0)).fold(0.0, f64::max);
     lin_to_db(peak)
+}
+
+/// Loudness range (EBU Tech 3342) from short-term loudness values taken every 100 ms: values
+/// above −70 LUFS and within 20 LU of their power mean, 95th minus 10th percentile, in LU.
+/// (The `ebur128` crate takes one short-term value per second; ffmpeg and Tech 3342's own
+/// examples use the 100 ms hop, which moves LRA by up to 0.8 LU on real music.)
+pub fn loudness_range_lu(short_term_lufs: &[f64]) -> f64 {
+    let abs: Vec<f64> = short_term_lufs.iter().copied().filter(|v| v.is_finite() && *v > ABSOLUTE_GATE_LUFS).collect();
+    if abs.is_empty() {
+        return 0.0;
+    }
+    let mean_energy = abs.iter().map(|l| 10f64.powf(l / 10.0)).sum::<f64>() / abs.len() as f64;
+    let gate = 10.0 * mean_energy.log10() - 20.0;
+    let mut gated: Vec<f64> = abs.into_iter().filter(|v| *v >= gate).collect();
+    if gated.len() < 2 {
+        return 0.0;
+    }
+    gated.sort_by(f64::total_cmp);
+    percentile_sorted(&gated, 0.95) - percentile_sorted(&gated, 0.10)
 }
 
 fn short_term_percentiles(values: &[f64], integrated: f64) -> [f64; 4] {

@@ -123,7 +123,11 @@ pub fn solve_dynamics(
             bands.push(neutral_band(b));
             continue;
         };
-        let denser = t.spread_db < m.spread_db - MIN_DENSITY_GAP_DB || t.crest_db < m.crest_db - MIN_DENSITY_GAP_DB;
+        // Denser means less level movement: in this band, and in the programme's loudness range
+        // (a band-level spread can disagree with the LRA a listener hears; both must agree).
+        // Crest alone is not a reason to compress: peaks are the limiter's job.
+        let denser = t.spread_db < m.spread_db - MIN_DENSITY_GAP_DB
+            && target.loudness.range_lu < mix.loudness.range_lu - MIN_DENSITY_GAP_DB;
         if !denser || m.rms_dbfs < -100.0 {
             bands.push(neutral_band(b));
             continue;
