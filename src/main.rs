@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use refmaster::analysis::{analyze, Profile};
 use refmaster::decode::decode_file;
 use refmaster::encode::{refuse_overwriting_inputs, write_text_atomically, write_wav, BitDepth};
-use refmaster::master::{master, MasterOptions};
+use refmaster::master::{master, MasterOptions, Mastered};
+use refmaster::platform::Platform;
 use refmaster::settings::Settings;
 use refmaster::solve::{average_profiles, SolveOptions};
 use refmaster::{render, report, AudioBuffer};
@@ -90,12 +91,27 @@ struct MasterArgs {
     /// Width bound, ± dB.
     #[arg(long, default_value_t = 6.0)]
     max_width_db: f64,
-    /// True-peak ceiling, dBTP.
-    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
-    ceiling: f64,
-    /// Loudness target, LUFS (default: the reference's).
+    /// True-peak ceiling, dBTP (default: the platform's, else -1.0).
+    #[arg(long, allow_hyphen_values = true)]
+    ceiling: Option<f64>,
+    /// Loudness target, LUFS (default: the platform's, else the reference's).
     #[arg(long, allow_hyphen_values = true)]
     lufs: Option<f64>,
+    /// Deliver for a platform: spotify, apple, youtube, tidal, amazon, deezer, soundcloud (their
+    /// loudness target, -1 dBTP), cd or club (the reference's loudness, -0.3 dBTP). --lufs and
+    /// --ceiling override it.
+    #[arg(long, value_name = "NAME")]
+    platform: Option<Platform>,
+    /// Write a self-contained HTML report (plots, numbers, settings, warnings) here.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+    /// Write the spectrum plot (mid and side of mix, reference, master) as PNG here.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+    /// Also write OUT.preview-mix.wav and OUT.preview-master.wav: the loudest 30 s of both,
+    /// matched in loudness, for an honest before/after.
+    #[arg(long)]
+    preview: bool,
     /// Output format: 16, 24 (TPDF dither) or 32f.
     #[arg(long, default_value = "24")]
     bits: BitDepth,
@@ -105,6 +121,12 @@ struct MasterArgs {
     /// Solve and export settings without rendering audio.
     #[arg(long)]
     dry_run: bool,
+    /// Also export the settings for other tools: apo, graphiceq, ffmpeg, easyeffects, json (or all).
+    #[arg(long, value_name = "FORMAT[,FORMAT...]")]
+    export: Option<String>,
+    /// Folder for the exported files (default: the output file's folder).
+    #[arg(long, value_name = "DIR")]
+    export_dir: Option<PathBuf>,
     /// Skip the matching EQ.
     #[arg(long)]
     no_eq: bool,
@@ -117,6 +139,13 @@ struct MasterArgs {
     /// Skip the limiter (drive still applies; overs are possible).
     #[arg(long)]
     no_limiter: bool,
+    /// Deepest limiting allowed, dB of gain reduction at the 99.9th percentile; a louder target
+    /// is reported unreachable instead of crushed.
+    #[arg(long, default_value_t = refmaster::master::MAX_LIMITING_DB)]
+    max_limiting_db: f64,
+    /// Closed-loop EQ correction passes after the first render (0 = open loop).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=6))]
+    passes: u8,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -253,6 +282,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         bail!("no reference given: add `--ref REFERENCE` (an audio file or a saved .json profile)");
     }
     let out = a.output.clone().unwrap_or_else(|| default_output(mix_path));
+    let exports = a.export.as_deref().map(refmaster::export::parse_list).transpose()?;
     let mut inputs: Vec<&Path> = vec![mix_path];
     inputs.extend(a.references.iter().map(PathBuf::as_path));
     if !a.dry_run {
@@ -261,6 +291,10 @@ fn run_master(a: &MasterArgs) -> Result<()> {
     if let Some(s) = &a.settings {
         refuse_overwriting_inputs(s, &inputs)?;
     }
+    check_extra_outputs(a, &out, &inputs)?;
+    // An explicit --lufs/--ceiling wins over --platform, which wins over the defaults.
+    let ceiling = a.ceiling.or(a.platform.map(Platform::ceiling_dbtp)).unwrap_or(-1.0);
+    let lufs = a.lufs.or(a.platform.and_then(Platform::target_lufs));
     let pb = spinner(a.quiet);
     let (mix, mix_profile) = load(mix_path, &pb)?;
     refmaster::render::check_channels(&mix).with_context(|| mix_path.display().to_string())?;
@@ -275,19 +309,20 @@ fn run_master(a: &MasterArgs) -> Result<()> {
             smoothing_octaves: a.smoothing.clamp(0.02, 3.0),
             max_eq_db: a.max_eq_db.clamp(0.0, refmaster::settings::limits::EQ_GAIN_DB),
             max_width_db: a.max_width_db.clamp(0.0, refmaster::settings::limits::WIDTH_GAIN_DB),
-            ceiling_dbtp: a.ceiling,
-            target_lufs: a.lufs,
+            ceiling_dbtp: ceiling,
+            target_lufs: lufs,
             eq: !a.no_eq,
             dynamics: !a.no_dynamics,
             width: !a.no_width,
             limiter: !a.no_limiter,
         },
-        ..MasterOptions::default()
+        closed_loop_passes: usize::from(a.passes),
+        max_limiting_db: a.max_limiting_db.clamp(0.0, 40.0),
     };
-    if !(-20.0..=0.0).contains(&a.ceiling) {
-        bail!("--ceiling {} is outside -20..0 dBTP", a.ceiling);
+    if !(-20.0..=0.0).contains(&ceiling) {
+        bail!("--ceiling {ceiling} is outside -20..0 dBTP");
     }
-    if let Some(l) = a.lufs {
+    if let Some(l) = lufs {
         if !(-70.0..=0.0).contains(&l) {
             bail!("--lufs {l} is outside -70..0 LUFS");
         }
@@ -307,6 +342,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
                 println!("note: {n}");
             }
         }
+        write_exports(a, exports.as_deref(), &settings, &out)?;
         return Ok(());
     }
     let progress = |m: &str| say(&pb, m);
@@ -328,7 +364,112 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         for n in &mastered.notes {
             println!("note: {n}");
         }
+        for p in refmaster::platform::playback_report(&mastered.profile) {
+            println!("playback: {p}");
+        }
         println!("wrote {}", out.display());
+    }
+    write_extra_outputs(a, &out, &mix, &mix_profile, &target, &mastered)?;
+    write_exports(a, exports.as_deref(), &mastered.settings, &out)?;
+    Ok(())
+}
+
+/// Refuses `--report`, `--plot` and `--preview` outputs that would overwrite an input, and all
+/// three with `--dry-run` (they show a rendered master).
+fn check_extra_outputs(a: &MasterArgs, out: &Path, inputs: &[&Path]) -> Result<()> {
+    if a.dry_run && (a.report.is_some() || a.plot.is_some() || a.preview) {
+        bail!("--report, --plot and --preview need a rendered master: drop --dry-run");
+    }
+    let (pm, pw) = refmaster::preview::preview_paths(out);
+    let previews = [pm, pw];
+    let paths = a.report.iter().chain(&a.plot).chain(previews.iter().filter(|_| a.preview));
+    for p in paths {
+        refuse_overwriting_inputs(p, inputs)?;
+        if p == out {
+            bail!("{}: is also the master output", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// `--report`, `--plot`, `--preview`: written after the master, each path printed unless
+/// `--quiet`.
+fn write_extra_outputs(
+    a: &MasterArgs,
+    out: &Path,
+    mix: &AudioBuffer,
+    mix_profile: &Profile,
+    target: &Profile,
+    mastered: &Mastered,
+) -> Result<()> {
+    let wrote = |p: &Path| {
+        if !a.quiet {
+            println!("wrote {}", p.display());
+        }
+    };
+    let mut preview_range = None;
+    if a.preview {
+        let pv = refmaster::preview::previews(mix, &mastered.audio, mastered.settings.limiter.ceiling_dbtp);
+        let (pm, pw) = refmaster::preview::preview_paths(out);
+        write_wav(&pm, &pv.mix, a.bits, mastered.settings.dither_seed)?;
+        write_wav(&pw, &pv.master, a.bits, mastered.settings.dither_seed)?;
+        if !a.quiet {
+            println!(
+                "previews: {:.1}-{:.1} s, both at {} LUFS (mix {:+.1} dB, master {:+.1} dB)",
+                pv.start_s,
+                pv.start_s + pv.duration_s,
+                report::fmt_db(pv.loudness_lufs),
+                pv.mix_gain_db,
+                pv.master_gain_db
+            );
+        }
+        wrote(&pm);
+        wrote(&pw);
+        preview_range = Some((pv.start_s, pv.duration_s));
+    }
+    if let Some(path) = &a.plot {
+        refmaster::report_html::write_spectrum_png(path, mix_profile, target, &mastered.profile)?;
+        wrote(path);
+    }
+    if let Some(path) = &a.report {
+        let warnings = report::warnings(mix_profile, target, mastered);
+        let playback = refmaster::platform::playback_report(&mastered.profile);
+        let name = out.file_name().map_or_else(|| out.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let input = refmaster::report_html::ReportInput {
+            mix: mix_profile,
+            reference: target,
+            mastered,
+            master_name: &name,
+            warnings: &warnings,
+            playback: &playback,
+            preview: preview_range,
+        };
+        refmaster::report_html::write_report(path, &input)?;
+        wrote(path);
+    }
+    Ok(())
+}
+
+/// `--export`: writes the requested formats as `OUT-STEM.*` into `--export-dir` (default: the
+/// output's folder) and prints each path unless `--quiet`.
+fn write_exports(
+    a: &MasterArgs,
+    formats: Option<&[refmaster::export::ExportFormat]>,
+    settings: &Settings,
+    out: &Path,
+) -> Result<()> {
+    let Some(formats) = formats else {
+        return Ok(());
+    };
+    let dir = a.export_dir.clone().unwrap_or_else(|| match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let stem = out.file_stem().map_or_else(|| "master".into(), |s| s.to_string_lossy().into_owned());
+    for path in refmaster::export::write_exports(settings, formats, &dir, &stem)? {
+        if !a.quiet {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::settings::LimiterSettings;
 
 /// Safety margin below the ceiling the limiter aims at, dB: covers the difference between this
 /// detector and other 4× true-peak meters.
-pub const CEILING_MARGIN_DB: f64 = 0.15;
+pub const CEILING_MARGIN_DB: f64 = 0.25;
 
 /// What the limiter did.
 #[derive(Debug, Clone, PartialEq, Default)]
