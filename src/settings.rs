@@ -251,10 +251,13 @@ impl Settings {
             }
             None => return Err(Error::settings(src, "version", "missing or not a number")),
         }
-        let settings: Settings = serde_json::from_value(value).map_err(|e| {
-            let msg = e.to_string();
-            // serde_json names the missing or mistyped field in its message.
-            Error::settings(src, field_from_serde(&msg), msg)
+        // serde_path_to_error gives the full path of a mistyped or missing field
+        // ("limiter.release_ms"), which plain serde_json does not.
+        let settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.inner().to_string();
+            let field = if path == "." { field_from_serde(&msg) } else { path };
+            Error::settings(src, field, msg)
         })?;
         settings.validate(src)?;
         Ok(settings)
