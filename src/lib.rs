@@ -12,8 +12,11 @@ pub mod encode;
 pub mod error;
 pub mod export;
 pub mod master;
+pub mod platform;
+pub mod preview;
 pub mod render;
 pub mod report;
+pub mod report_html;
 pub mod settings;
 pub mod solve;
 

@@ -450,8 +450,9 @@ fn write_extra_outputs(
     Ok(())
 }
 
-/// `--export`: writes the requested formats as `OUT-STEM.*` into `--export-dir` (default: the
-/// output's folder) and prints each path unless `--quiet`.
+/// `--export`: writes the requested formats as `STEM.*` (STEM: the output file's name without
+/// its extension) into `--export-dir` (default: the output's folder) and prints each path unless
+/// `--quiet`.
 fn write_exports(
     a: &MasterArgs,
     formats: Option<&[refmaster::export::ExportFormat]>,

@@ -39,10 +39,11 @@ pub struct Loudness {
 /// Lowest loudness written into series and percentiles (the BS.1770 absolute gate).
 pub const ABSOLUTE_GATE_LUFS: f64 = -70.0;
 
-/// Measures all loudness figures of `audio` in one pass over the samples for the `ebur128`
-/// meter (integrated, LRA, true and sample peak) and one for K-weighted energy, from which the
-/// momentary and short-term series are read with prefix sums (querying the meter every 100 ms
-/// would re-sum a 3 s window each time).
+/// Measures all loudness figures of `audio`: one pass through the `ebur128` meter (integrated,
+/// true and sample peak) and one through our own K-weighting (the same libebur128 formulas), from
+/// which the momentary and short-term series and LRA are read with prefix sums. Querying the
+/// meter every 100 ms would re-sum a 3 s window each time, and its LRA samples short-term
+/// loudness once a second where ffmpeg and EBU Tech 3342 use 100 ms.
 pub fn measure(audio: &AudioBuffer) -> Loudness {
     let rate = audio.sample_rate_hz;
     let ch = audio.channel_count() as u32;
