@@ -689,8 +689,8 @@ fn ffmpeg_script(settings: &Settings) -> String {
                 "  4. Limiter: alimiter at {FFMPEG_LIMITER_OVERSAMPLING}x the sample rate (so its sample peaks are \
                  close to true peaks), limit {} dBFS: the {} dBTP ceiling minus {} dB for the resampling back; \
                  release {FFMPEG_RELEASE_FACTOR}x refmaster's (calibrated to give refmaster's loudness at the \
-                 same drive). The drive stays within {} dB of limiting (refmaster's rule) and at most \
-                 {FFMPEG_DRIVE_SLACK_DB} dB above refmaster's own drive, {} dB.",
+                 same drive). The drive stays within {} dB of limiting (refmaster's default rule) and at \
+                 most {FFMPEG_DRIVE_SLACK_DB} dB above refmaster's own drive, {} dB (which is always allowed).",
                 num(aim_db, 2),
                 num(l.ceiling_dbtp, 1),
                 num(FFMPEG_CEILING_MARGIN_DB, 1),
@@ -830,8 +830,10 @@ if [ "$LIMITER_ON" = 1 ]; then
             if (!done && cum + c >= n / 1000) {{ level = -(db + (n / 1000 - cum) / c); done = 1 }}
             cum += c }}
         END {{ if (!done) level = top; printf "%.2f", level + 24 }}' "$TMP/log")
+    # refmaster's own drive is always allowed (it may have been given a deeper limit), and never
+    # exceeded by more than {slack} dB.
     DRIVE_MAX=$(awk -v a="$AIM_DBFS" -v m="$MAX_LIMITING_DB" -v p="$LOUD_DB" -v d="$DRIVE_DB" \
-        'BEGIN {{ x = a + m - p; if (x > d + {slack}) x = d + {slack}; if (x > 36) x = 36; printf "%.3f", x }}')
+        'BEGIN {{ x = a + m - p; if (x > d + {slack}) x = d + {slack}; if (x < d) x = d; if (x > 36) x = 36; printf "%.3f", x }}')
     DRIVE=$(awk -v d="$DRIVE_DB" -v m="$DRIVE_MAX" 'BEGIN {{ if (d > m) d = m; printf "%.3f", d }}')
     PASS=0
     PREV_DRIVE=''

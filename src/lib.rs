@@ -4,6 +4,7 @@
 //! [`decode`] → [`analysis`] → [`solve`] → [`render`] → [`master`] (verify) → [`export`], with
 //! [`encode`] writing audio and [`report`] telling the user what happened.
 
+pub mod album;
 pub mod analysis;
 pub mod audio;
 pub mod decode;

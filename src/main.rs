@@ -33,6 +33,44 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Render a mix with saved settings (bit-identical to the run that wrote them).
     Apply(ApplyArgs),
+    /// Master an album against one reference, keeping the songs' relative loudness.
+    Album(AlbumArgs),
+    /// Master unrelated files against one reference, each to the full target loudness.
+    Batch(AlbumArgs),
+}
+
+#[derive(Args, Debug)]
+struct AlbumArgs {
+    /// The mixes, one per song.
+    #[arg(required = true)]
+    tracks: Vec<PathBuf>,
+    /// Reference track (audio) or saved profile (.json); repeat to match the average of several.
+    #[arg(long = "ref", value_name = "FILE", required = true)]
+    references: Vec<PathBuf>,
+    /// Folder for the masters (STEM.master.wav each).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Every song to the full target loudness (what `batch` does).
+    #[arg(long)]
+    independent: bool,
+    /// Redo songs whose master already exists.
+    #[arg(long)]
+    force: bool,
+    /// Loudness target for the loudest song, LUFS (default: the reference's).
+    #[arg(long, allow_hyphen_values = true)]
+    lufs: Option<f64>,
+    /// True-peak ceiling, dBTP.
+    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
+    ceiling: f64,
+    /// Output format: 16, 24 (TPDF dither) or 32f.
+    #[arg(long, default_value = "24")]
+    bits: BitDepth,
+    /// Songs mastered at once.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -168,6 +206,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Analyze(a)) => run_analyze(&a),
         Some(Command::Apply(a)) => run_apply(&a),
+        Some(Command::Album(a)) => run_album(&a, false),
+        Some(Command::Batch(a)) => run_album(&a, true),
         None => run_master(&cli.master),
     };
     match result {
@@ -471,6 +511,41 @@ fn write_exports(
         if !a.quiet {
             println!("wrote {}", path.display());
         }
+    }
+    Ok(())
+}
+
+fn run_album(a: &AlbumArgs, batch: bool) -> Result<()> {
+    use refmaster::album::{master_album, summary_table, AlbumJob, LoudnessPolicy, TrackStatus};
+    if !(-20.0..=0.0).contains(&a.ceiling) {
+        bail!("--ceiling {} is outside -20..0 dBTP", a.ceiling);
+    }
+    let mut refs = Vec::new();
+    for r in &a.references {
+        refs.push(load_reference(r, &None)?);
+    }
+    let reference = average_profiles(&refs).context("no reference profile")?;
+    let options = MasterOptions {
+        solve: SolveOptions { ceiling_dbtp: a.ceiling, target_lufs: a.lufs, ..SolveOptions::default() },
+        ..MasterOptions::default()
+    };
+    let policy = if batch || a.independent { LoudnessPolicy::Independent } else { LoudnessPolicy::Album };
+    let job = AlbumJob { reference: &reference, options, policy, bits: a.bits, force: a.force, threads: a.jobs.max(1) };
+    let quiet = a.quiet;
+    let progress = move |line: &str| {
+        if line.contains(": FAILED: ") {
+            eprintln!("refmaster: error: {line}");
+        } else if !quiet {
+            println!("{line}");
+        }
+    };
+    let results = master_album(&a.tracks, &a.out_dir, &job, &progress)?;
+    if !a.quiet {
+        println!("\n{}", summary_table(&results));
+    }
+    let failed = results.iter().filter(|r| matches!(r.status, TrackStatus::Failed(_))).count();
+    if failed > 0 {
+        bail!("{failed} of {} songs failed (see above)", results.len());
     }
     Ok(())
 }
