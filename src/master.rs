@@ -3,14 +3,14 @@
 //! loudness within 0.05 LU of the target (re-measuring the limited output, never assuming), then
 //! measures the master's spectrum and corrects the EQ for what compression and limiting changed.
 
-use crate::analysis::loudness::{block_energies, gated_loudness, integrated_lufs, k_weighted_energy};
+use crate::analysis::loudness::{block_energies, gated_loudness, integrated_lufs_scaled, k_weighted_energy};
 use crate::analysis::spectrum::{band_levels_db, welch};
 use crate::analysis::{analyze, Profile};
 use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
 use crate::dsp::truepeak::peak_envelope;
 use crate::error::{Error, Result};
-use crate::render::limiter::{gain_curve, limit, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::limiter::{apply_gain, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB};
 use crate::render::render_pre_limiter;
 use crate::settings::Settings;
 use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
@@ -218,20 +218,25 @@ pub fn loudness_loop(
     let mut aim = target + *bias;
     let mut drive = (target - base).clamp(-60.0, drive_max);
     let mut reached = f64::NEG_INFINITY;
-    let mut best: Option<(AudioBuffer, LimiterStats)> = None;
+    let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
+    let mut best: Option<Vec<f32>> = None;
     for _ in 0..rounds.max(1) {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
-        settings.limiter.drive_db = drive;
-        let (out, stats) = render(settings);
-        reached = integrated_lufs(&out);
-        best = Some((out, stats));
+        let gain = gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter);
+        reached = integrated_lufs_scaled(&planes, rate, db_to_lin(drive) as f32, &gain);
+        best = Some(gain);
         if (reached - target).abs() <= LOUDNESS_TOLERANCE_LU || drive >= drive_max - 1e-9 {
             break;
         }
         aim += target - reached;
     }
     *bias = aim - target;
-    let (out, stats) = best.unwrap_or_else(|| render(settings));
+    settings.limiter.drive_db = drive;
+    // Only the chosen gain is rendered (the same drive × gain product `render::render` applies).
+    let gain = best.unwrap_or_else(|| gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter));
+    let mut out = pre.clone();
+    apply_gain(&mut out.channels, db_to_lin(drive) as f32, &gain);
+    let stats = limiter_stats(&gain, rate);
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
     (out, stats, short)
 }

@@ -177,6 +177,49 @@ pub fn k_weighted_energy(audio: &AudioBuffer) -> Vec<f32> {
     energy
 }
 
+/// Integrated loudness (LUFS) of `channels` multiplied sample by sample by `scale × gain[i]`,
+/// without materialising the product: the loudness loop measures each candidate limiter gain
+/// this way instead of rendering a copy of the song per try.
+pub fn integrated_lufs_scaled(channels: &[&[f32]], sample_rate_hz: u32, scale: f32, gain: &[f32]) -> f64 {
+    let [shelf, hp] = k_weighting(sample_rate_hz);
+    let weights = channel_weights(channels.len());
+    let hop = (sample_rate_hz / 10).max(1) as usize;
+    let sub_blocks = |ch: &[f32], w: f64| -> Vec<f64> {
+        let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
+        ch.chunks(hop)
+            .zip(gain.chunks(hop))
+            .filter(|(c, _)| c.len() == hop)
+            .map(|(c, g)| {
+                c.iter()
+                    .zip(g)
+                    .map(|(&x, &g)| {
+                        let y = b.process(a.process(f64::from(x * scale * g)));
+                        y * y
+                    })
+                    .sum::<f64>()
+                    * w
+            })
+            .collect()
+    };
+    let per_channel: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = channels
+            .iter()
+            .zip(&weights)
+            .filter(|(_, w)| **w > 0.0)
+            .map(|(ch, &w)| s.spawn(move || sub_blocks(ch, w)))
+            .collect();
+        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+    });
+    let mut sums = per_channel.first().cloned().unwrap_or_default();
+    for other in per_channel.iter().skip(1) {
+        for (s, o) in sums.iter_mut().zip(other) {
+            *s += o;
+        }
+    }
+    let blocks: Vec<f64> = sums.windows(4).map(|w| w.iter().sum::<f64>() / (4 * hop) as f64).collect();
+    gated_loudness(&blocks)
+}
+
 /// BS.1770 channel weights in the `ebur128` crate's default layout: L, R (C) weight 1,
 /// surrounds 1.41, the LFE of 5.1 (fourth channel of six) and channels past the sixth unused.
 pub fn channel_weights(channels: usize) -> Vec<f64> {

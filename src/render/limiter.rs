@@ -37,11 +37,22 @@ pub fn limit(channels: &mut [Vec<f32>], envelope: &[f32], sample_rate_hz: u32, s
         return LimiterStats { max_gain_reduction_db: 0.0, gain_reduction_series_db: vec![0.0; n.div_ceil(block)] };
     }
     let gain = gain_curve(envelope, drive, sample_rate_hz, s);
+    apply_gain(channels, drive, &gain);
+    stats(&gain, sample_rate_hz)
+}
+
+/// Multiplies every channel by `drive × gain[i]` (the limiter's output stage).
+pub fn apply_gain(channels: &mut [Vec<f32>], drive: f32, gain: &[f32]) {
     for ch in channels.iter_mut() {
-        for (x, g) in ch.iter_mut().zip(&gain) {
+        for (x, g) in ch.iter_mut().zip(gain) {
             *x *= drive * g;
         }
     }
+}
+
+/// Gain-reduction statistics of a gain curve.
+pub fn stats(gain: &[f32], sample_rate_hz: u32) -> LimiterStats {
+    let block = (sample_rate_hz / 10).max(1) as usize;
     let series: Vec<f32> =
         gain.chunks(block).map(|c| -20.0 * c.iter().fold(1f32, |a, &b| a.min(b)).max(1e-6).log10()).collect();
     let max = series.iter().fold(0f32, |a, &b| a.max(b));
