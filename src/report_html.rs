@@ -165,9 +165,17 @@ impl Svg {
         );
     }
 
-    /// Panel title, top left above the plot area.
-    fn title(&mut self, p: &Panel, s: &str) {
-        self.text(p.x0, p.y0 - 10.0, 14.0, "start", r#" font-weight="bold""#, s);
+    /// Panel title (top left above the plot area) and legend (right-aligned on the same row, or
+    /// on a row of its own below the title when both do not fit side by side).
+    fn header(&mut self, p: &Panel, title: &str, items: &[(&str, &str, Option<&str>)]) {
+        // Widths estimated from the font size (DejaVu Sans averages ~0.6 em a character, bold
+        // ~0.68 em).
+        let title_w = 9.6 * title.chars().count() as f64;
+        let legend_w: f64 = items.iter().map(|(l, _, _)| legend_item_width(l)).sum();
+        let two_rows = title_w + 24.0 + legend_w > p.w;
+        let title_y = if two_rows { p.y0 - 32.0 } else { p.y0 - 10.0 };
+        self.text(p.x0, title_y, 14.0, "start", r#" font-weight="bold""#, title);
+        self.legend(p, items);
     }
 
     /// Vertical grid lines and labels at `ticks`, minor grid lines at `minor`, and the axis label.
@@ -274,7 +282,8 @@ impl Svg {
             p.x0,
             p.x0 + p.w
         );
-        self.text(p.x0 + p.w - 6.0, yy - 5.0, 11.0, "end", &format!(r#" fill="{colour}""#), label);
+        let halo = r##" stroke="#ffffff" stroke-width="3" paint-order="stroke""##;
+        self.text(p.x0 + p.w - 6.0, yy - 5.0, 11.0, "end", &format!(r#" fill="{colour}"{halo}"#), label);
     }
 
     /// A shaded time range with a label (the preview excerpt).
@@ -295,8 +304,7 @@ impl Svg {
 
     /// The legend, right-aligned in the title row above the plot area.
     fn legend(&mut self, p: &Panel, items: &[(&str, &str, Option<&str>)]) {
-        // Label widths estimated from the font size (DejaVu Sans averages ~0.6 em a character).
-        let widths: Vec<f64> = items.iter().map(|(l, _, _)| 26.0 + 6.8 * l.chars().count() as f64 + 14.0).collect();
+        let widths: Vec<f64> = items.iter().map(|(l, _, _)| legend_item_width(l)).collect();
         let mut x = p.x0 + p.w - widths.iter().sum::<f64>();
         let y = p.y0 - 14.0;
         for ((label, colour, dash), w) in items.iter().zip(&widths) {
@@ -324,6 +332,11 @@ impl Svg {
             h = self.height,
         )
     }
+}
+
+/// Width of one legend entry: line sample, gap, label, spacing.
+fn legend_item_width(label: &str) -> f64 {
+    26.0 + 6.8 * label.chars().count() as f64 + 14.0
 }
 
 /// "20", "500", "1k", "20k".
@@ -489,9 +502,8 @@ pub fn spectrum_svg(mix: &Profile, reference: &Profile, master: &Profile, standa
             svg.line(&p, &Series { label, colour, dash, width, points });
         }
         svg.frame(&p);
-        svg.title(&p, if side { "Side spectrum (L−R)" } else { "Mid spectrum (L+R)" });
         let items: Vec<(&str, &str, Option<&str>)> = profiles.iter().map(|(_, l, c, d, _)| (*l, *c, *d)).collect();
-        svg.legend(&p, &items);
+        svg.header(&p, if side { "Side spectrum (L−R)" } else { "Mid spectrum (L+R)" }, &items);
     }
     svg.finish(standalone, "Mid and side spectra of mix, reference and master, at the master's loudness")
 }
@@ -560,9 +572,8 @@ pub fn eq_svg(mastered: &Mastered) -> String {
         svg.line(&p, s);
     }
     svg.frame(&p);
-    svg.title(&p, if st.eq.enabled { "Matched EQ curves and parametric fits" } else { "EQ (off)" });
     let items: Vec<(&str, &str, Option<&str>)> = series.iter().map(|s| (s.label, s.colour, s.dash)).collect();
-    svg.legend(&p, &items);
+    svg.header(&p, if st.eq.enabled { "Matched EQ curves and parametric fits" } else { "EQ (off)" }, &items);
     svg.finish(false, "EQ curves applied: matched mid and side, and the parametric fits")
 }
 
@@ -605,9 +616,9 @@ pub fn loudness_svg(mix: &Profile, master: &Profile, target_lufs: f64, preview: 
     svg.line(&p, &Series { label: "mix", colour: colours::MIX, dash: None, width: 1.8, points: m });
     svg.line(&p, &Series { label: "master", colour: colours::MASTER, dash: None, width: 2.2, points: o });
     svg.frame(&p);
-    svg.title(&p, "Short-term loudness (3 s) over time");
-    svg.legend(
+    svg.header(
         &p,
+        "Short-term loudness (3 s) over time",
         &[("mix", colours::MIX, None), ("master", colours::MASTER, None), ("target", colours::TARGET, Some("6 4"))],
     );
     svg.finish(false, "Short-term loudness of mix and master over time")
@@ -639,8 +650,7 @@ pub fn limiter_svg(mastered: &Mastered) -> String {
     } else {
         "Limiter gain reduction (limiter off)".to_string()
     };
-    svg.title(&p, &title);
-    svg.legend(&p, &[("gain reduction per 100 ms", colours::LIMITER, None)]);
+    svg.header(&p, &title, &[("gain reduction per 100 ms", colours::LIMITER, None)]);
     svg.finish(false, "Limiter gain reduction over time")
 }
 
