@@ -220,24 +220,38 @@ fn main() -> ExitCode {
 }
 
 /// A spinner on stderr when it is a terminal and the user did not ask for quiet.
+/// A progress bar on stderr, when it is a terminal and the user did not ask for quiet: one step
+/// per stage (decode, analyse, solve, each render pass, verify, write), with the stage's name.
 fn spinner(quiet: bool) -> Option<ProgressBar> {
     if quiet || !std::io::stderr().is_terminal() {
         return None;
     }
-    let pb = ProgressBar::new_spinner();
+    let pb = ProgressBar::new(1);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} [{bar:24}] {pos}/{len} {elapsed:>3} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(pb)
 }
 
+/// Sets how many stages the bar counts.
+fn stages(pb: &Option<ProgressBar>, n: u64) {
+    if let Some(pb) = pb {
+        pb.set_length(n);
+    }
+}
+
+/// Starts a stage: the bar advances past the previous one and shows this one's name.
 fn say(pb: &Option<ProgressBar>, msg: &str) {
     if std::env::var_os("REFMASTER_TIMING").is_some() {
         eprintln!("[{:>8.3} s] {msg}", START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64());
     }
     if let Some(pb) = pb {
+        if !pb.message().is_empty() {
+            pb.inc(1);
+        }
         pb.set_message(msg.to_string());
     }
 }
@@ -260,6 +274,7 @@ fn load_reference(path: &Path, pb: &Option<ProgressBar>) -> Result<Profile> {
 
 fn run_analyze(a: &AnalyzeArgs) -> Result<()> {
     let pb = spinner(a.quiet);
+    stages(&pb, 2 * a.files.len() as u64);
     let mut profiles = Vec::new();
     for f in &a.files {
         profiles.push(load(f, &pb)?.1);
@@ -295,6 +310,7 @@ fn run_apply(a: &ApplyArgs) -> Result<()> {
     let settings = Settings::from_json(&text, &a.settings.display().to_string())?;
     refuse_overwriting_inputs(&a.output, &[&a.mix, &a.settings])?;
     let pb = spinner(a.quiet);
+    stages(&pb, 3);
     say(&pb, "decoding");
     let (mix, _) = decode_file(&a.mix)?;
     say(&pb, "rendering");
@@ -336,6 +352,8 @@ fn run_master(a: &MasterArgs) -> Result<()> {
     let ceiling = a.ceiling.or(a.platform.map(Platform::ceiling_dbtp)).unwrap_or(-1.0);
     let lufs = a.lufs.or(a.platform.and_then(Platform::target_lufs));
     let pb = spinner(a.quiet);
+    // decode + analyse per file, solve, one render per pass, verify, write
+    stages(&pb, 2 * (1 + a.references.len() as u64) + 1 + (u64::from(a.passes) + 1) + 2);
     let (mix, mix_profile) = load(mix_path, &pb)?;
     refmaster::render::check_channels(&mix).with_context(|| mix_path.display().to_string())?;
     let mut refs = Vec::new();
