@@ -156,25 +156,35 @@ pub fn k_weighted_energy(audio: &AudioBuffer) -> Vec<f32> {
             })
             .collect()
     };
-    // One thread per channel (stereo uses both cores), then the weighted sum.
-    let per_channel: Vec<Vec<f32>> = std::thread::scope(|s| {
-        let jobs: Vec<_> = audio
-            .channels
-            .iter()
-            .zip(&weights)
-            .filter(|(_, w)| **w > 0.0)
-            .map(|(ch, &w)| s.spawn(move || filtered(ch, w)))
-            .collect();
-        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
-    });
-    let mut iter = per_channel.into_iter();
-    let mut energy = iter.next().unwrap_or_else(|| vec![0f32; audio.frames()]);
-    for other in iter {
-        for (e, o) in energy.iter_mut().zip(&other) {
-            *e += o;
-        }
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    let mut energy = sum_weighted_channels(&planes, &weights, filtered);
+    if energy.is_empty() {
+        energy = vec![0f32; audio.frames()];
     }
     energy
+}
+
+/// Runs `per_channel(samples, weight)` for every channel with a non-zero BS.1770 weight, one
+/// thread each (stereo uses both cores), and adds the results element by element.
+fn sum_weighted_channels<T, F>(channels: &[&[f32]], weights: &[f64], per_channel: F) -> Vec<T>
+where
+    T: Copy + Send + std::ops::AddAssign,
+    F: Fn(&[f32], f64) -> Vec<T> + Sync,
+{
+    let results: Vec<Vec<T>> = std::thread::scope(|s| {
+        let f = &per_channel;
+        let jobs: Vec<_> =
+            channels.iter().zip(weights).filter(|(_, w)| **w > 0.0).map(|(ch, &w)| s.spawn(move || f(ch, w))).collect();
+        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+    });
+    let mut iter = results.into_iter();
+    let mut total = iter.next().unwrap_or_default();
+    for other in iter {
+        for (t, o) in total.iter_mut().zip(other) {
+            *t += o;
+        }
+    }
+    total
 }
 
 /// Integrated loudness (LUFS) of `channels` multiplied sample by sample by `scale × gain[i]`,
@@ -201,21 +211,7 @@ pub fn integrated_lufs_scaled(channels: &[&[f32]], sample_rate_hz: u32, scale: f
             })
             .collect()
     };
-    let per_channel: Vec<Vec<f64>> = std::thread::scope(|s| {
-        let jobs: Vec<_> = channels
-            .iter()
-            .zip(&weights)
-            .filter(|(_, w)| **w > 0.0)
-            .map(|(ch, &w)| s.spawn(move || sub_blocks(ch, w)))
-            .collect();
-        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
-    });
-    let mut sums = per_channel.first().cloned().unwrap_or_default();
-    for other in per_channel.iter().skip(1) {
-        for (s, o) in sums.iter_mut().zip(other) {
-            *s += o;
-        }
-    }
+    let sums = sum_weighted_channels(channels, &weights, sub_blocks);
     let blocks: Vec<f64> = sums.windows(4).map(|w| w.iter().sum::<f64>() / (4 * hop) as f64).collect();
     gated_loudness(&blocks)
 }
