@@ -24,6 +24,10 @@ use crate::error::{Error, Result};
 /// one 400 ms gating block; anything shorter has no meaningful loudness.
 pub const MIN_DURATION_S: f64 = 0.4;
 
+/// Most frames reserved per channel before decoding on the strength of the header's frame count
+/// (2^24: 6.3 minutes at 44.1 kHz, 64 MB per channel).
+const MAX_RESERVE_FRAMES: usize = 1 << 24;
+
 /// What the decoder learned about a file besides its samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
@@ -34,7 +38,47 @@ pub struct SourceInfo {
 }
 
 /// Decodes the whole file at `path` into memory.
+///
+/// A demuxer or codec that panics on malformed data (symphonia 0.5 does, e.g. on some broken
+/// Matroska headers) gives a clean error naming the file, not a crash: the panic is caught here
+/// and its message kept out of the terminal.
 pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
+    quiet_decoder_panics();
+    let was = IN_DECODER.with(|f| f.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_unguarded(path)));
+    IN_DECODER.with(|f| f.set(was));
+    result.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        // One line: assertion messages span several.
+        let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
+        Err(Error::input(path, format!("corrupt or malformed file (the decoder gave up: {what})")))
+    })
+}
+
+thread_local! {
+    /// True while this thread runs the decoder, whose panics [`decode_file`] turns into errors.
+    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays silent for panics inside [`decode_file`] (they become
+/// its error) and hands every other panic to the hook that was there before.
+fn quiet_decoder_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_DECODER.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn decode_unguarded(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::input(path, describe_io(&e)))?;
     if meta.is_dir() {
         return Err(Error::input(path, "is a directory, not an audio file"));
@@ -42,7 +86,8 @@ pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
     if meta.len() == 0 {
         return Err(Error::input(path, "empty file (0 bytes)"));
     }
-    let file = File::open(path).map_err(|e| Error::input(path, describe_io(&e)))?;
+    let mut file = File::open(path).map_err(|e| Error::input(path, describe_io(&e)))?;
+    check_mp4_tables(&mut file, meta.len()).map_err(|reason| Error::input(path, reason))?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
@@ -71,9 +116,12 @@ pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
     let mut channels: Vec<Vec<f32>> = Vec::new();
     if let Some(n) = params.n_frames {
         let ch = params.channels.map_or(0, |c| c.count());
-        // Reserve up front when the header is plausible (guards against absurd headers).
-        if ch > 0 && n < (1 << 31) {
-            channels = (0..ch).map(|_| Vec::with_capacity(n as usize)).collect();
+        // Reserve up front, but never more than MAX_RESERVE_FRAMES on the header's word: a
+        // corrupt header can promise 2^31 frames in a 1 kB file, and a failed allocation aborts
+        // the process. Longer files grow past the reservation as they decode.
+        if ch > 0 {
+            let reserve = usize::try_from(n).unwrap_or(usize::MAX).min(MAX_RESERVE_FRAMES);
+            channels = (0..ch).map(|_| Vec::with_capacity(reserve)).collect();
         }
     }
     let mut sample_buf: Option<SampleBuffer<f32>> = None;
@@ -130,6 +178,95 @@ pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
     let buffer = AudioBuffer { sample_rate_hz: rate, channels };
     check_finite(path, &buffer)?;
     Ok((buffer, SourceInfo { codec: codec_name, lossy }))
+}
+
+/// How far symphonia's probe looks for a format marker, bytes.
+const PROBE_SEARCH_LIMIT: u64 = 1 << 20;
+
+/// Refuses MP4/M4A files whose sample tables cannot fit in the file. symphonia 0.5's MP4 reader
+/// sizes its `stsc`, `stco`, `co64`, `stts` and `stsz` tables from the entry count in the file
+/// before reading a single entry, so a corrupt count asks for up to 64 GB at once, and a failed
+/// allocation aborts the whole process (it cannot be caught). The boxes are walked from the
+/// first `ftyp` marker (where the probe would start) through moov/trak/mdia/minf/stbl; every
+/// table must fit in what is left of its box. Leaves `file` rewound; other formats pass untouched.
+fn check_mp4_tables(file: &mut File, len: u64) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut head = Vec::new();
+    let io = |e: std::io::Error| e.to_string();
+    file.by_ref().take(PROBE_SEARCH_LIMIT + 16).read_to_end(&mut head).map_err(io)?;
+    let start = head.windows(4).position(|w| w == b"ftyp").filter(|&p| p >= 4).map(|p| (p - 4) as u64);
+    let result = match start {
+        Some(start) => walk_mp4_boxes(file, start, len, 0),
+        None => Ok(()),
+    };
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    result
+}
+
+/// Reads up to `buf.len()` bytes at `pos`; returns how many were read (short at the end).
+fn read_at(file: &mut File, pos: u64, buf: &mut [u8]) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.seek(SeekFrom::Start(pos)).is_err() {
+        return 0;
+    }
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
+}
+
+fn walk_mp4_boxes(file: &mut File, start: u64, end: u64, depth: u32) -> std::result::Result<(), String> {
+    let be32 = |b: &[u8]| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let mut pos = start;
+    while pos.saturating_add(8) <= end {
+        let mut h = [0u8; 16];
+        if read_at(file, pos, &mut h) < 8 {
+            break;
+        }
+        let (header, size) = match be32(&h[0..4]) {
+            1 => (16, u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]])),
+            0 => (8, end - pos),
+            s => (8, s),
+        };
+        if size < header {
+            break; // malformed: symphonia says so
+        }
+        let box_end = pos.saturating_add(size).min(end);
+        let kind = [h[4], h[5], h[6], h[7]];
+        match &kind {
+            b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" if depth < 8 => {
+                walk_mp4_boxes(file, pos + header, box_end, depth + 1)?;
+            }
+            b"stsc" | b"stco" | b"co64" | b"stts" | b"stsz" => {
+                // Version and flags, then the count (stsz: a constant size, then the count).
+                let mut t = [0u8; 12];
+                if read_at(file, pos + header, &mut t) == 12 {
+                    let (count, entry_bytes, fixed) = match &kind {
+                        b"stsc" => (be32(&t[4..8]), 12, 8),
+                        b"stco" => (be32(&t[4..8]), 4, 8),
+                        b"co64" | b"stts" => (be32(&t[4..8]), 8, 8),
+                        _ if be32(&t[4..8]) == 0 => (be32(&t[8..12]), 4, 12),
+                        _ => (0, 4, 12),
+                    };
+                    let room = box_end.saturating_sub(pos + header + fixed);
+                    if count * entry_bytes > room {
+                        return Err(format!(
+                            "corrupt MP4/M4A: its `{}` table claims {count} entries but {room} bytes hold at most {}",
+                            String::from_utf8_lossy(&kind),
+                            room / entry_bytes
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        pos = pos.saturating_add(size);
+    }
+    Ok(())
 }
 
 /// Refuses sample rates outside 8–192 kHz.

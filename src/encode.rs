@@ -120,6 +120,7 @@ where
     if path.is_dir() {
         return Err(Error::output(path, "is a directory"));
     }
+    ignore_file_size_signal();
     let mut builder = tempfile::Builder::new();
     builder.prefix(".refmaster-").suffix(".part");
     // tempfile creates 0600 files; ask for 0666 so the output gets the usual permissions (the
@@ -145,21 +146,44 @@ where
     Ok(())
 }
 
+/// Makes a write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) fail with EFBIG ("file too
+/// large") instead of killing the process: SIGXFSZ's default action terminates it on the spot,
+/// before the temporary file can be removed or an error printed. Ignoring the signal is what
+/// every program that reports write errors itself does (as Rust's runtime does for SIGPIPE).
+#[cfg(all(unix, not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64"))))]
+fn ignore_file_size_signal() {
+    // SIGXFSZ is 25 on Linux (but for MIPS and SPARC, excluded above), macOS and the BSDs.
+    const SIGXFSZ: std::os::raw::c_int = 25;
+    const SIG_IGN: usize = 1;
+    unsafe extern "C" {
+        fn signal(signum: std::os::raw::c_int, handler: usize) -> usize;
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: installing SIG_IGN has no handler code to run and touches no Rust state.
+    ONCE.call_once(|| unsafe {
+        signal(SIGXFSZ, SIG_IGN);
+    });
+}
+
+#[cfg(not(all(unix, not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64")))))]
+fn ignore_file_size_signal() {}
+
 /// Writes a text file atomically (used for settings, exports and reports).
 pub fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
     write_atomically(path, |w| w.write_all(text.as_bytes()))
 }
 
 fn io_reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(28) => "no space left on device".into(),
-        Some(30) => "read-only file system".into(),
-        Some(27) => "file too large (size limit reached)".into(),
-        _ => match e.kind() {
-            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-            std::io::ErrorKind::NotFound => "folder does not exist".into(),
-            _ => e.to_string(),
-        },
+    use std::io::ErrorKind;
+    // tempfile wraps the OS error of creating its file with the file's path ("... at path
+    // .refmaster-x.part"): the raw code is lost, but the kind is kept, so match both.
+    match (e.raw_os_error(), e.kind()) {
+        (Some(28), _) | (_, ErrorKind::StorageFull) => "no space left on device".into(),
+        (Some(30), _) | (_, ErrorKind::ReadOnlyFilesystem) => "read-only file system".into(),
+        (Some(27), _) | (_, ErrorKind::FileTooLarge) => "file too large (size limit reached)".into(),
+        (_, ErrorKind::PermissionDenied) => "permission denied".into(),
+        (_, ErrorKind::NotFound) => "folder does not exist".into(),
+        _ => e.to_string(),
     }
 }
 

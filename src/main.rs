@@ -37,6 +37,48 @@ enum Command {
     Album(AlbumArgs),
     /// Master unrelated files against one reference, each to the full target loudness.
     Batch(AlbumArgs),
+    /// Learn mastering targets from music you like: measure it, cluster it (k-means), save a model.
+    Learn(LearnArgs),
+    /// List a model's targets with their character in numbers (default: the built-in model).
+    Targets(TargetsArgs),
+}
+
+#[derive(Args, Debug)]
+struct LearnArgs {
+    /// Audio files, or folders searched recursively for wav flac mp3 ogg m4a aac aiff aif alac.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Where to write the model (a targets JSON).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Number of targets (default: the k in 2..=8 with the highest mean silhouette score).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Seed of the k-means starts: the same files and seed rebuild the same model.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Files analysed at once.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// No progress lines and no summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct TargetsArgs {
+    /// A model written by `refmaster learn` (default: the built-in model).
+    file: Option<PathBuf>,
+    /// Check the model on these tracks (files or folders): each one's nearest target, and how close
+    /// its tonal balance is to that target's and to the average target's.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    evaluate: Vec<PathBuf>,
+    /// Files analysed at once (--evaluate).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// No progress lines (--evaluate).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -112,8 +154,13 @@ struct MasterArgs {
     /// The mix to master.
     mix: Option<PathBuf>,
     /// Reference track (audio) or saved profile (.json); repeat to match the average of several.
+    /// Without one, the mix goes toward the nearest learned target (see `refmaster targets`).
     #[arg(long = "ref", value_name = "FILE")]
     references: Vec<PathBuf>,
+    /// Without --ref: the learned target to master toward: NAME (of the built-in model),
+    /// MODEL.json (its target nearest the mix) or MODEL.json:NAME.
+    #[arg(long, value_name = "NAME|MODEL.json[:NAME]", conflicts_with = "references")]
+    target: Option<String>,
     /// Output WAV (default: MIX.master.wav beside the mix).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -208,6 +255,8 @@ fn main() -> ExitCode {
         Some(Command::Apply(a)) => run_apply(&a),
         Some(Command::Album(a)) => run_album(&a, false),
         Some(Command::Batch(a)) => run_album(&a, true),
+        Some(Command::Learn(a)) => run_learn(&a),
+        Some(Command::Targets(a)) => run_targets(&a),
         None => run_master(&cli.master),
     };
     match result {
@@ -332,11 +381,8 @@ fn default_output(mix: &Path) -> PathBuf {
 
 fn run_master(a: &MasterArgs) -> Result<()> {
     let Some(mix_path) = a.mix.as_deref() else {
-        bail!("no mix given: usage `refmaster MIX --ref REFERENCE [-o OUT.wav]` (see --help)");
+        bail!("no mix given: usage `refmaster MIX [--ref REFERENCE] [-o OUT.wav]` (see --help)");
     };
-    if a.references.is_empty() {
-        bail!("no reference given: add `--ref REFERENCE` (an audio file or a saved .json profile)");
-    }
     let out = a.output.clone().unwrap_or_else(|| default_output(mix_path));
     let exports = a.export.as_deref().map(refmaster::export::parse_list).transpose()?;
     let mut inputs: Vec<&Path> = vec![mix_path];
@@ -353,14 +399,26 @@ fn run_master(a: &MasterArgs) -> Result<()> {
     let lufs = a.lufs.or(a.platform.and_then(Platform::target_lufs));
     let pb = spinner(a.quiet);
     // decode + analyse per file, solve, one render per pass, verify, write
-    stages(&pb, 2 * (1 + a.references.len() as u64) + 1 + (u64::from(a.passes) + 1) + 2);
+    // (No --ref: one stage, choosing the target, instead of decoding and analysing references.)
+    stages(
+        &pb,
+        2 * (1 + a.references.len() as u64) + u64::from(a.references.is_empty()) + 1 + (u64::from(a.passes) + 1) + 2,
+    );
     let (mix, mix_profile) = load(mix_path, &pb)?;
     refmaster::render::check_channels(&mix).with_context(|| mix_path.display().to_string())?;
-    let mut refs = Vec::new();
-    for r in &a.references {
-        refs.push(load_reference(r, &pb)?);
-    }
-    let target = average_profiles(&refs).context("no reference profile")?;
+    // No --ref: a learned target (the built-in model's nearest unless --target says otherwise).
+    let (target, target_note) = if a.references.is_empty() {
+        say(&pb, "choosing a target");
+        let choice = refmaster::learn::choose_target(a.target.as_deref(), &mix_profile)?;
+        let note = choice.describe();
+        (choice.target.profile, Some(note))
+    } else {
+        let mut refs = Vec::new();
+        for r in &a.references {
+            refs.push(load_reference(r, &pb)?);
+        }
+        (average_profiles(&refs).context("no reference profile")?, None)
+    };
     let opts = MasterOptions {
         solve: SolveOptions {
             amount: a.amount / 100.0,
@@ -395,6 +453,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
             write_text_atomically(s, &(settings.to_json() + "\n"))?;
         }
         if !a.quiet {
+            target_note.iter().for_each(|n| println!("{n}"));
             println!("{}", report::settings_text(&settings));
             for n in notes {
                 println!("note: {n}");
@@ -414,6 +473,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     if !a.quiet {
+        target_note.iter().for_each(|n| println!("{n}"));
         println!("{}", report::comparison_text(&mix_profile, &target, &mastered.profile));
         println!("{}", report::settings_text(&mastered.settings));
         for n in report::warnings(&mix_profile, &target, &mastered) {
@@ -565,5 +625,40 @@ fn run_album(a: &AlbumArgs, batch: bool) -> Result<()> {
     if failed > 0 {
         bail!("{failed} of {} songs failed (see above)", results.len());
     }
+    Ok(())
+}
+
+fn run_learn(a: &LearnArgs) -> Result<()> {
+    use refmaster::learn::{learn_files, learn_summary_text, LearnOptions};
+    let inputs: Vec<&Path> = a.inputs.iter().map(PathBuf::as_path).collect();
+    refuse_overwriting_inputs(&a.output, &inputs)?;
+    let quiet = a.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    let model = learn_files(&a.inputs, &LearnOptions { k: a.k, seed: a.seed }, a.jobs.max(1), &progress)?;
+    write_text_atomically(&a.output, &(model.to_json() + "\n"))?;
+    if !a.quiet {
+        print!("{}", learn_summary_text(&model, &a.output));
+        println!("wrote {}", a.output.display());
+    }
+    Ok(())
+}
+
+fn run_targets(a: &TargetsArgs) -> Result<()> {
+    let (model, label) = refmaster::learn::load_model(a.file.as_deref())?;
+    if a.evaluate.is_empty() {
+        print!("{}", refmaster::learn::targets_text(&model, &label));
+        return Ok(());
+    }
+    let quiet = a.quiet;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    print!("{}", refmaster::learn::evaluate_files(&model, &a.evaluate, a.jobs.max(1), &progress)?);
     Ok(())
 }

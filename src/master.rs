@@ -177,6 +177,9 @@ pub fn loudness_loop(
     let render = |s: &Settings| {
         let mut out = pre.clone();
         let stats = limit(&mut out.channels, env, rate, &s.limiter);
+        if s.limiter.enabled {
+            crate::render::limiter::safety_trim(&mut out, s.limiter.ceiling_dbtp);
+        }
         (out, stats)
     };
     let energy = k_weighted_energy(pre);
@@ -236,6 +239,7 @@ pub fn loudness_loop(
     let gain = best.unwrap_or_else(|| gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter));
     let mut out = pre.clone();
     apply_gain(&mut out.channels, db_to_lin(drive) as f32, &gain);
+    crate::render::limiter::safety_trim(&mut out, settings.limiter.ceiling_dbtp);
     let stats = limiter_stats(&gain, rate);
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
     (out, stats, short)

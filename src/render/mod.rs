@@ -65,13 +65,6 @@ pub fn render_pre_limiter(mix: &AudioBuffer, s: &Settings) -> Result<AudioBuffer
     Ok(AudioBuffer { sample_rate_hz: rate, channels })
 }
 
-/// Drive and limiter on a pre-limiter signal whose true-peak envelope is `envelope`.
-pub fn render_limiter(pre: &AudioBuffer, envelope: &[f32], s: &Settings) -> AudioBuffer {
-    let mut out = pre.clone();
-    let _ = limiter::limit(&mut out.channels, envelope, pre.sample_rate_hz, &s.limiter);
-    out
-}
-
 /// The whole chain. Deterministic: the same mix and settings give the same samples.
 pub fn render(mix: &AudioBuffer, s: &Settings) -> Result<Rendered> {
     let pre = render_pre_limiter(mix, s)?;
@@ -79,5 +72,8 @@ pub fn render(mix: &AudioBuffer, s: &Settings) -> Result<Rendered> {
     let env = peak_envelope(&planes);
     let mut audio = pre;
     let stats = limiter::limit(&mut audio.channels, &env, audio.sample_rate_hz, &s.limiter);
+    if s.limiter.enabled {
+        limiter::safety_trim(&mut audio, s.limiter.ceiling_dbtp);
+    }
     Ok(Rendered { audio, limiter: stats })
 }
