@@ -23,9 +23,9 @@ fn load(path: &Path) -> (AudioBuffer, Profile) {
     (audio, p)
 }
 
-/// Mid shape difference of two profiles in dB: mean |difference| over 40 Hz–16 kHz after removing
-/// the median offset (the same idea as ../shared/eval's shape error).
-fn mid_shape_error_db(a: &Profile, b: &Profile) -> f64 {
+/// Band-by-band mid difference of two profiles over 40 Hz–16 kHz with the median offset removed
+/// (shape, not level: the same idea as ../shared/eval's shape error).
+fn mid_shape_differences_db(a: &Profile, b: &Profile) -> Vec<f64> {
     let d: Vec<f64> = a
         .spectrum
         .frequencies_hz
@@ -37,23 +37,18 @@ fn mid_shape_error_db(a: &Profile, b: &Profile) -> f64 {
     let mut s = d.clone();
     s.sort_by(f64::total_cmp);
     let med = s[s.len() / 2];
-    d.iter().map(|v| (v - med).abs()).sum::<f64>() / d.len() as f64
+    d.iter().map(|v| (v - med).abs()).collect()
 }
 
-/// Max |difference| of two profiles' mid spectra over 40 Hz–16 kHz after removing the median offset.
+/// Mean |mid shape difference| in dB.
+fn mid_shape_error_db(a: &Profile, b: &Profile) -> f64 {
+    let d = mid_shape_differences_db(a, b);
+    d.iter().sum::<f64>() / d.len() as f64
+}
+
+/// Largest |mid shape difference| of any band in dB.
 fn mid_max_band_change_db(a: &Profile, b: &Profile) -> f64 {
-    let d: Vec<f64> = a
-        .spectrum
-        .frequencies_hz
-        .iter()
-        .zip(a.spectrum.mid_db.iter().zip(&b.spectrum.mid_db))
-        .filter(|(f, _)| (40.0..=16_000.0).contains(*f))
-        .map(|(_, (x, y))| x - y)
-        .collect();
-    let mut s = d.clone();
-    s.sort_by(f64::total_cmp);
-    let med = s[s.len() / 2];
-    d.iter().map(|v| (v - med).abs()).fold(0.0, f64::max)
+    mid_shape_differences_db(a, b).into_iter().fold(0.0, f64::max)
 }
 
 fn quiet(_: &str) {}
