@@ -408,6 +408,23 @@ pub fn measure_track(path: &Path, name: &str) -> std::result::Result<Profile, St
     }
 }
 
+/// Measures `files` and sorts them into usable tracks and skipped files (with the reason).
+fn measure_and_sort(
+    files: &[(PathBuf, String)],
+    jobs: usize,
+    progress: &(dyn Fn(&str) + Sync),
+) -> (Vec<Track>, Vec<Skipped>) {
+    let mut tracks = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, r) in measure_tracks(files, jobs, progress) {
+        match r {
+            Ok(profile) => tracks.push(Track { name, profile }),
+            Err(reason) => skipped.push(Skipped { file: name, reason }),
+        }
+    }
+    (tracks, skipped)
+}
+
 /// Measures `files` on `jobs` threads (each pulling the next file), calling `progress` with a line
 /// per file as it finishes. Results come back in `files` order.
 pub fn measure_tracks(
@@ -742,14 +759,7 @@ pub fn learn_files(
             inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let mut tracks = Vec::new();
-    let mut skipped = Vec::new();
-    for (name, r) in measure_tracks(&files, jobs, progress) {
-        match r {
-            Ok(profile) => tracks.push(Track { name, profile }),
-            Err(reason) => skipped.push(Skipped { file: name, reason }),
-        }
-    }
+    let (tracks, skipped) = measure_and_sort(&files, jobs, progress);
     learn(&tracks, skipped, opts)
 }
 
@@ -1075,14 +1085,7 @@ pub fn evaluate_files(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<String> {
     let files = find_audio_files(inputs)?;
-    let mut tracks = Vec::new();
-    let mut skipped = Vec::new();
-    for (name, r) in measure_tracks(&files, jobs, progress) {
-        match r {
-            Ok(profile) => tracks.push(Track { name, profile }),
-            Err(reason) => skipped.push(Skipped { file: name, reason }),
-        }
-    }
+    let (tracks, skipped) = measure_and_sort(&files, jobs, progress);
     Ok(evaluation_text(&evaluate(model, &tracks)?, &skipped))
 }
 

@@ -10,7 +10,7 @@ use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
 use crate::dsp::truepeak::peak_envelope;
 use crate::error::{Error, Result};
-use crate::render::limiter::{apply_gain, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::limiter::{finish, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB};
 use crate::render::render_pre_limiter;
 use crate::settings::Settings;
 use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
@@ -176,10 +176,7 @@ pub fn loudness_loop(
     let rate = pre.sample_rate_hz;
     let render = |s: &Settings| {
         let mut out = pre.clone();
-        let stats = limit(&mut out.channels, env, rate, &s.limiter);
-        if s.limiter.enabled {
-            crate::render::limiter::safety_trim(&mut out, s.limiter.ceiling_dbtp);
-        }
+        let stats = limit(&mut out, env, &s.limiter);
         (out, stats)
     };
     let energy = k_weighted_energy(pre);
@@ -235,11 +232,10 @@ pub fn loudness_loop(
     }
     *bias = aim - target;
     settings.limiter.drive_db = drive;
-    // Only the chosen gain is rendered (the same drive × gain product `render::render` applies).
+    // Only the chosen gain is rendered, through the same output stage `render::render` uses.
     let gain = best.unwrap_or_else(|| gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter));
     let mut out = pre.clone();
-    apply_gain(&mut out.channels, db_to_lin(drive) as f32, &gain);
-    crate::render::limiter::safety_trim(&mut out, settings.limiter.ceiling_dbtp);
+    finish(&mut out, db_to_lin(drive) as f32, &gain, &settings.limiter);
     let stats = limiter_stats(&gain, rate);
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
     (out, stats, short)

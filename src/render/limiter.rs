@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use crate::audio::AudioBuffer;
 use crate::settings::LimiterSettings;
 
 /// Safety margin below the ceiling the limiter aims at, dB: covers the difference between this
@@ -24,25 +25,36 @@ pub struct LimiterStats {
     pub gain_reduction_series_db: Vec<f32>,
 }
 
-/// Applies drive and limiting to `channels` in place. `envelope` is the true-peak envelope of the
-/// undriven input ([`crate::dsp::truepeak::peak_envelope`]).
-pub fn limit(channels: &mut [Vec<f32>], envelope: &[f32], sample_rate_hz: u32, s: &LimiterSettings) -> LimiterStats {
+/// Applies drive and limiting to `audio` in place, then the [`safety_trim`]. `envelope` is the
+/// true-peak envelope of the undriven input ([`crate::dsp::truepeak::peak_envelope`]).
+pub fn limit(audio: &mut AudioBuffer, envelope: &[f32], s: &LimiterSettings) -> LimiterStats {
     let drive = 10f64.powf(s.drive_db / 20.0) as f32;
-    let n = envelope.len();
-    let block = (sample_rate_hz / 10).max(1) as usize;
+    let rate = audio.sample_rate_hz;
     if !s.enabled {
-        for ch in channels.iter_mut() {
+        for ch in audio.channels.iter_mut() {
             ch.iter_mut().for_each(|x| *x *= drive);
         }
-        return LimiterStats { max_gain_reduction_db: 0.0, gain_reduction_series_db: vec![0.0; n.div_ceil(block)] };
+        let block = (rate / 10).max(1) as usize;
+        return LimiterStats {
+            max_gain_reduction_db: 0.0,
+            gain_reduction_series_db: vec![0.0; envelope.len().div_ceil(block)],
+        };
     }
-    let gain = gain_curve(envelope, drive, sample_rate_hz, s);
-    apply_gain(channels, drive, &gain);
-    stats(&gain, sample_rate_hz)
+    let gain = gain_curve(envelope, drive, rate, s);
+    finish(audio, drive, &gain, s);
+    stats(&gain, rate)
+}
+
+/// The limiter's output stage for an already computed gain curve: `drive × gain[i]` on every
+/// channel, then the [`safety_trim`]. [`limit`] and the loudness loop both end here, so a
+/// re-render reproduces the loop's master bit for bit.
+pub fn finish(audio: &mut AudioBuffer, drive: f32, gain: &[f32], s: &LimiterSettings) {
+    apply_gain(&mut audio.channels, drive, gain);
+    safety_trim(audio, s.ceiling_dbtp);
 }
 
 /// Multiplies every channel by `drive × gain[i]` (the limiter's output stage).
-pub fn apply_gain(channels: &mut [Vec<f32>], drive: f32, gain: &[f32]) {
+fn apply_gain(channels: &mut [Vec<f32>], drive: f32, gain: &[f32]) {
     for ch in channels.iter_mut() {
         for (x, g) in ch.iter_mut().zip(gain) {
             *x *= drive * g;
@@ -123,7 +135,7 @@ pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &Limiter
 /// under); full-band noise right up to Nyquist at 8 kHz can overshoot the limiter's own 4x
 /// detector by a few tenths of a dB. Deterministic, so a re-render reproduces it. Returns the
 /// trim applied in dB (0 when none).
-pub fn safety_trim(audio: &mut crate::audio::AudioBuffer, ceiling_dbtp: f64) -> f64 {
+pub fn safety_trim(audio: &mut AudioBuffer, ceiling_dbtp: f64) -> f64 {
     let tp = crate::analysis::loudness::true_peak_dbtp(audio);
     let limit = ceiling_dbtp - 0.05;
     if !tp.is_finite() || tp <= limit {

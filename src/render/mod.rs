@@ -71,9 +71,6 @@ pub fn render(mix: &AudioBuffer, s: &Settings) -> Result<Rendered> {
     let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
     let env = peak_envelope(&planes);
     let mut audio = pre;
-    let stats = limiter::limit(&mut audio.channels, &env, audio.sample_rate_hz, &s.limiter);
-    if s.limiter.enabled {
-        limiter::safety_trim(&mut audio, s.limiter.ceiling_dbtp);
-    }
+    let stats = limiter::limit(&mut audio, &env, &s.limiter);
     Ok(Rendered { audio, limiter: stats })
 }
