@@ -121,22 +121,29 @@ where
         return Err(Error::output(path, "is a directory"));
     }
     ignore_file_size_signal();
+    let mut write = Some(write);
+    #[cfg(target_os = "linux")]
+    if let Some(result) = anonymous::write(dir, path, &mut write) {
+        return result;
+    }
+    let write = write.ok_or_else(|| Error::output(path, "internal: writer consumed"))?;
+    write_named(dir, path, write)
+}
+
+/// The portable path: a named temporary file (`.refmaster-*.part`) beside the target, removed on
+/// any error. A process killed outright (SIGKILL, power loss) can leave it behind; on Linux the
+/// anonymous path below is used instead so that cannot happen.
+fn write_named<F>(dir: &Path, path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+{
     let mut builder = tempfile::Builder::new();
     builder.prefix(".refmaster-").suffix(".part");
     // tempfile creates 0600 files; ask for 0666 so the output gets the usual permissions (the
     // umask still applies, as for any new file), not owner-only ones after the rename.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder.tempfile_in(dir).map_err(|e| {
-        // The folder exists (checked above), so "not found" here means it takes no new files
-        // (e.g. /proc), not that it is missing.
-        let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            format!("cannot create files in folder {}", dir.display())
-        } else {
-            io_reason(&e)
-        };
-        Error::output(path, reason)
-    })?;
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| create_error(dir, path, &e))?;
     {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         write(&mut w).and_then(|()| w.flush()).map_err(|e| Error::output(path, io_reason(&e)))?;
@@ -144,6 +151,100 @@ where
     tmp.as_file().sync_all().map_err(|e| Error::output(path, io_reason(&e)))?;
     tmp.persist(path).map_err(|e| Error::output(path, io_reason(&e.error)))?;
     Ok(())
+}
+
+fn create_error(dir: &Path, path: &Path, e: &std::io::Error) -> Error {
+    // The folder exists (checked above), so "not found" here means it takes no new files
+    // (e.g. /proc), not that it is missing.
+    let reason = if e.kind() == std::io::ErrorKind::NotFound {
+        format!("cannot create files in folder {}", dir.display())
+    } else {
+        io_reason(e)
+    };
+    Error::output(path, reason)
+}
+
+/// Linux: the output is written into an anonymous file (`O_TMPFILE`) that has no name until it is
+/// complete, so a process killed at any moment leaves nothing behind: the kernel frees an unnamed
+/// file when its last descriptor closes. Once written and synced it is linked under a unique
+/// temporary name and renamed over the target in one step (rename replaces atomically; `linkat`
+/// cannot). Returns `None` when the file system does not support `O_TMPFILE` (or `/proc` is not
+/// mounted), and the caller falls back to a named temporary file.
+#[cfg(target_os = "linux")]
+mod anonymous {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+
+    pub(super) fn write<F>(dir: &Path, path: &Path, write: &mut Option<F>) -> Option<Result<()>>
+    where
+        F: FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+    {
+        if !Path::new("/proc/self/fd").is_dir() {
+            return None;
+        }
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .mode(0o666)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(f) => f,
+            // EOPNOTSUPP (file system without O_TMPFILE), EISDIR/ENOENT (kernel older than 3.11
+            // treats the flag bits as O_DIRECTORY): use the named path.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::ENOENT | libc::EINVAL)) => {
+                return None;
+            }
+            Err(e) => return Some(Err(create_error(dir, path, &e))),
+        };
+        let write = write.take()?;
+        Some(fill_and_link(&mut file, dir, path, write))
+    }
+
+    fn fill_and_link<F>(file: &mut std::fs::File, dir: &Path, path: &Path, write: F) -> Result<()>
+    where
+        F: FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+    {
+        let err = |e: std::io::Error| Error::output(path, io_reason(&e));
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, &mut *file);
+            write(&mut w).and_then(|()| w.flush()).map_err(err)?;
+        }
+        file.sync_all().map_err(err)?;
+        let source = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|_| Error::output(path, "internal: bad descriptor path"))?;
+        // A unique name for the instant between link and rename (pid + counter + clock).
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut attempt = 0;
+        loop {
+            let staging = dir.join(format!(".refmaster-{}-{n}-{nanos:x}-{attempt}.part", std::process::id()));
+            let target = CString::new(staging.as_os_str().as_bytes())
+                .map_err(|_| Error::output(path, "path contains a NUL byte"))?;
+            // SAFETY: both arguments are valid NUL-terminated strings that outlive the call.
+            let rc = unsafe {
+                libc::linkat(libc::AT_FDCWD, source.as_ptr(), libc::AT_FDCWD, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EEXIST) && attempt < 16 {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(err(e));
+            }
+            return std::fs::rename(&staging, path).map_err(|e| {
+                let _ = std::fs::remove_file(&staging);
+                err(e)
+            });
+        }
+    }
 }
 
 /// Makes a write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) fail with EFBIG ("file too

@@ -245,7 +245,7 @@ fn report_unreachable(
         .iter()
         .zip(smoothed.iter().zip(gain))
         .filter(|(f, (s, g))| **f <= cutoff && (**s - offset - **g).abs() > 0.5 && opts.amount >= 1.0)
-        .map(|(f, (s, _))| format!("{} ({:+.1} dB wanted)", crate::report::fmt_hz(*f), s - offset))
+        .map(|(f, (s, _))| format!("{} ({} wanted)", crate::report::fmt_hz(*f), fmt_wanted_db(s - offset)))
         .collect();
     if !over.is_empty() {
         notes.push(format!(
@@ -253,6 +253,19 @@ fn report_unreachable(
             opts.max_eq_db,
             over.join(", ")
         ));
+    }
+}
+
+/// A wanted change for a note: "+3.2 dB", or "over +60 dB" for gaps no EQ should follow (a band
+/// one file has and the other lacks, absurd saved profiles), never "+inf dB".
+fn fmt_wanted_db(db: f64) -> String {
+    const SHOWN_DB: f64 = 60.0;
+    if db.is_nan() {
+        "an unmeasurable change".into()
+    } else if db.abs() > SHOWN_DB {
+        format!("over {:+.0} dB", SHOWN_DB.copysign(db))
+    } else {
+        format!("{db:+.1} dB")
     }
 }
 
@@ -325,8 +338,9 @@ fn report_width_bound(grid: &[f64], wanted: &[f64], cutoff: f64, opts: &SolveOpt
         .collect();
     if let Some(worst) = over.iter().copied().max_by(|a, b| a.abs().total_cmp(&b.abs())) {
         notes.push(format!(
-            "width bounded at ±{:.0} dB: the reference's side/mid differs by up to {worst:+.1} dB in {} of the bands from 100 Hz up",
+            "width bounded at ±{:.0} dB: the reference's side/mid differs by up to {} in {} of the bands from 100 Hz up",
             opts.max_width_db,
+            fmt_wanted_db(worst),
             over.len()
         ));
     }
@@ -362,4 +376,17 @@ pub fn average_profiles(profiles: &[Profile]) -> Option<Profile> {
     avg.lossy = profiles.iter().any(|p| p.lossy);
     avg.envelopes = None;
     Some(avg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_wanted_db;
+
+    #[test]
+    fn notes_never_print_infinite_or_absurd_decibels() {
+        assert_eq!(fmt_wanted_db(3.24), "+3.2 dB");
+        assert_eq!(fmt_wanted_db(f64::INFINITY), "over +60 dB");
+        assert_eq!(fmt_wanted_db(-1e9), "over -60 dB");
+        assert_eq!(fmt_wanted_db(f64::NAN), "an unmeasurable change");
+    }
 }
