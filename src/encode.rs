@@ -185,16 +185,14 @@ mod anonymous {
         if !Path::new("/proc/self/fd").is_dir() {
             return None;
         }
-        let mut file = match std::fs::OpenOptions::new()
-            .write(true)
-            .mode(0o666)
-            .custom_flags(libc::O_TMPFILE)
-            .open(dir)
+        let mut file = match std::fs::OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir)
         {
             Ok(f) => f,
             // EOPNOTSUPP (file system without O_TMPFILE), EISDIR/ENOENT (kernel older than 3.11
             // treats the flag bits as O_DIRECTORY): use the named path.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::ENOENT | libc::EINVAL)) => {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::ENOENT | libc::EINVAL)) =>
+            {
                 return None;
             }
             Err(e) => return Some(Err(create_error(dir, path, &e))),
@@ -218,10 +216,8 @@ mod anonymous {
         // A unique name for the instant between link and rename (pid + counter + clock).
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let mut attempt = 0;
         loop {
             let staging = dir.join(format!(".refmaster-{}-{n}-{nanos:x}-{attempt}.part", std::process::id()));

@@ -224,6 +224,19 @@ struct MasterArgs {
     /// Skip the limiter (drive still applies; overs are possible).
     #[arg(long)]
     no_limiter: bool,
+    /// Never use the soft-clipping saturator (by default it takes over peak reduction the
+    /// limiter would do beyond 3 dB).
+    #[arg(long)]
+    no_saturation: bool,
+    /// Loudness-war guard: the smallest peak-to-loudness ratio (true peak minus integrated
+    /// loudness) a master may be pressed down to when that takes more than 6 dB of peak
+    /// reduction, dB; a louder target is mastered to the guard instead.
+    #[arg(long, default_value_t = refmaster::master::MIN_PLR_DB, value_name = "DB")]
+    min_plr: f64,
+    /// Lift the loudness-war guard and allow limiting up to 30 dB deep: reach a loud target even
+    /// if the master comes out flattened.
+    #[arg(long)]
+    allow_crush: bool,
     /// Deepest limiting allowed, dB of gain reduction at the 99.9th percentile; a louder target
     /// is reported unreachable instead of crushed.
     #[arg(long, default_value_t = refmaster::master::MAX_LIMITING_DB)]
@@ -404,7 +417,14 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         &pb,
         2 * (1 + a.references.len() as u64) + u64::from(a.references.is_empty()) + 1 + (u64::from(a.passes) + 1) + 2,
     );
-    let (mix, mix_profile) = load(mix_path, &pb)?;
+    // The references are decoded and analysed on a second thread while the mix is (the two are
+    // independent; on two cores this nearly halves the time before solving).
+    let (loaded_mix, loaded_refs) = std::thread::scope(|scope| {
+        let refs = scope.spawn(|| a.references.iter().map(|r| load_reference(r, &pb)).collect::<Result<Vec<_>>>());
+        let mix = load(mix_path, &pb);
+        (mix, refs.join())
+    });
+    let (mix, mix_profile) = loaded_mix?;
     refmaster::render::check_channels(&mix).with_context(|| mix_path.display().to_string())?;
     // No --ref: a learned target (the built-in model's nearest unless --target says otherwise).
     let (target, target_note) = if a.references.is_empty() {
@@ -413,10 +433,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         let note = choice.describe();
         (choice.target.profile, Some(note))
     } else {
-        let mut refs = Vec::new();
-        for r in &a.references {
-            refs.push(load_reference(r, &pb)?);
-        }
+        let refs = loaded_refs.map_err(|_| anyhow::anyhow!("the reference loader panicked"))??;
         (average_profiles(&refs).context("no reference profile")?, None)
     };
     let opts = MasterOptions {
@@ -434,6 +451,9 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         },
         closed_loop_passes: usize::from(a.passes),
         max_limiting_db: a.max_limiting_db.clamp(0.0, 40.0),
+        saturation: !a.no_saturation,
+        min_plr_db: a.min_plr.clamp(0.0, 30.0),
+        allow_crush: a.allow_crush,
     };
     if !(-20.0..=0.0).contains(&ceiling) {
         bail!("--ceiling {ceiling} is outside -20..0 dBTP");
@@ -553,6 +573,8 @@ fn write_extra_outputs(
         let warnings = report::warnings(mix_profile, target, mastered);
         let playback = refmaster::platform::playback_report(&mastered.profile);
         let name = out.file_name().map_or_else(|| out.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let mix_wave = refmaster::report_html::waveform_overview(mix, 900);
+        let master_wave = refmaster::report_html::waveform_overview(&mastered.audio, 900);
         let input = refmaster::report_html::ReportInput {
             mix: mix_profile,
             reference: target,
@@ -561,6 +583,7 @@ fn write_extra_outputs(
             warnings: &warnings,
             playback: &playback,
             preview: preview_range,
+            waveforms: Some((&mix_wave, &master_wave)),
         };
         refmaster::report_html::write_report(path, &input)?;
         wrote(path);

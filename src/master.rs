@@ -10,8 +10,11 @@ use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
 use crate::dsp::truepeak::peak_envelope;
 use crate::error::{Error, Result};
-use crate::render::limiter::{finish, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::limiter::{
+    finish, finish_untrimmed, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB,
+};
 use crate::render::render_pre_limiter;
+use crate::render::saturation::{saturate, SaturationStats};
 use crate::settings::Settings;
 use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
 use std::path::Path;
@@ -22,6 +25,27 @@ pub const LOUDNESS_TOLERANCE_LU: f64 = 0.05;
 /// (what more than 0.1 % of the music receives). Past this a loud target is reported
 /// unreachable rather than crushed.
 pub const MAX_LIMITING_DB: f64 = 12.0;
+/// Limiting depth allowed with `--allow-crush`, dB at the 99.9th percentile.
+pub const CRUSH_MAX_LIMITING_DB: f64 = 30.0;
+/// The loudness-war guard, part 1: the smallest peak-to-loudness ratio (true peak minus
+/// integrated loudness) a default master may be pressed down to, dB.
+pub const MIN_PLR_DB: f64 = 7.0;
+/// The loudness-war guard, part 2: peak reduction (saturation plus limiting) the guard always
+/// allows, dB. A master is refused (mastered quieter, with a note) only when reaching the target
+/// needs more peak reduction than this AND leaves a PLR under [`MIN_PLR_DB`]: a flattened
+/// "sausage" made from a dynamic mix. Trimming a hot finished track's overs is not that.
+pub const GUARD_REDUCTION_DB: f64 = 6.0;
+/// How far under the guard's loudest level the guarded target sits, dB: the true peak of a
+/// limited master reads up to about this much under the limiter's aim.
+const GUARD_MARGIN_DB: f64 = 0.05;
+/// The limiter's gain reduction (99.9th percentile) beyond which the saturator takes over the
+/// rest of the peak reduction, dB: a limiter working harder than this pumps and dulls.
+pub const LIMITER_SHARE_DB: f64 = 3.0;
+/// Most the saturator drives the loudest peaks past its clip level, dB. Past this its harmonics
+/// (and, for high treble, their aliases, see tests/saturation.rs) become audible as distortion.
+pub const MAX_SATURATION_DB: f64 = 6.0;
+/// The saturator's cap with `--allow-crush`, dB.
+pub const CRUSH_MAX_SATURATION_DB: f64 = 12.0;
 
 /// Options of a mastering run.
 #[derive(Debug, Clone)]
@@ -32,11 +56,35 @@ pub struct MasterOptions {
     pub closed_loop_passes: usize,
     /// Deepest limiter gain reduction allowed, dB.
     pub max_limiting_db: f64,
+    /// Use the saturator when the limiter would otherwise work hard (`--no-saturation`: false).
+    pub saturation: bool,
+    /// Smallest peak-to-loudness ratio allowed, dB (the loudness-war guard).
+    pub min_plr_db: f64,
+    /// Lift the guard and the limiting depth (`--allow-crush`).
+    pub allow_crush: bool,
 }
 
 impl Default for MasterOptions {
     fn default() -> Self {
-        Self { solve: SolveOptions::default(), closed_loop_passes: 2, max_limiting_db: MAX_LIMITING_DB }
+        Self {
+            solve: SolveOptions::default(),
+            closed_loop_passes: 2,
+            max_limiting_db: MAX_LIMITING_DB,
+            saturation: true,
+            min_plr_db: MIN_PLR_DB,
+            allow_crush: false,
+        }
+    }
+}
+
+impl MasterOptions {
+    /// The limiting depth in force, dB.
+    pub fn limiting_depth_db(&self) -> f64 {
+        if self.allow_crush {
+            self.max_limiting_db.max(CRUSH_MAX_LIMITING_DB)
+        } else {
+            self.max_limiting_db
+        }
     }
 }
 
@@ -51,6 +99,8 @@ pub struct Mastered {
     pub profile: Profile,
     /// Limiter gain reduction of the final render.
     pub limiter: LimiterStats,
+    /// What the saturator did in the final render.
+    pub saturation: SaturationStats,
     /// Things the user should know (unreachable targets, bounded EQ, mono mix...).
     pub notes: Vec<String>,
 }
@@ -80,6 +130,22 @@ pub fn master(
     }
     progress("solving");
     let (mut settings, mut notes) = solve(mix_profile, target, &opts.solve);
+    let guarded = loudness_guard(&mut settings, mix_profile.loudness.plr_db, opts);
+    // At the guard, loudness lost to the safety trim is not won back (that would lower the PLR).
+    let trim_compensation = guarded.is_none();
+    notes.extend(guarded);
+    let max_limiting_db = opts.limiting_depth_db();
+    // Saturation is for a target denser than the mix: one whose peak-to-loudness ratio under the
+    // ceiling is more than the limiter's share below the mix's own. A finished track mastered
+    // against itself (only its overs trimmed) never gets it.
+    let target_plr = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB - settings.limiter.target_lufs;
+    let use_saturation = opts.saturation
+        && settings.limiter.enabled
+        && settings.limiter.target_lufs.is_finite()
+        && mix_profile.loudness.plr_db - target_plr > LIMITER_SHARE_DB;
+    let mut sat_stats = SaturationStats::default();
+    // (peaks into the clipper, limiter gain reduction) of each pass so far, dB.
+    let mut work: Vec<(f64, f64)> = Vec::new();
     let grid = mix_profile.spectrum.frequencies_hz.clone();
     let amount = opts.solve.amount.clamp(0.0, 1.0);
     // The spectrum the master should have: the mix moved `amount` of the way to the target.
@@ -94,14 +160,24 @@ pub fn master(
     let mut pass = 0;
     let (audio, stats) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
-        let pre = render_pre_limiter(mix, &settings)?;
+        let mut pre = render_pre_limiter(mix, &settings)?;
+        if use_saturation {
+            let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
+            plan_saturation(&pre, &mut settings, &work, cap);
+            sat_stats = saturate(&mut pre, &settings.saturation, settings.limiter.ceiling_dbtp);
+        }
         let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
         let env = peak_envelope(&planes);
         let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
         // Intermediate passes only need the loudness roughly right (for the spectral measurement);
         // the final pass verifies on the real output until it is within tolerance.
         let rounds = if last { 4 } else { 1 };
-        let (out, stats, short) = loudness_loop(&pre, &env, &mut settings, opts.max_limiting_db, rounds, &mut bias);
+        let rounds = LoopRounds { search: rounds, trim_compensation };
+        let (out, stats, short) = loudness_loop(&pre, &env, &mut settings, max_limiting_db, rounds, &mut bias);
+        work.push((
+            if settings.saturation.enabled { sat_stats.peak_drive_db.max(0.0) } else { 0.0 },
+            stats.loud_gain_reduction_db,
+        ));
         unreachable = short;
         if pass >= opts.closed_loop_passes || !settings.eq.enabled {
             break (out, stats);
@@ -148,12 +224,93 @@ pub fn master(
     if let Some((reached, wanted)) = unreachable {
         notes.push(format!(
             "target {wanted:.1} LUFS is not reachable under the {:.1} dBTP ceiling without more than {:.0} dB of limiting; mastered to {reached:.1} LUFS instead",
-            settings.limiter.ceiling_dbtp, opts.max_limiting_db
+            settings.limiter.ceiling_dbtp, max_limiting_db
+        ));
+    }
+    if settings.saturation.enabled {
+        notes.push(format!(
+            "saturation: the loudest peaks (99.9th percentile) were driven {:.1} dB into the soft clipper, taking that much work off the limiter",
+            sat_stats.peak_drive_db.max(0.0)
+        ));
+    }
+    if settings.limiter.enabled {
+        notes.push(format!(
+            "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
+            stats.loud_gain_reduction_db, stats.max_gain_reduction_db
         ));
     }
     progress("verifying");
     let profile = analyze(&audio, "master", false);
-    Ok(Mastered { settings, audio, profile, limiter: stats, notes })
+    Ok(Mastered { settings, audio, profile, limiter: stats, saturation: sat_stats, notes })
+}
+
+/// The loudness-war guard: lowers the target to the loudest the mix reaches cleanly - with a PLR
+/// of at least `opts.min_plr_db`, or with at most [`GUARD_REDUCTION_DB`] of peak reduction from
+/// the mix's own PLR (`mix_plr_db`), whichever is louder - unless `--allow-crush`. Returns the
+/// note that says so.
+pub fn loudness_guard(settings: &mut Settings, mix_plr_db: f64, opts: &MasterOptions) -> Option<String> {
+    let l = &mut settings.limiter;
+    if opts.allow_crush || !l.enabled || !l.target_lufs.is_finite() {
+        return None;
+    }
+    // The limiter lands the true peak CEILING_MARGIN_DB under the ceiling; PLRs count from there,
+    // with GUARD_MARGIN_DB to spare for meters that read the peak a little lower.
+    let peak = l.ceiling_dbtp - CEILING_MARGIN_DB;
+    let plr = |lufs: f64| peak - lufs;
+    let allowed_plr =
+        if mix_plr_db.is_finite() { opts.min_plr_db.min(mix_plr_db - GUARD_REDUCTION_DB) } else { opts.min_plr_db };
+    let loudest = peak - allowed_plr - GUARD_MARGIN_DB;
+    if l.target_lufs <= loudest + 1e-9 {
+        return None;
+    }
+    let wanted = l.target_lufs;
+    l.target_lufs = loudest;
+    Some(format!(
+        "loudness guard: {wanted:.1} LUFS under a {:.1} dBTP ceiling needs {:.1} dB of peak reduction and leaves a peak-to-loudness ratio of {:.1} dB (guard: at most {GUARD_REDUCTION_DB:.0} dB, or a PLR of at least {:.1} dB); mastered to {loudest:.1} LUFS, PLR {:.1} dB, instead (--allow-crush to go louder)",
+        l.ceiling_dbtp,
+        mix_plr_db - plr(wanted),
+        plr(wanted),
+        opts.min_plr_db,
+        plr(loudest)
+    ))
+}
+
+/// Decides the saturator's drive for the signal entering it (`pre`, after EQ and compression):
+/// the limiter keeps up to [`LIMITER_SHARE_DB`] of gain reduction at the 99.9th percentile and the
+/// saturator takes the rest, up to `cap_db` ([`MAX_SATURATION_DB`], or
+/// [`CRUSH_MAX_SATURATION_DB`] with `--allow-crush`). On the first pass the limiter's work is
+/// estimated from the unlimited loudness (a lower bound: limiting costs some loudness); the
+/// second moves the first pass's depth into the clipper by what the limiter did beyond its share;
+/// later ones interpolate between the last two passes (`work`: peaks into the clipper and
+/// limiter gain reduction of each pass, dB), since the clipper buys loudness more cheaply than
+/// the limiter and one dB in the clipper saves more than one in the limiter.
+fn plan_saturation(pre: &AudioBuffer, settings: &mut Settings, work: &[(f64, f64)], cap_db: f64) {
+    let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
+    let env = peak_envelope(&planes);
+    let loud_db = crate::render::saturation::percentile_db(&env, 0.999);
+    let l = &settings.limiter;
+    let into_clipper = match work {
+        [.., (i0, l0), (i1, l1)] if (l1 - l0).abs() > 0.1 && (i1 - i0).abs() > 0.1 => {
+            i1 + (LIMITER_SHARE_DB - l1) * (i1 - i0) / (l1 - l0)
+        }
+        [.., (into, limiter_db)] => into + limiter_db - LIMITER_SHARE_DB,
+        [] => {
+            let energy = k_weighted_energy(pre);
+            let base = gated_loudness(&block_energies(&energy, pre.sample_rate_hz, |_| 1.0));
+            let limiting_db = l.target_lufs - base + loud_db - (l.ceiling_dbtp - CEILING_MARGIN_DB);
+            limiting_db - LIMITER_SHARE_DB
+        }
+    };
+    let s = &mut settings.saturation;
+    if !into_clipper.is_finite() || !loud_db.is_finite() || into_clipper <= 0.05 {
+        *s = crate::settings::SaturationSettings::default();
+        return;
+    }
+    let into_clipper = into_clipper.min(cap_db);
+    s.enabled = true;
+    s.drive_db = (into_clipper + l.ceiling_dbtp - loud_db)
+        .clamp(crate::settings::limits::DRIVE_DB.0, crate::settings::limits::DRIVE_DB.1);
+    s.mix = 1.0;
 }
 
 /// Finds the drive that puts the limited output's integrated loudness on the target, without
@@ -169,9 +326,10 @@ pub fn loudness_loop(
     env: &[f32],
     settings: &mut Settings,
     max_limiting_db: f64,
-    rounds: usize,
+    rounds: LoopRounds,
     bias: &mut f64,
 ) -> (AudioBuffer, LimiterStats, Option<(f64, f64)>) {
+    let LoopRounds { search: rounds, trim_compensation } = rounds;
     let target = settings.limiter.target_lufs;
     let rate = pre.sample_rate_hz;
     let render = |s: &Settings| {
@@ -230,15 +388,48 @@ pub fn loudness_loop(
         }
         aim += target - reached;
     }
+    // Only the chosen gain is rendered, through the same output stage `render::render` uses.
+    let mut gain = best.unwrap_or_else(|| gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter));
+    let mut out = pre.clone();
+    if rounds <= 1 {
+        // An intermediate pass: measured for its spectrum, never written.
+        finish_untrimmed(&mut out, db_to_lin(drive) as f32, &gain);
+    } else {
+        // The safety trim lowers the whole master when a close 8× meter finds the limiter's 4×
+        // detector under-read (full-band content near Nyquist); the loudness it costs is won
+        // back with more drive, at most twice.
+        for retry in 0..=2 {
+            let trim_db = finish(&mut out, db_to_lin(drive) as f32, &gain, &settings.limiter);
+            reached += trim_db;
+            if trim_db > -0.02
+                || !trim_compensation
+                || retry == 2
+                || drive >= drive_max - 1e-9
+                || (reached - target).abs() <= LOUDNESS_TOLERANCE_LU
+            {
+                break;
+            }
+            aim += target - reached;
+            drive = secant(&estimate, aim, drive, -60.0, drive_max);
+            gain = gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter);
+            reached = integrated_lufs_scaled(&planes, rate, db_to_lin(drive) as f32, &gain);
+            out = pre.clone();
+        }
+    }
     *bias = aim - target;
     settings.limiter.drive_db = drive;
-    // Only the chosen gain is rendered, through the same output stage `render::render` uses.
-    let gain = best.unwrap_or_else(|| gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter));
-    let mut out = pre.clone();
-    finish(&mut out, db_to_lin(drive) as f32, &gain, &settings.limiter);
     let stats = limiter_stats(&gain, rate);
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
     (out, stats, short)
+}
+
+/// How hard [`loudness_loop`] works.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopRounds {
+    /// Verified search rounds (1: an intermediate pass, rendered only to be measured).
+    pub search: usize,
+    /// Win back with more drive the loudness the safety trim takes.
+    pub trim_compensation: bool,
 }
 
 /// Secant search for the drive (dB, within `lo..=hi`) at which `estimate(drive)` equals `aim`.

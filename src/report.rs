@@ -205,6 +205,17 @@ pub fn settings_text(st: &Settings) -> String {
     } else {
         let _ = writeln!(s, "width: unchanged");
     }
+    if st.saturation.enabled {
+        let _ = writeln!(
+            s,
+            "saturation: drive {:+.1} dB into a soft clipper at the ceiling (knee {:.0} dB under it, 8x oversampled), mix {:.0} %",
+            st.saturation.drive_db,
+            st.saturation.knee_db,
+            100.0 * st.saturation.mix
+        );
+    } else {
+        let _ = writeln!(s, "saturation: off");
+    }
     let _ = writeln!(
         s,
         "limiter: drive {:+.1} dB, ceiling {:.1} dBTP, look-ahead {:.1} ms, release {:.0} ms{}; target {:.1} LUFS",

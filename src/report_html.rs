@@ -5,7 +5,8 @@
 //!
 //! The page holds: the mid and side spectra of mix, reference and master (log frequency); the EQ
 //! that was applied (matched mid and side curves, and the parametric fits' responses); short-term
-//! loudness over time of mix and master; the limiter's gain reduction over time; the numbers table
+//! loudness over time of mix and master; the limiter's gain reduction over time; waveform
+//! overviews of mix and master on one scale (a "sausage" master shows); the numbers table
 //! of the text report (same rows, same rounding); the settings in words; streaming playback
 //! levels; warnings and notes.
 
@@ -62,6 +63,39 @@ pub struct ReportInput<'a> {
     pub playback: &'a [Playback],
     /// Time range of the `--preview` excerpts, (start, length) in seconds, to mark on the plots.
     pub preview: Option<(f64, f64)>,
+    /// Waveform overviews of the mix and the master ([`waveform_overview`]).
+    pub waveforms: Option<(&'a Waveform, &'a Waveform)>,
+}
+
+/// A waveform overview: the smallest and largest sample (over all channels) in each of a fixed
+/// number of equal time slices, linear full scale. What a DAW draws zoomed out: a master limited
+/// flat shows as a solid "sausage" touching the same level everywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waveform {
+    /// Length of the audio, s.
+    pub duration_s: f64,
+    /// Lowest sample in each slice.
+    pub min: Vec<f32>,
+    /// Highest sample in each slice.
+    pub max: Vec<f32>,
+}
+
+/// The overview of `audio` in `columns` slices (fewer for audio shorter than that many samples).
+pub fn waveform_overview(audio: &crate::audio::AudioBuffer, columns: usize) -> Waveform {
+    let frames = audio.frames();
+    let columns = columns.clamp(1, frames.max(1));
+    let mut min = vec![0f32; columns];
+    let mut max = vec![0f32; columns];
+    for (c, (lo, hi)) in min.iter_mut().zip(max.iter_mut()).enumerate() {
+        let (a, b) = (c * frames / columns, ((c + 1) * frames / columns).max(c * frames / columns + 1).min(frames));
+        for ch in &audio.channels {
+            for &v in &ch[a.min(b)..b] {
+                *lo = lo.min(v);
+                *hi = hi.max(v);
+            }
+        }
+    }
+    Waveform { duration_s: audio.duration_s(), min, max }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,6 +300,26 @@ impl Svg {
         let _ = write!(
             self.body,
             r#"<path d="{d}" fill="{colour}" fill-opacity="0.35" stroke="{colour}" stroke-width="1" clip-path="url(#{})"/>"#,
+            p.clip
+        );
+    }
+
+    /// A filled band between two curves sampled at the same x positions (a waveform's min/max).
+    fn band(&mut self, p: &Panel, upper: &[(f64, f64)], lower: &[(f64, f64)], colour: &str) {
+        if upper.is_empty() || upper.len() != lower.len() {
+            return;
+        }
+        let mut d = String::new();
+        for (i, &(x, y)) in upper.iter().enumerate() {
+            let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, p.px(x), p.py(y));
+        }
+        for &(x, y) in lower.iter().rev() {
+            let _ = write!(d, " L{:.1},{:.1}", p.px(x), p.py(y));
+        }
+        d.push_str(" Z");
+        let _ = write!(
+            self.body,
+            r#"<path d="{d}" fill="{colour}" fill-opacity="0.8" stroke="{colour}" stroke-width="0.6" clip-path="url(#{})"/>"#,
             p.clip
         );
     }
@@ -624,6 +678,46 @@ pub fn loudness_svg(mix: &Profile, master: &Profile, target_lufs: f64, preview: 
     svg.finish(false, "Short-term loudness of mix and master over time")
 }
 
+/// Waveform overviews of mix and master, one above the other on the same amplitude scale, with
+/// the ceiling marked on the master.
+pub fn waveform_svg(mix: &Waveform, master: &Waveform, ceiling_dbtp: f64) -> String {
+    let duration = mix.duration_s.max(master.duration_s).max(1e-3);
+    let mut svg = Svg::new("waveform", WIDTH, 470.0);
+    let (tt, tl) = time_axis(duration);
+    let ceiling = 10f64.powf(ceiling_dbtp / 20.0);
+    let ticks = [
+        (-1.0, "-1".to_string()),
+        (-0.5, "-0.5".to_string()),
+        (0.0, "0".to_string()),
+        (0.5, "0.5".to_string()),
+        (1.0, "1".to_string()),
+    ];
+    for (n, (w, colour, name, y0)) in
+        [(mix, colours::MIX, "mix", 50.0), (master, colours::MASTER, "master", 260.0)].into_iter().enumerate()
+    {
+        let p = svg.panel(
+            n,
+            (LEFT, y0, WIDTH - LEFT - RIGHT, 150.0),
+            Scale { lo: 0.0, hi: duration, log: false },
+            Scale { lo: -1.05, hi: 1.05, log: false },
+        );
+        svg.x_axis(&p, &tt, &[], if n == 1 { tl } else { "" });
+        svg.y_axis(&p, &ticks, "amplitude (full scale 1)");
+        let cols = w.max.len().max(1) as f64;
+        let t = |c: usize| (c as f64 + 0.5) / cols * w.duration_s;
+        let upper: Vec<(f64, f64)> = w.max.iter().enumerate().map(|(c, &v)| (t(c), f64::from(v))).collect();
+        let lower: Vec<(f64, f64)> = w.min.iter().enumerate().map(|(c, &v)| (t(c), f64::from(v))).collect();
+        svg.band(&p, &upper, &lower, colour);
+        if n == 1 {
+            svg.h_marker(&p, ceiling, colours::TARGET, &format!("ceiling {ceiling_dbtp:.1} dBTP"));
+            svg.h_marker(&p, -ceiling, colours::TARGET, "");
+        }
+        svg.frame(&p);
+        svg.header(&p, &format!("Waveform: {name}"), &[(name, colour, None)]);
+    }
+    svg.finish(false, "Waveform overview of mix and master on the same scale")
+}
+
 /// The limiter's gain reduction over time (largest in each 100 ms), hanging down from 0 dB.
 pub fn limiter_svg(mastered: &Mastered) -> String {
     let series = &mastered.limiter.gain_reduction_series_db;
@@ -735,6 +829,15 @@ pub fn report_html(r: &ReportInput<'_>) -> String {
     let _ = writeln!(h, "\n<h2>Loudness and limiting over time</h2>");
     h.push_str(&loudness_svg(r.mix, &m.profile, st.limiter.target_lufs, r.preview));
     h.push_str(&limiter_svg(m));
+    if let Some((mix_w, master_w)) = r.waveforms {
+        let _ = writeln!(h, "\n<h2>Waveform</h2>");
+        let _ = writeln!(
+            h,
+            "<p class=\"meta\">Mix and master on the same scale. A master pressed flat against the ceiling everywhere (a \"sausage\") has lost its dynamics; PLR {:.1} dB here.</p>",
+            m.profile.loudness.plr_db
+        );
+        h.push_str(&waveform_svg(mix_w, master_w, st.limiter.ceiling_dbtp));
+    }
 
     let _ = writeln!(h, "\n<h2>Numbers</h2>");
     let _ = writeln!(h, "<table id=\"numbers\">");
@@ -833,5 +936,27 @@ mod tests {
     #[test]
     fn escaping_keeps_markup_out() {
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}
+
+#[cfg(test)]
+mod waveform_tests {
+    use super::*;
+    use crate::audio::AudioBuffer;
+
+    #[test]
+    fn the_overview_holds_each_slices_extremes_over_both_channels() {
+        // Two seconds in four slices: a +0.5 spike in slice 1 (left), a -0.8 spike in slice 3
+        // (right), silence elsewhere.
+        let mut l = vec![0f32; 8000];
+        let mut r = vec![0f32; 8000];
+        l[2500] = 0.5;
+        r[7000] = -0.8;
+        let w = waveform_overview(&AudioBuffer { sample_rate_hz: 4000, channels: vec![l, r] }, 4);
+        assert_eq!(w.max, vec![0.0, 0.5, 0.0, 0.0]);
+        assert_eq!(w.min, vec![0.0, 0.0, 0.0, -0.8]);
+        assert!((w.duration_s - 2.0).abs() < 1e-9);
+        let svg = waveform_svg(&w, &w, -1.0);
+        assert!(svg.contains(colours::MIX) && svg.contains(colours::MASTER) && svg.contains("ceiling -1.0 dBTP"));
     }
 }

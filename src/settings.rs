@@ -35,6 +35,8 @@ pub mod limits {
     pub const DRIVE_DB: (f64, f64) = (-60.0, 36.0);
     /// Ceiling range, dBTP.
     pub const CEILING_DBTP: (f64, f64) = (-20.0, 0.0);
+    /// Saturator knee range, dB under the clip level.
+    pub const SATURATION_KNEE_DB: (f64, f64) = (0.5, 20.0);
     /// Look-ahead range, ms.
     pub const LOOKAHEAD_MS: (f64, f64) = (0.1, 20.0);
 }
@@ -50,6 +52,10 @@ pub struct Settings {
     pub dynamics: DynamicsSettings,
     /// Per-band stereo width.
     pub width: WidthSettings,
+    /// Soft-clipping saturator in front of the limiter (absent in files from before it existed:
+    /// off).
+    #[serde(default)]
+    pub saturation: SaturationSettings,
     /// True-peak limiter and loudness.
     pub limiter: LimiterSettings,
     /// Dither seed for integer output (same seed, same bits).
@@ -128,6 +134,27 @@ pub struct WidthBandGain {
     pub high_hz: f64,
     /// Gain applied to the side signal, dB (positive = wider).
     pub side_gain_db: f64,
+}
+
+/// Soft clipper between the compressor and the limiter ([`crate::render::saturation`]): the
+/// signal is multiplied by `drive_db`, then rounded off toward the limiter's ceiling by a curve
+/// that is linear up to `knee_db` under it. The limiter's own drive follows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaturationSettings {
+    /// Stage on/off (off: no gain, no saturation).
+    pub enabled: bool,
+    /// Gain into the clipper, dB.
+    pub drive_db: f64,
+    /// Where the curve leaves the straight line, dB under the clip level (the limiter ceiling).
+    pub knee_db: f64,
+    /// Share of the saturated signal, 0 (dry) to 1 (fully saturated).
+    pub mix: f64,
+}
+
+impl Default for SaturationSettings {
+    fn default() -> Self {
+        Self { enabled: false, drive_db: 0.0, knee_db: 6.0, mix: 1.0 }
+    }
 }
 
 /// Drive into a true-peak limiter.
@@ -226,6 +253,10 @@ impl Settings {
                 (-limits::WIDTH_GAIN_DB, limits::WIDTH_GAIN_DB),
             )?;
         }
+        let sat = &self.saturation;
+        check_range(src, "saturation.drive_db", sat.drive_db, limits::DRIVE_DB)?;
+        check_range(src, "saturation.knee_db", sat.knee_db, limits::SATURATION_KNEE_DB)?;
+        check_range(src, "saturation.mix", sat.mix, (0.0, 1.0))?;
         let l = &self.limiter;
         check_range(src, "limiter.drive_db", l.drive_db, limits::DRIVE_DB)?;
         check_range(src, "limiter.ceiling_dbtp", l.ceiling_dbtp, limits::CEILING_DBTP)?;

@@ -31,8 +31,8 @@ use refmaster::dsp::biquad::FilterKind;
 use refmaster::dsp::truepeak::true_peak_db;
 use refmaster::master::{master, MasterOptions};
 use refmaster::settings::{
-    limits, CompressorBand, DynamicsSettings, EqSettings, LimiterSettings, Settings, WidthBandGain, WidthSettings,
-    SETTINGS_VERSION,
+    limits, CompressorBand, DynamicsSettings, EqSettings, LimiterSettings, SaturationSettings, Settings, WidthBandGain,
+    WidthSettings, SETTINGS_VERSION,
 };
 use refmaster::solve::parametric::{ParametricBand, ParametricEq};
 use refmaster::solve::{solve, SolveOptions, NO_WIDENING_BELOW_HZ};
@@ -523,17 +523,27 @@ fn limiter_settings() -> impl Strategy<Value = LimiterSettings> {
         })
 }
 
+fn saturation_settings() -> impl Strategy<Value = SaturationSettings> {
+    (
+        any::<bool>(),
+        in_range(limits::DRIVE_DB.0, limits::DRIVE_DB.1),
+        in_range(limits::SATURATION_KNEE_DB.0, limits::SATURATION_KNEE_DB.1),
+        in_range(0.0, 1.0),
+    )
+        .prop_map(|(enabled, drive_db, knee_db, mix)| SaturationSettings { enabled, drive_db, knee_db, mix })
+}
+
 fn settings() -> impl Strategy<Value = Settings> {
-    (eq_settings(), dynamics_settings(), width_settings(), limiter_settings(), any::<u64>()).prop_map(
-        |(eq, dynamics, width, limiter, dither_seed)| Settings {
+    (eq_settings(), dynamics_settings(), width_settings(), saturation_settings(), limiter_settings(), any::<u64>())
+        .prop_map(|(eq, dynamics, width, saturation, limiter, dither_seed)| Settings {
             version: SETTINGS_VERSION,
             eq,
             dynamics,
             width,
+            saturation,
             limiter,
             dither_seed,
-        },
-    )
+        })
 }
 
 /// Bit-level equality (PartialEq would call -0.0 and 0.0 equal).

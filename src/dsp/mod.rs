@@ -4,4 +4,5 @@
 pub mod biquad;
 pub mod crossover;
 pub mod fir;
+pub mod oversample;
 pub mod truepeak;

@@ -21,6 +21,9 @@ pub const CEILING_MARGIN_DB: f64 = 0.25;
 pub struct LimiterStats {
     /// Largest gain reduction, dB (≥ 0).
     pub max_gain_reduction_db: f64,
+    /// Gain reduction exceeded by only 0.1 % of the samples, dB (how hard the limiter works on
+    /// the music, as opposed to a lone transient).
+    pub loud_gain_reduction_db: f64,
     /// Largest gain reduction in each 100 ms block, dB, for plots.
     pub gain_reduction_series_db: Vec<f32>,
 }
@@ -37,20 +40,28 @@ pub fn limit(audio: &mut AudioBuffer, envelope: &[f32], s: &LimiterSettings) -> 
         let block = (rate / 10).max(1) as usize;
         return LimiterStats {
             max_gain_reduction_db: 0.0,
+            loud_gain_reduction_db: 0.0,
             gain_reduction_series_db: vec![0.0; envelope.len().div_ceil(block)],
         };
     }
     let gain = gain_curve(envelope, drive, rate, s);
-    finish(audio, drive, &gain, s);
+    let _trim_db = finish(audio, drive, &gain, s);
     stats(&gain, rate)
 }
 
 /// The limiter's output stage for an already computed gain curve: `drive × gain[i]` on every
 /// channel, then the [`safety_trim`]. [`limit`] and the loudness loop both end here, so a
 /// re-render reproduces the loop's master bit for bit.
-pub fn finish(audio: &mut AudioBuffer, drive: f32, gain: &[f32], s: &LimiterSettings) {
+/// Returns the safety trim applied, dB (≤ 0).
+pub fn finish(audio: &mut AudioBuffer, drive: f32, gain: &[f32], s: &LimiterSettings) -> f64 {
     apply_gain(&mut audio.channels, drive, gain);
-    safety_trim(audio, s.ceiling_dbtp);
+    safety_trim(audio, s.ceiling_dbtp)
+}
+
+/// [`finish`] without the safety trim, for the closed loop's intermediate passes: they are only
+/// measured (spectrum), never written, and the trim's 8× meter is the slowest step of the stage.
+pub fn finish_untrimmed(audio: &mut AudioBuffer, drive: f32, gain: &[f32]) {
+    apply_gain(&mut audio.channels, drive, gain);
 }
 
 /// Multiplies every channel by `drive × gain[i]` (the limiter's output stage).
@@ -68,7 +79,20 @@ pub fn stats(gain: &[f32], sample_rate_hz: u32) -> LimiterStats {
     let series: Vec<f32> =
         gain.chunks(block).map(|c| -20.0 * c.iter().fold(1f32, |a, &b| a.min(b)).max(1e-6).log10()).collect();
     let max = series.iter().fold(0f32, |a, &b| a.max(b));
-    LimiterStats { max_gain_reduction_db: f64::from(max), gain_reduction_series_db: series }
+    // The 0.1 % quantile of the gain, on every 8th sample (the curve moves over milliseconds).
+    let mut sub: Vec<f32> = gain.iter().step_by(8).copied().collect();
+    let loud = if sub.is_empty() {
+        0.0
+    } else {
+        let idx = (((sub.len() as f64) * 0.001) as usize).min(sub.len() - 1);
+        let (_, g, _) = sub.select_nth_unstable_by(idx, f32::total_cmp);
+        -20.0 * f64::from(g.max(1e-6)).log10()
+    };
+    LimiterStats {
+        max_gain_reduction_db: f64::from(max),
+        loud_gain_reduction_db: loud.max(0.0),
+        gain_reduction_series_db: series,
+    }
 }
 
 /// The limiter's gain (linear, ≤ 1) for every sample, for an input whose undriven true-peak
@@ -130,14 +154,21 @@ pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &Limiter
 }
 
 /// Last line of defence for the ceiling: measures the output's true peak with the BS.1770 meter
-/// (the `ebur128` crate, as independent tools do) and, if it is over `ceiling_dbtp - 0.05`, scales
-/// the whole output down by the excess. Real music never needs it (the limiter aims 0.25 dB
-/// under); full-band noise right up to Nyquist at 8 kHz can overshoot the limiter's own 4x
-/// detector by a few tenths of a dB. Deterministic, so a re-render reproduces it. Returns the
+/// (the `ebur128` crate, as independent tools do) and with a closer 8× meter
+/// ([`crate::dsp::truepeak::precise_true_peak`], which agrees with sox's 8× resampling and with
+/// ffmpeg where 4× meters under-read) and, if either is over `ceiling_dbtp - 0.05`, scales the
+/// whole output down by the excess. Real music rarely needs it (the limiter aims 0.25 dB under);
+/// full-band noise right up to Nyquist can overshoot the limiter's own 4x detector by a few
+/// tenths of a dB. Deterministic, so a re-render reproduces it. Returns the
 /// trim applied in dB (0 when none).
 pub fn safety_trim(audio: &mut AudioBuffer, ceiling_dbtp: f64) -> f64 {
-    let tp = crate::analysis::loudness::true_peak_dbtp(audio);
     let limit = ceiling_dbtp - 0.05;
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    // Inter-sample overs of more than 3 dB above both neighbouring samples need content beyond
+    // the 8x meter's passband; the stretches below that floor are left to the BS.1770 meter.
+    let floor = 10f64.powf((limit - 3.0) / 20.0) as f32;
+    let precise = 20.0 * f64::from(crate::dsp::truepeak::precise_true_peak(&planes, floor)).log10();
+    let tp = crate::analysis::loudness::true_peak_dbtp(audio).max(precise);
     if !tp.is_finite() || tp <= limit {
         return 0.0;
     }

@@ -1,10 +1,12 @@
 //! Stage 4: render [`Settings`] onto the mix at its own sample rate: mid/side EQ (with the width
-//! gains folded into the side filter), multiband compression, drive and the true-peak limiter.
+//! gains folded into the side filter), multiband compression, saturation, drive and the true-peak
+//! limiter.
 //! Dither happens on the way out ([`crate::encode`]). Same input and settings, same bits.
 
 pub mod dynamics;
 pub mod eq;
 pub mod limiter;
+pub mod saturation;
 
 use crate::audio::AudioBuffer;
 use crate::dsp::truepeak::peak_envelope;
@@ -67,7 +69,8 @@ pub fn render_pre_limiter(mix: &AudioBuffer, s: &Settings) -> Result<AudioBuffer
 
 /// The whole chain. Deterministic: the same mix and settings give the same samples.
 pub fn render(mix: &AudioBuffer, s: &Settings) -> Result<Rendered> {
-    let pre = render_pre_limiter(mix, s)?;
+    let mut pre = render_pre_limiter(mix, s)?;
+    saturation::saturate(&mut pre, &s.saturation, s.limiter.ceiling_dbtp);
     let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
     let env = peak_envelope(&planes);
     let mut audio = pre;

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::spectrum::FLOOR_DB;
 use crate::analysis::Profile;
 use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
-use crate::settings::{EqSettings, LimiterSettings, Settings, WidthBandGain, WidthSettings, SETTINGS_VERSION};
+use crate::settings::{
+    EqSettings, LimiterSettings, SaturationSettings, Settings, WidthBandGain, WidthSettings, SETTINGS_VERSION,
+};
 
 /// Below this frequency the width stage may narrow but never widen, Hz.
 pub const NO_WIDENING_BELOW_HZ: f64 = 120.0;
@@ -132,6 +134,7 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
         },
         dynamics,
         width: WidthSettings { enabled: opts.width && !width_bands.is_empty(), bands: width_bands },
+        saturation: SaturationSettings::default(),
         limiter: LimiterSettings {
             enabled: opts.limiter,
             drive_db: drive,

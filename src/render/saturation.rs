@@ -1,0 +1,202 @@
+//! Soft-clipping saturator: rounds off the loudest peaks before the limiter so the limiter has
+//! less to do (less pumping and dulling at the same loudness).
+//!
+//! The chain is `× drive → soft clip at the limiter's ceiling → × limiter drive → limiter`, the
+//! way a clipper sits in front of a limiter in a mastering rack: the saturator's drive decides how
+//! far the loudest peaks are pushed into the clipper, the limiter's drive how far the clipped
+//! signal is pushed into the limiter (so the limiter's gain reduction at peaks is roughly its own
+//! drive).
+//!
+//! The curve is linear up to a knee (`knee_db` under the clip level), then a tanh that approaches
+//! the clip level: value, slope and curvature are continuous at the knee, so the harmonics it
+//! makes fall off fast (as 1/n⁴) and quiet material passes untouched. It runs 8× oversampled
+//! ([`crate::dsp::oversample`]) with first-order antiderivative anti-aliasing on the residual
+//! `shape(x) − x`, which is non-zero only around the peaks that reach the knee; everything else is
+//! never filtered and comes out bit-identical.
+
+use crate::audio::{db_to_lin, AudioBuffer};
+use crate::dsp::oversample::{Oversampler, FACTOR};
+use crate::dsp::truepeak::peak_envelope;
+use crate::settings::SaturationSettings;
+
+/// Safety margin on the span detection, dB: a span is oversampled where the 4× true-peak envelope
+/// comes within this much of the knee (the 8× points can exceed the 4× envelope slightly).
+const DETECTION_MARGIN_DB: f64 = 1.5;
+
+/// What the saturator did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SaturationStats {
+    /// Fraction of samples inside oversampled spans (0..1).
+    pub active_fraction: f64,
+    /// How far the loudest peaks (99.9th percentile of the true-peak envelope) were driven past
+    /// the clip level, dB (negative: they stayed under it).
+    pub peak_drive_db: f64,
+}
+
+/// The transfer curve for a unit clip level: identity up to `knee` (linear, < 1), then a tanh that
+/// approaches ±1.
+#[inline]
+pub fn shape(u: f32, knee: f32) -> f32 {
+    let a = u.abs();
+    if a <= knee {
+        return u;
+    }
+    let span = 1.0 - knee;
+    (knee + span * ((a - knee) / span).tanh()).copysign(u)
+}
+
+/// The antiderivative of the residual `shape(u) − u` (zero below the knee), for antiderivative
+/// anti-aliasing. Even in `u`.
+#[inline]
+fn residual_integral(u: f64, knee: f64) -> f64 {
+    let a = u.abs();
+    if a <= knee {
+        return 0.0;
+    }
+    let span = 1.0 - knee;
+    let z = (a - knee) / span;
+    // ln cosh z, stable for large z.
+    let ln_cosh = z + (-2.0 * z).exp().ln_1p() - std::f64::consts::LN_2;
+    knee * (a - knee) + span * span * ln_cosh - 0.5 * (a * a - knee * knee)
+}
+
+/// First-order antiderivative anti-aliasing of the residual between two consecutive oversampled
+/// points: the residual's average over the straight line from `u0` to `u1` instead of its value
+/// at `u1`. That is a one-sample box filter on the *continuous* waveshaped signal, with a zero at
+/// the oversampled rate exactly where the harmonics that would fold back sit (the 23rd harmonic
+/// of 15 kHz folds from 345 kHz to 7.8 kHz at 8× 44.1 kHz): about 30 dB less aliasing for a
+/// 1/16-sample delay of the distortion products. f64: the difference of nearly equal
+/// antiderivatives loses digits.
+#[inline]
+fn adaa(u0: f64, g0: f64, u1: f64, g1: f64, knee: f64) -> f64 {
+    let du = u1 - u0;
+    if du.abs() > 1e-7 {
+        (g1 - g0) / du
+    } else {
+        let m = 0.5 * (u0 + u1);
+        if m.abs() <= knee {
+            0.0
+        } else {
+            f64::from(shape(m as f32, knee as f32)) - m
+        }
+    }
+}
+
+/// Applies drive and saturation to `audio` in place. `clip_dbtp` is the clip level (the limiter
+/// ceiling). A disabled stage changes nothing.
+pub fn saturate(audio: &mut AudioBuffer, s: &SaturationSettings, clip_dbtp: f64) -> SaturationStats {
+    if !s.enabled {
+        return SaturationStats::default();
+    }
+    let drive = db_to_lin(s.drive_db) as f32;
+    for ch in audio.channels.iter_mut() {
+        ch.iter_mut().for_each(|x| *x *= drive);
+    }
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    let env = peak_envelope(&planes);
+    let clip = db_to_lin(clip_dbtp) as f32;
+    let knee = db_to_lin(-s.knee_db) as f32;
+    let detect = knee * clip * db_to_lin(-DETECTION_MARGIN_DB) as f32;
+    let os = Oversampler::new();
+    let spans = active_spans(&env, detect, 2 * os.reach() + 2);
+    let active: usize = spans.iter().map(|(a, b)| b - a).sum();
+    let mix = s.mix.clamp(0.0, 1.0) as f32;
+    std::thread::scope(|scope| {
+        for ch in audio.channels.iter_mut() {
+            let (os, spans) = (&os, &spans);
+            scope.spawn(move || {
+                let mut up = Vec::new();
+                for &(a, b) in spans {
+                    os.upsample_span(ch, a, b, &mut up);
+                    let mut any = false;
+                    let (inv, k) = (1.0 / f64::from(clip), f64::from(knee));
+                    let mut prev_u = f64::from(up.first().copied().unwrap_or(0.0)) * inv;
+                    let mut prev_g = residual_integral(prev_u, k);
+                    for v in up.iter_mut() {
+                        let u = f64::from(*v) * inv;
+                        let g = residual_integral(u, k);
+                        let r = adaa(prev_u, prev_g, u, g, k);
+                        (prev_u, prev_g) = (u, g);
+                        any |= r != 0.0;
+                        *v = (r * f64::from(clip)) as f32;
+                    }
+                    if any {
+                        os.decimate_add_span(&up, a, mix, ch);
+                    }
+                }
+            });
+        }
+    });
+    SaturationStats {
+        active_fraction: if env.is_empty() { 0.0 } else { active as f64 / env.len() as f64 },
+        peak_drive_db: percentile_db(&env, 0.999) - clip_dbtp,
+    }
+}
+
+/// Spans `[start, end)` where `env` exceeds `threshold`, merged when closer than `min_gap`
+/// (so the filtering of one never overlaps the reading of the next: work in place is safe).
+fn active_spans(env: &[f32], threshold: f32, min_gap: usize) -> Vec<(usize, usize)> {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < env.len() {
+        if env[i] <= threshold {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < env.len() && env[i] > threshold {
+            i += 1;
+        }
+        match spans.last_mut() {
+            Some(last) if start < last.1 + min_gap => last.1 = i,
+            _ => spans.push((start, i)),
+        }
+    }
+    spans
+}
+
+/// The `q` quantile of `env` in dB (0 for an empty envelope's −∞).
+pub fn percentile_db(env: &[f32], q: f64) -> f64 {
+    if env.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let mut v: Vec<f32> = env.chunks(FACTOR).map(|c| c.iter().fold(0f32, |a, &b| a.max(b))).collect();
+    let idx = (((v.len() as f64) * q) as usize).min(v.len() - 1);
+    let (_, x, _) = v.select_nth_unstable_by(idx, f32::total_cmp);
+    20.0 * f64::from(x.max(1e-10)).log10()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_curve_is_the_identity_below_the_knee_and_never_reaches_the_clip_level() {
+        let knee = 0.5;
+        for i in 0..=100 {
+            let u = i as f32 * 0.005;
+            assert_eq!(shape(u, knee), u);
+            assert_eq!(shape(-u, knee), -u);
+        }
+        let mut last = 0.5;
+        for i in 1..1000 {
+            let u = 0.5 + i as f32 * 0.01;
+            let y = shape(u, knee);
+            assert!(y > last - 1e-7 && y <= 1.0, "u {u}: {y}");
+            last = y;
+        }
+        // Slope and curvature are continuous at the knee.
+        let d = 1e-3f32;
+        let slope = (shape(knee + d, knee) - shape(knee, knee)) / d;
+        assert!((slope - 1.0).abs() < 2e-3, "slope just over the knee {slope}");
+    }
+
+    #[test]
+    fn spans_merge_when_close_and_stay_apart_when_far() {
+        let mut env = vec![0f32; 1000];
+        env[100] = 1.0;
+        env[110] = 1.0;
+        env[500] = 1.0;
+        assert_eq!(active_spans(&env, 0.5, 20), vec![(100, 111), (500, 501)]);
+    }
+}

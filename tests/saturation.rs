@@ -1,0 +1,201 @@
+//! The saturator (issue 9): clean enough to use, and used only where it helps.
+//!
+//! Aliasing is measured exactly: a 15 kHz sine at 44.1 kHz repeats every 147 samples, so a DFT
+//! over a whole number of periods has no leakage and every harmonic (and every alias of one)
+//! lands on its own bin.
+
+mod common;
+
+use realfft::RealFftPlanner;
+use refmaster::audio::AudioBuffer;
+use refmaster::render::saturation::saturate;
+use refmaster::settings::SaturationSettings;
+
+const RATE: u32 = 44_100;
+/// 15 kHz at 44.1 kHz: 50 cycles in 147 samples.
+const PERIOD: usize = 147;
+
+/// Saturates a 15 kHz sine whose peak sits `over_db` above the clip level (-1 dBTP) and returns
+/// the strongest component below 14 kHz relative to the fundamental, dB.
+fn alias_level_db(over_db: f64) -> f64 {
+    let clip_dbtp = -1.0;
+    let frames = PERIOD * 600;
+    let amp = 10f64.powf((clip_dbtp + over_db) / 20.0);
+    let x: Vec<f32> = (0..frames)
+        .map(|i| (amp * (2.0 * std::f64::consts::PI * 15_000.0 * i as f64 / f64::from(RATE)).sin()) as f32)
+        .collect();
+    let mut audio = AudioBuffer { sample_rate_hz: RATE, channels: vec![x] };
+    let s = SaturationSettings { enabled: true, drive_db: 0.0, knee_db: 6.0, mix: 1.0 };
+    saturate(&mut audio, &s, clip_dbtp);
+    // A steady-state stretch of whole periods from the middle.
+    let n = PERIOD * 300;
+    let start = PERIOD * 150;
+    let mut seg: Vec<f64> = audio.channels[0][start..start + n].iter().map(|&v| f64::from(v)).collect();
+    let mut spectrum = RealFftPlanner::<f64>::new().plan_fft_forward(n).make_output_vec();
+    RealFftPlanner::<f64>::new().plan_fft_forward(n).process(&mut seg, &mut spectrum).expect("fft");
+    let bin_hz = f64::from(RATE) / n as f64;
+    let fundamental = spectrum[(15_000.0 / bin_hz).round() as usize].norm();
+    let worst = spectrum
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(k, _)| (*k as f64) * bin_hz < 14_000.0)
+        .map(|(_, c)| c.norm())
+        .fold(0.0, f64::max);
+    20.0 * (worst / fundamental).log10()
+}
+
+#[test]
+fn a_hard_driven_15_khz_sine_makes_no_alias_above_minus_80_db_below_14_khz() {
+    // From just touching the clip level to 18 dB past it: three times the solver's default cap
+    // (refmaster::master::MAX_SATURATION_DB) and 1.5 times its --allow-crush cap. (At +21 dB the
+    // 23rd harmonic's alias at 7.8 kHz reaches -76 dB: that is where the oversampling runs out.)
+    const { assert!(refmaster::master::CRUSH_MAX_SATURATION_DB <= 18.0) };
+    let mut worst = f64::NEG_INFINITY;
+    for step in 0..=6 {
+        let over = 3.0 * f64::from(step);
+        let alias = alias_level_db(over);
+        println!("15 kHz sine {over:+.0} dB into the clipper: strongest component below 14 kHz {alias:.1} dB");
+        assert!(alias < -80.0, "{over:+} dB drive: alias at {alias:.1} dB relative to the fundamental");
+        worst = worst.max(alias);
+    }
+    println!("aliasing: worst {worst:.1} dB re the fundamental (bar -80 dB)");
+}
+
+// ---- used where it helps, and the loudness-war guard ------------------------------------------
+
+use refmaster::analysis::analyze;
+use refmaster::master::{master, MasterOptions};
+use refmaster::solve::SolveOptions;
+
+/// A dynamic "mix": pink noise with a drum-like decaying noise burst every half second, 12 dB
+/// above the bed at its start (a high crest factor, as unmastered mixes have).
+fn dynamic_mix(seconds: f64) -> Vec<Vec<f32>> {
+    let bed_l = common::synth_pink(1, RATE, seconds, 30.0, 16_000.0, -26.0);
+    let bed_r = common::synth_pink(2, RATE, seconds, 30.0, 16_000.0, -26.0);
+    let mut rng = common::Rng::new(9);
+    let hit = (0.5 * f64::from(RATE)) as usize;
+    let mut l = bed_l;
+    let mut r = bed_r;
+    for i in 0..l.len() {
+        let t = (i % hit) as f64 / f64::from(RATE);
+        let burst = (rng.gaussian() * 0.2 * (-t / 0.03).exp()) as f32;
+        l[i] += burst;
+        r[i] += burst;
+    }
+    vec![l, r]
+}
+
+/// A loud, dense "reference": pink noise pushed through a hard tanh and scaled to `lufs`.
+fn loud_reference(seconds: f64) -> Vec<Vec<f32>> {
+    (0..2)
+        .map(|c| {
+            common::synth_pink(10 + c, RATE, seconds, 30.0, 16_000.0, -12.0)
+                .iter()
+                .map(|v| (3.0 * v).tanh() * 0.49)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn material_below_the_knee_passes_the_saturator_bit_identical() {
+    // -1 dBTP clip, 6 dB knee: a 1 kHz sine peaking 9 dB under the clip never reaches the knee.
+    let x = common::sine(RATE, 1000.0, -10.0, 0.3, RATE as usize);
+    let mut audio = AudioBuffer { sample_rate_hz: RATE, channels: vec![x.clone(), x.clone()] };
+    let s = SaturationSettings { enabled: true, drive_db: 0.0, knee_db: 6.0, mix: 1.0 };
+    let stats = saturate(&mut audio, &s, -1.0);
+    assert_eq!(stats.active_fraction, 0.0);
+    assert!(audio.channels.iter().all(|c| c.iter().zip(&x).all(|(a, b)| a.to_bits() == b.to_bits())));
+}
+
+#[test]
+fn with_a_loud_reference_saturation_lowers_the_limiters_work_at_the_same_loudness_and_ceiling() {
+    let mix = AudioBuffer { sample_rate_hz: RATE, channels: dynamic_mix(20.0) };
+    let reference = AudioBuffer { sample_rate_hz: RATE, channels: loud_reference(20.0) };
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "reference", false);
+    let quiet = |_: &str| {};
+    let solve = SolveOptions { target_lufs: Some(-10.0), ..SolveOptions::default() };
+    let on = master(&mix, &mp, &rp, &MasterOptions { solve: solve.clone(), ..MasterOptions::default() }, &quiet)
+        .expect("masters with saturation");
+    let off = master(&mix, &mp, &rp, &MasterOptions { solve, saturation: false, ..MasterOptions::default() }, &quiet)
+        .expect("masters without");
+    assert!(on.settings.saturation.enabled, "a mix 16 dB quieter than its target should use the saturator");
+    assert!(!off.settings.saturation.enabled);
+    for (name, m) in [("on", &on), ("off", &off)] {
+        let i = m.profile.loudness.integrated_lufs;
+        let tp = m.profile.loudness.true_peak_dbtp;
+        println!(
+            "saturation {name}: {i:.2} LUFS, {tp:.2} dBTP, limiter gain reduction {:.1} dB (99.9th pct), {:.1} dB max, \
+             peaks {:.1} dB into the clipper",
+            m.limiter.loud_gain_reduction_db, m.limiter.max_gain_reduction_db, m.saturation.peak_drive_db
+        );
+        assert!((i + 10.0).abs() <= 0.1, "saturation {name}: {i:.2} LUFS, target -10");
+        assert!(tp <= -1.0, "saturation {name}: true peak {tp:.2} dBTP");
+    }
+    assert!(
+        on.limiter.loud_gain_reduction_db < off.limiter.loud_gain_reduction_db - 3.0,
+        "the saturator should take several dB off the limiter: {:.1} vs {:.1} dB",
+        on.limiter.loud_gain_reduction_db,
+        off.limiter.loud_gain_reduction_db
+    );
+}
+
+#[test]
+fn a_reference_louder_than_the_guard_allows_is_not_chased_unless_crush_is_allowed() {
+    let dir = common::temp_dir();
+    let mix = common::in_dir(&dir, "mix.wav");
+    let reference = common::in_dir(&dir, "reference.wav");
+    common::write_wav_f32(&mix, RATE, &dynamic_mix(20.0));
+    common::write_wav_f32(&reference, RATE, &loud_reference(20.0));
+    let r = common::ffmpeg_ebur128(&reference);
+    assert!(r.integrated_lufs > -8.5, "the reference must be louder than the guard: {r:?}");
+    let guarded = common::in_dir(&dir, "guarded.wav");
+    let run = common::run_refmaster([
+        mix.as_os_str(),
+        "--ref".as_ref(),
+        reference.as_os_str(),
+        "-o".as_ref(),
+        guarded.as_os_str(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let reason = stdout.lines().find(|l| l.contains("loudness guard")).expect("the guard says why it stopped");
+    let g = common::ffmpeg_ebur128(&guarded);
+    let plr = g.true_peak_dbtp - g.integrated_lufs;
+    let keep = std::path::Path::new("/tmp/guarded-debug");
+    let _ = std::fs::create_dir_all(keep);
+    let _ = std::fs::copy(&guarded, keep.join("guarded.wav"));
+    let _ = std::fs::copy(&mix, keep.join("mix.wav"));
+    let _ = std::fs::copy(&reference, keep.join("reference.wav"));
+    println!(
+        "guarded: {:.1} LUFS, {:.1} dBTP, PLR {plr:.1} dB (reference {:.1} LUFS): {reason}",
+        g.integrated_lufs, g.true_peak_dbtp, r.integrated_lufs
+    );
+    assert!(
+        plr >= refmaster::master::MIN_PLR_DB,
+        "PLR {plr:.1} dB under the {} dB guard",
+        refmaster::master::MIN_PLR_DB
+    );
+    assert!(g.true_peak_dbtp <= -1.0);
+
+    let crushed = common::in_dir(&dir, "crushed.wav");
+    let run = common::run_refmaster([
+        mix.as_os_str(),
+        "--ref".as_ref(),
+        reference.as_os_str(),
+        "-o".as_ref(),
+        crushed.as_os_str(),
+        "--allow-crush".as_ref(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let c = common::ffmpeg_ebur128(&crushed);
+    println!(
+        "--allow-crush: {:.1} LUFS, {:.1} dBTP (reference {:.1} LUFS)",
+        c.integrated_lufs, c.true_peak_dbtp, r.integrated_lufs
+    );
+    // ffmpeg prints one decimal: 0.3 LU plus its rounding.
+    assert!((c.integrated_lufs - r.integrated_lufs).abs() <= 0.35, "--allow-crush missed the reference's loudness");
+    assert!(c.true_peak_dbtp <= -1.0);
+}
