@@ -199,3 +199,21 @@ fn a_reference_louder_than_the_guard_allows_is_not_chased_unless_crush_is_allowe
     assert!((c.integrated_lufs - r.integrated_lufs).abs() <= 0.35, "--allow-crush missed the reference's loudness");
     assert!(c.true_peak_dbtp <= -1.0);
 }
+
+#[test]
+fn saturation_is_linked_across_channels_so_a_panned_source_stays_where_it_was() {
+    // One source panned left of centre (left 1.5 times the right), driven 9 dB into the clipper:
+    // an unlinked clipper would flatten the left more than the right and pull it to the centre.
+    let x = common::synth_pink(4, RATE, 4.0, 40.0, 16_000.0, -6.0);
+    let left: Vec<f32> = x.iter().map(|v| 1.5 * v).collect();
+    let right = x.clone();
+    let mut audio = AudioBuffer { sample_rate_hz: RATE, channels: vec![left, right] };
+    let s = SaturationSettings { enabled: true, drive_db: 9.0, knee_db: 6.0, mix: 1.0 };
+    let stats = saturate(&mut audio, &s, -1.0);
+    assert!(stats.active_fraction > 0.1, "the test must drive the clipper: {stats:?}");
+    let (l, r) = (&audio.channels[0], &audio.channels[1]);
+    let worst = l.iter().zip(r).map(|(a, b)| (a - 1.5 * b).abs()).fold(0f32, f32::max);
+    let peak = l.iter().fold(0f32, |a, b| a.max(b.abs()));
+    println!("panned source through the saturator: worst |L - 1.5 R| {worst:.2e} (peak {peak:.2})");
+    assert!(worst < 1e-5 * peak.max(1.0), "the pan moved: |L - 1.5 R| up to {worst}");
+}

@@ -164,9 +164,9 @@ pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &Limiter
 pub fn safety_trim(audio: &mut AudioBuffer, ceiling_dbtp: f64) -> f64 {
     let limit = ceiling_dbtp - 0.05;
     let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
-    // Inter-sample overs of more than 3 dB above both neighbouring samples need content beyond
-    // the 8x meter's passband; the stretches below that floor are left to the BS.1770 meter.
-    let floor = 10f64.powf((limit - 3.0) / 20.0) as f32;
+    // Inter-sample overs of more than 2 dB above both neighbouring samples need strong content
+    // near Nyquist; the stretches below that floor are left to the BS.1770 meter.
+    let floor = 10f64.powf((limit - 2.0) / 20.0) as f32;
     let precise = 20.0 * f64::from(crate::dsp::truepeak::precise_true_peak(&planes, floor)).log10();
     let tp = crate::analysis::loudness::true_peak_dbtp(audio).max(precise);
     if !tp.is_finite() || tp <= limit {

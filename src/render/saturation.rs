@@ -7,7 +7,8 @@
 //! signal is pushed into the limiter (so the limiter's gain reduction at peaks is roughly its own
 //! drive).
 //!
-//! The curve is linear up to a knee (`knee_db` under the clip level), then a tanh that approaches
+//! The gain is linked across channels (computed from the larger of them at each instant), so
+//! saturation leaves the stereo image as it was. The curve is linear up to a knee (`knee_db` under the clip level), then a tanh that approaches
 //! the clip level: value, slope and curvature are continuous at the knee, so the harmonics it
 //! makes fall off fast (as 1/n⁴) and quiet material passes untouched. It runs 8× oversampled
 //! ([`crate::dsp::oversample`]) with first-order antiderivative anti-aliasing on the residual
@@ -101,32 +102,69 @@ pub fn saturate(audio: &mut AudioBuffer, s: &SaturationSettings, clip_dbtp: f64)
     let spans = active_spans(&env, detect, 2 * os.reach() + 2);
     let active: usize = spans.iter().map(|(a, b)| b - a).sum();
     let mix = s.mix.clamp(0.0, 1.0) as f32;
-    std::thread::scope(|scope| {
-        for ch in audio.channels.iter_mut() {
-            let (os, spans) = (&os, &spans);
-            scope.spawn(move || {
-                let mut up = Vec::new();
-                for &(a, b) in spans {
-                    os.upsample_span(ch, a, b, &mut up);
-                    let mut any = false;
-                    let (inv, k) = (1.0 / f64::from(clip), f64::from(knee));
-                    let mut prev_u = f64::from(up.first().copied().unwrap_or(0.0)) * inv;
-                    let mut prev_g = residual_integral(prev_u, k);
-                    for v in up.iter_mut() {
-                        let u = f64::from(*v) * inv;
-                        let g = residual_integral(u, k);
-                        let r = adaa(prev_u, prev_g, u, g, k);
-                        (prev_u, prev_g) = (u, g);
-                        any |= r != 0.0;
-                        *v = (r * f64::from(clip)) as f32;
-                    }
-                    if any {
-                        os.decimate_add_span(&up, a, mix, ch);
-                    }
+    let (inv, k) = (1.0 / f64::from(clip), f64::from(knee));
+    // Linked across channels: one gain curve, from the larger channel at each oversampled point,
+    // drives every channel (as a linked limiter does), so the stereo image is not changed: the
+    // side/mid balance of what comes out is the one that went in.
+    let mut ups: Vec<Vec<f32>> = vec![Vec::new(); audio.channels.len()];
+    let mut ratio: Vec<f32> = Vec::new();
+    let os = &os;
+    // Threads only pay for themselves on long spans.
+    const PARALLEL_SPAN: usize = 8192;
+    for &(a, b) in &spans {
+        let parallel = b - a >= PARALLEL_SPAN;
+        if parallel {
+            std::thread::scope(|scope| {
+                for (ch, up) in audio.channels.iter().zip(ups.iter_mut()) {
+                    scope.spawn(move || os.upsample_span(ch, a, b, up));
                 }
             });
+        } else {
+            for (ch, up) in audio.channels.iter().zip(ups.iter_mut()) {
+                os.upsample_span(ch, a, b, up);
+            }
         }
-    });
+        // The residual of the magnitude curve, with antiderivative anti-aliasing, as a ratio of
+        // the magnitude: the gain change every channel gets.
+        ratio.clear();
+        ratio.resize(ups[0].len(), 0.0);
+        // The larger channel's value, with its sign: through a zero crossing a hard-driven signal
+        // can jump from far below to far above the knee between two points, and the
+        // anti-aliasing must see that path (a magnitude would fold it back on itself).
+        let magnitude = |m: usize| ups.iter().fold(0f32, |acc, u| if u[m].abs() > acc.abs() { u[m] } else { acc });
+        let mut prev_u = f64::from(magnitude(0)) * inv;
+        let mut prev_g = residual_integral(prev_u, k);
+        let mut any = false;
+        for (m, r) in ratio.iter_mut().enumerate() {
+            let u = f64::from(magnitude(m)) * inv;
+            let g = residual_integral(u, k);
+            let res = adaa(prev_u, prev_g, u, g, k);
+            (prev_u, prev_g) = (u, g);
+            if res != 0.0 && u != 0.0 {
+                *r = (res / u) as f32;
+                any = true;
+            }
+        }
+        if !any {
+            continue;
+        }
+        let finish = |ch: &mut Vec<f32>, up: &mut Vec<f32>, ratio: &[f32]| {
+            up.iter_mut().zip(ratio).for_each(|(v, r)| *v *= r);
+            os.decimate_add_span(up, a, mix, ch);
+        };
+        if parallel {
+            std::thread::scope(|scope| {
+                for (ch, up) in audio.channels.iter_mut().zip(ups.iter_mut()) {
+                    let (ratio, finish) = (&ratio, &finish);
+                    scope.spawn(move || finish(ch, up, ratio));
+                }
+            });
+        } else {
+            for (ch, up) in audio.channels.iter_mut().zip(ups.iter_mut()) {
+                finish(ch, up, &ratio);
+            }
+        }
+    }
     SaturationStats {
         active_fraction: if env.is_empty() { 0.0 } else { active as f64 / env.len() as f64 },
         peak_drive_db: percentile_db(&env, 0.999) - clip_dbtp,
