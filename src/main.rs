@@ -262,6 +262,13 @@ static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new
 
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
+    // `refmaster analyze x | head`: when the reader goes away, stop quietly as other command-line
+    // tools do (Rust ignores SIGPIPE, and println! would then panic on the broken pipe).
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of a signal runs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Analyze(a)) => run_analyze(&a),

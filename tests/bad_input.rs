@@ -451,3 +451,20 @@ fn written_master_gets_ordinary_file_permissions_not_owner_only() {
     assert_eq!(got, expected, "output mode {got:o}, a new file here gets {expected:o}");
     assert_no_stray_part_files(dir.path());
 }
+
+#[test]
+fn output_piped_into_a_reader_that_quits_early_ends_quietly() {
+    // `refmaster analyze FILE | head -1`: the reader closes the pipe after one line.
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("references").join("demo_mix.flac");
+    let mut child = common::refmaster()
+        .arg("analyze")
+        .arg(&demo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start refmaster");
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "a closed pipe made refmaster panic: {stderr}");
+}
