@@ -14,7 +14,7 @@ use crate::render::limiter::{
     finish, finish_untrimmed, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB,
 };
 use crate::render::render_pre_limiter;
-use crate::render::saturation::{saturate, SaturationStats};
+use crate::render::saturation::{saturate_with, Quality, SaturationStats};
 use crate::settings::Settings;
 use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
 use std::path::Path;
@@ -164,7 +164,10 @@ pub fn master(
         if use_saturation {
             let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
             plan_saturation(&pre, &mut settings, &work, cap);
-            sat_stats = saturate(&mut pre, &settings.saturation, settings.limiter.ceiling_dbtp);
+            // Intermediate passes are measured, never written: the draft saturator is enough.
+            let final_pass = pass >= opts.closed_loop_passes || !settings.eq.enabled;
+            let quality = if final_pass { Quality::Oversampled } else { Quality::Draft };
+            sat_stats = saturate_with(&mut pre, &settings.saturation, settings.limiter.ceiling_dbtp, quality);
         }
         let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
         let env = peak_envelope(&planes);
@@ -290,7 +293,10 @@ fn plan_saturation(pre: &AudioBuffer, settings: &mut Settings, work: &[(f64, f64
     let loud_db = crate::render::saturation::percentile_db(&env, 0.999);
     let l = &settings.limiter;
     let into_clipper = match work {
-        [.., (i0, l0), (i1, l1)] if (l1 - l0).abs() > 0.1 && (i1 - i0).abs() > 0.1 => {
+        // Secant only where the two passes show the expected trade (more clipper, less limiter,
+        // at a plausible rate); the intermediate passes' numbers are rough, and a secant
+        // through noise can throw the plan anywhere.
+        [.., (i0, l0), (i1, l1)] if (i1 - i0).abs() > 0.1 && (-4.0..=-0.25).contains(&((l1 - l0) / (i1 - i0))) => {
             i1 + (LIMITER_SHARE_DB - l1) * (i1 - i0) / (l1 - l0)
         }
         [.., (into, limiter_db)] => into + limiter_db - LIMITER_SHARE_DB,
@@ -398,19 +404,33 @@ pub fn loudness_loop(
         // The safety trim lowers the whole master when a close 8× meter finds the limiter's 4×
         // detector under-read (full-band content near Nyquist); the loudness it costs is won
         // back with more drive, at most twice.
-        for retry in 0..=2 {
+        // The trim can grow with the drive (content the limiter's 4x detector under-reads gets
+        // louder too), so after the first retry the drive moves along the measured slope.
+        const RETRIES: usize = 4;
+        let mut previous: Option<(f64, f64)> = None;
+        for retry in 0..=RETRIES {
             let trim_db = finish(&mut out, db_to_lin(drive) as f32, &gain, &settings.limiter);
             reached += trim_db;
             if trim_db > -0.02
                 || !trim_compensation
-                || retry == 2
+                || retry == RETRIES
                 || drive >= drive_max - 1e-9
                 || (reached - target).abs() <= LOUDNESS_TOLERANCE_LU
             {
                 break;
             }
-            aim += target - reached;
-            drive = secant(&estimate, aim, drive, -60.0, drive_max);
+            let next = match previous {
+                Some((d0, r0)) if (drive - d0).abs() > 1e-6 => {
+                    let slope = ((reached - r0) / (drive - d0)).clamp(0.1, 1.5);
+                    (drive + (target - reached) / slope).clamp(-60.0, drive_max)
+                }
+                _ => {
+                    aim += target - reached;
+                    secant(&estimate, aim, drive, -60.0, drive_max)
+                }
+            };
+            previous = Some((drive, reached));
+            drive = next;
             gain = gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter);
             reached = integrated_lufs_scaled(&planes, rate, db_to_lin(drive) as f32, &gain);
             out = pre.clone();

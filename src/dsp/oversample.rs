@@ -163,19 +163,42 @@ impl Oversampler {
         let lo = start.saturating_sub(self.reach);
         let hi = (end + self.reach).min(y.len());
         let half = self.half as i64;
-        for (n, out) in y.iter_mut().enumerate().take(hi).skip(lo) {
-            // Residual index m (time start + m/8) meets tap h[(n − start)·8 − m] = h[m − (n − start)·8].
-            let centre = (n as i64 - start as i64) * FACTOR as i64;
-            let m0 = (centre - half).max(0);
-            let m1 = (centre + half + 1).min(m_len);
-            if m0 >= m1 {
-                continue;
+        let l = FACTOR as i64;
+        // Only outputs whose filter reaches a non-zero residual value need computing: runs of
+        // non-zero values further apart than the filter is long are handled one at a time.
+        for (r0, r1) in nonzero_runs(residual, 2 * self.half + FACTOR) {
+            let n_lo = (start as i64 + (r0 as i64 - half).div_euclid(l)).max(lo as i64) as usize;
+            let n_hi = (start as i64 + (r1 as i64 + half).div_euclid(l) + 1).min(hi as i64).max(0) as usize;
+            for (n, out) in y.iter_mut().enumerate().take(n_hi).skip(n_lo) {
+                // Residual index m (time start + m/8) meets tap h[(n − start)·8 − m] = h[m − (n − start)·8].
+                let centre = (n as i64 - start as i64) * l;
+                let m0 = (centre - half).max(0);
+                let m1 = (centre + half + 1).min(m_len);
+                if m0 >= m1 {
+                    continue;
+                }
+                let t0 = (m0 - centre + half) as usize;
+                let r = &residual[m0 as usize..m1 as usize];
+                *out += scale * dot(r, &self.taps[t0..t0 + r.len()]);
             }
-            let t0 = (m0 - centre + half) as usize;
-            let r = &residual[m0 as usize..m1 as usize];
-            *out += scale * dot(r, &self.taps[t0..t0 + r.len()]);
         }
     }
+}
+
+/// Runs `[first, last]` (inclusive) of non-zero values in `x`, merged when fewer than `gap`
+/// zeros apart.
+fn nonzero_runs(x: &[f32], gap: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, v) in x.iter().enumerate() {
+        if *v == 0.0 {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if i - last.1 <= gap => last.1 = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
 }
 
 /// Dot product in eight independent lanes (vectorises; summation order fixed, so deterministic).

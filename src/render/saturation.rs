@@ -22,7 +22,7 @@ use crate::settings::SaturationSettings;
 
 /// Safety margin on the span detection, dB: a span is oversampled where the 4× true-peak envelope
 /// comes within this much of the knee (the 8× points can exceed the 4× envelope slightly).
-const DETECTION_MARGIN_DB: f64 = 1.5;
+const DETECTION_MARGIN_DB: f64 = 0.75;
 
 /// What the saturator did.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -83,9 +83,30 @@ fn adaa(u0: f64, g0: f64, u1: f64, g1: f64, knee: f64) -> f64 {
     }
 }
 
+/// How [`saturate_with`] runs the curve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quality {
+    /// 8× oversampled with anti-aliasing: what the master gets.
+    Oversampled,
+    /// At the signal's own rate (with the same antiderivative anti-aliasing): the same levels and
+    /// tone within a few hundredths of a dB, some aliasing, many times faster. For the closed
+    /// loop's intermediate passes, which are measured but never written.
+    Draft,
+}
+
 /// Applies drive and saturation to `audio` in place. `clip_dbtp` is the clip level (the limiter
 /// ceiling). A disabled stage changes nothing.
 pub fn saturate(audio: &mut AudioBuffer, s: &SaturationSettings, clip_dbtp: f64) -> SaturationStats {
+    saturate_with(audio, s, clip_dbtp, Quality::Oversampled)
+}
+
+/// [`saturate`] at the given [`Quality`].
+pub fn saturate_with(
+    audio: &mut AudioBuffer,
+    s: &SaturationSettings,
+    clip_dbtp: f64,
+    quality: Quality,
+) -> SaturationStats {
     if !s.enabled {
         return SaturationStats::default();
     }
@@ -102,43 +123,110 @@ pub fn saturate(audio: &mut AudioBuffer, s: &SaturationSettings, clip_dbtp: f64)
     let spans = active_spans(&env, detect, 2 * os.reach() + 2);
     let active: usize = spans.iter().map(|(a, b)| b - a).sum();
     let mix = s.mix.clamp(0.0, 1.0) as f32;
-    let (inv, k) = (1.0 / f64::from(clip), f64::from(knee));
-    // Linked across channels: one gain curve, from the larger channel at each oversampled point,
-    // drives every channel (as a linked limiter does), so the stereo image is not changed: the
-    // side/mid balance of what comes out is the one that went in.
-    let mut ups: Vec<Vec<f32>> = vec![Vec::new(); audio.channels.len()];
-    let mut ratio: Vec<f32> = Vec::new();
-    let os = &os;
-    // Threads only pay for themselves on long spans.
-    const PARALLEL_SPAN: usize = 8192;
-    for &(a, b) in &spans {
-        let parallel = b - a >= PARALLEL_SPAN;
-        if parallel {
+    let curve = Curve { inv_clip: 1.0 / f64::from(clip), knee: f64::from(knee), mix };
+    let stats = SaturationStats {
+        active_fraction: if env.is_empty() { 0.0 } else { active as f64 / env.len() as f64 },
+        peak_drive_db: percentile_db(&env, 0.999) - clip_dbtp,
+    };
+    if quality == Quality::Draft {
+        let mut all: Vec<&mut [f32]> = audio.channels.iter_mut().map(Vec::as_mut_slice).collect();
+        saturate_at_own_rate(&mut all, &spans, &curve);
+        return stats;
+    }
+    // Two threads, each on its own half of the spans: the halves are cut in a gap between two
+    // spans, wider than the filters reach, so neither half reads or writes the other's samples.
+    let reach = os.reach();
+    let half_work = active / 2;
+    let mut done = 0;
+    let cut = spans.iter().position(|(a, b)| {
+        done += b - a;
+        done >= half_work
+    });
+    match cut {
+        Some(k) if k + 1 < spans.len() && active > 1 << 15 => {
+            let at = spans[k].1 + reach + 1;
+            let (mut first, mut second): (Vec<&mut [f32]>, Vec<&mut [f32]>) =
+                audio.channels.iter_mut().map(|c| c.split_at_mut(at)).unzip();
+            let (os, curve) = (&os, &curve);
             std::thread::scope(|scope| {
-                for (ch, up) in audio.channels.iter().zip(ups.iter_mut()) {
-                    scope.spawn(move || os.upsample_span(ch, a, b, up));
-                }
+                scope.spawn(|| saturate_spans(&mut first, &spans[..=k], 0, os, curve));
+                saturate_spans(&mut second, &spans[k + 1..], at, os, curve);
             });
-        } else {
-            for (ch, up) in audio.channels.iter().zip(ups.iter_mut()) {
-                os.upsample_span(ch, a, b, up);
+        }
+        _ => {
+            let mut all: Vec<&mut [f32]> = audio.channels.iter_mut().map(Vec::as_mut_slice).collect();
+            saturate_spans(&mut all, &spans, 0, &os, &curve);
+        }
+    }
+    stats
+}
+
+/// [`Quality::Draft`]: the linked curve with antiderivative anti-aliasing on the samples
+/// themselves.
+fn saturate_at_own_rate(channels: &mut [&mut [f32]], spans: &[(usize, usize)], c: &Curve) {
+    for &(a, b) in spans {
+        let value = |chs: &[&mut [f32]], i: usize| {
+            chs.iter().fold(0f32, |acc, x| if x[i].abs() > acc.abs() { x[i] } else { acc })
+        };
+        let mut prev_u = f64::from(value(channels, a)) * c.inv_clip;
+        let mut prev_g = residual_integral(prev_u, c.knee);
+        for i in a..b {
+            let u = f64::from(value(channels, i)) * c.inv_clip;
+            if u.abs() <= c.knee && prev_u.abs() <= c.knee {
+                (prev_u, prev_g) = (u, 0.0);
+                continue;
+            }
+            let g = residual_integral(u, c.knee);
+            let res = adaa(prev_u, prev_g, u, g, c.knee);
+            (prev_u, prev_g) = (u, g);
+            if res != 0.0 && u != 0.0 {
+                let gain = 1.0 + c.mix * (res / u) as f32;
+                for ch in channels.iter_mut() {
+                    ch[i] *= gain;
+                }
             }
         }
-        // The residual of the magnitude curve, with antiderivative anti-aliasing, as a ratio of
-        // the magnitude: the gain change every channel gets.
+    }
+}
+
+/// The curve's constants.
+struct Curve {
+    inv_clip: f64,
+    knee: f64,
+    mix: f32,
+}
+
+/// Saturates `spans` (sample positions in the whole signal) of `channels`, slices that start at
+/// sample `offset` of it. Linked across channels: one gain curve, from the larger channel at each
+/// oversampled point, drives every channel (as a linked limiter does), so the stereo image is
+/// not changed: the side/mid balance of what comes out is the one that went in.
+fn saturate_spans(channels: &mut [&mut [f32]], spans: &[(usize, usize)], offset: usize, os: &Oversampler, c: &Curve) {
+    let mut ups: Vec<Vec<f32>> = vec![Vec::new(); channels.len()];
+    let mut ratio: Vec<f32> = Vec::new();
+    for &(a, b) in spans {
+        let (a, b) = (a - offset, b - offset);
+        for (ch, up) in channels.iter().zip(ups.iter_mut()) {
+            os.upsample_span(ch, a, b, up);
+        }
+        // The residual of the curve, with antiderivative anti-aliasing, as a ratio of the value:
+        // the gain change every channel gets. The value is the larger channel's, with its sign:
+        // through a zero crossing a hard-driven signal can jump from far below to far above the
+        // knee between two points, and the anti-aliasing must see that path (a magnitude would
+        // fold it back on itself).
         ratio.clear();
         ratio.resize(ups[0].len(), 0.0);
-        // The larger channel's value, with its sign: through a zero crossing a hard-driven signal
-        // can jump from far below to far above the knee between two points, and the
-        // anti-aliasing must see that path (a magnitude would fold it back on itself).
-        let magnitude = |m: usize| ups.iter().fold(0f32, |acc, u| if u[m].abs() > acc.abs() { u[m] } else { acc });
-        let mut prev_u = f64::from(magnitude(0)) * inv;
-        let mut prev_g = residual_integral(prev_u, k);
+        let value = |m: usize| ups.iter().fold(0f32, |acc, u| if u[m].abs() > acc.abs() { u[m] } else { acc });
+        let mut prev_u = f64::from(value(0)) * c.inv_clip;
+        let mut prev_g = residual_integral(prev_u, c.knee);
         let mut any = false;
         for (m, r) in ratio.iter_mut().enumerate() {
-            let u = f64::from(magnitude(m)) * inv;
-            let g = residual_integral(u, k);
-            let res = adaa(prev_u, prev_g, u, g, k);
+            let u = f64::from(value(m)) * c.inv_clip;
+            if u.abs() <= c.knee && prev_u.abs() <= c.knee {
+                (prev_u, prev_g) = (u, 0.0);
+                continue;
+            }
+            let g = residual_integral(u, c.knee);
+            let res = adaa(prev_u, prev_g, u, g, c.knee);
             (prev_u, prev_g) = (u, g);
             if res != 0.0 && u != 0.0 {
                 *r = (res / u) as f32;
@@ -148,26 +236,10 @@ pub fn saturate(audio: &mut AudioBuffer, s: &SaturationSettings, clip_dbtp: f64)
         if !any {
             continue;
         }
-        let finish = |ch: &mut Vec<f32>, up: &mut Vec<f32>, ratio: &[f32]| {
-            up.iter_mut().zip(ratio).for_each(|(v, r)| *v *= r);
-            os.decimate_add_span(up, a, mix, ch);
-        };
-        if parallel {
-            std::thread::scope(|scope| {
-                for (ch, up) in audio.channels.iter_mut().zip(ups.iter_mut()) {
-                    let (ratio, finish) = (&ratio, &finish);
-                    scope.spawn(move || finish(ch, up, ratio));
-                }
-            });
-        } else {
-            for (ch, up) in audio.channels.iter_mut().zip(ups.iter_mut()) {
-                finish(ch, up, &ratio);
-            }
+        for (ch, up) in channels.iter_mut().zip(ups.iter_mut()) {
+            up.iter_mut().zip(&ratio).for_each(|(v, r)| *v *= r);
+            os.decimate_add_span(up, a, c.mix, ch);
         }
-    }
-    SaturationStats {
-        active_fraction: if env.is_empty() { 0.0 } else { active as f64 / env.len() as f64 },
-        peak_drive_db: percentile_db(&env, 0.999) - clip_dbtp,
     }
 }
 
