@@ -168,24 +168,41 @@ fn saturate_at_own_rate(channels: &mut [&mut [f32]], spans: &[(usize, usize)], c
         let value = |chs: &[&mut [f32]], i: usize| {
             chs.iter().fold(0f32, |acc, x| if x[i].abs() > acc.abs() { x[i] } else { acc })
         };
-        let mut prev_u = f64::from(value(channels, a)) * c.inv_clip;
-        let mut prev_g = residual_integral(prev_u, c.knee);
+        let mut state = AntiAliased::new(f64::from(value(channels, a)) * c.inv_clip, c.knee);
         for i in a..b {
-            let u = f64::from(value(channels, i)) * c.inv_clip;
-            if u.abs() <= c.knee && prev_u.abs() <= c.knee {
-                (prev_u, prev_g) = (u, 0.0);
-                continue;
-            }
-            let g = residual_integral(u, c.knee);
-            let res = adaa(prev_u, prev_g, u, g, c.knee);
-            (prev_u, prev_g) = (u, g);
-            if res != 0.0 && u != 0.0 {
-                let gain = 1.0 + c.mix * (res / u) as f32;
+            if let Some(ratio) = state.step(f64::from(value(channels, i)) * c.inv_clip) {
+                let gain = 1.0 + c.mix * ratio;
                 for ch in channels.iter_mut() {
                     ch[i] *= gain;
                 }
             }
         }
+    }
+}
+
+/// The residual of the curve along a sequence of values (unit clip level), with antiderivative
+/// anti-aliasing, as a ratio of each value: `Some(r)` means the value becomes `value × (1 + r)`.
+struct AntiAliased {
+    prev_u: f64,
+    prev_g: f64,
+    knee: f64,
+}
+
+impl AntiAliased {
+    fn new(first: f64, knee: f64) -> Self {
+        Self { prev_u: first, prev_g: residual_integral(first, knee), knee }
+    }
+
+    #[inline]
+    fn step(&mut self, u: f64) -> Option<f32> {
+        if u.abs() <= self.knee && self.prev_u.abs() <= self.knee {
+            (self.prev_u, self.prev_g) = (u, 0.0);
+            return None;
+        }
+        let g = residual_integral(u, self.knee);
+        let res = adaa(self.prev_u, self.prev_g, u, g, self.knee);
+        (self.prev_u, self.prev_g) = (u, g);
+        (res != 0.0 && u != 0.0).then(|| (res / u) as f32)
     }
 }
 
@@ -216,20 +233,11 @@ fn saturate_spans(channels: &mut [&mut [f32]], spans: &[(usize, usize)], offset:
         ratio.clear();
         ratio.resize(ups[0].len(), 0.0);
         let value = |m: usize| ups.iter().fold(0f32, |acc, u| if u[m].abs() > acc.abs() { u[m] } else { acc });
-        let mut prev_u = f64::from(value(0)) * c.inv_clip;
-        let mut prev_g = residual_integral(prev_u, c.knee);
+        let mut state = AntiAliased::new(f64::from(value(0)) * c.inv_clip, c.knee);
         let mut any = false;
         for (m, r) in ratio.iter_mut().enumerate() {
-            let u = f64::from(value(m)) * c.inv_clip;
-            if u.abs() <= c.knee && prev_u.abs() <= c.knee {
-                (prev_u, prev_g) = (u, 0.0);
-                continue;
-            }
-            let g = residual_integral(u, c.knee);
-            let res = adaa(prev_u, prev_g, u, g, c.knee);
-            (prev_u, prev_g) = (u, g);
-            if res != 0.0 && u != 0.0 {
-                *r = (res / u) as f32;
+            if let Some(x) = state.step(f64::from(value(m)) * c.inv_clip) {
+                *r = x;
                 any = true;
             }
         }
