@@ -87,8 +87,7 @@ fn decode_unguarded(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
         return Err(Error::input(path, "empty file (0 bytes)"));
     }
     let mut file = File::open(path).map_err(|e| Error::input(path, describe_io(&e)))?;
-    check_mp4_tables(&mut file, meta.len()).map_err(|reason| Error::input(path, reason))?;
-    check_flac_metadata(&mut file).map_err(|reason| Error::input(path, reason))?;
+    check_containers(&mut file, meta.len()).map_err(|reason| Error::input(path, reason))?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
@@ -184,42 +183,43 @@ fn decode_unguarded(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
 /// How far symphonia's probe looks for a format marker, bytes.
 const PROBE_SEARCH_LIMIT: u64 = 1 << 20;
 
+/// Checks the container structures symphonia 0.5 trusts before it allocates (see
+/// [`check_mp4_tables`] and [`check_flac_metadata`]), finding each format's marker in one read of
+/// the part of the file the probe searches. Leaves `file` rewound.
+fn check_containers(file: &mut File, len: u64) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| e.to_string();
+    let mut head = Vec::new();
+    file.by_ref().take(PROBE_SEARCH_LIMIT + 16).read_to_end(&mut head).map_err(io)?;
+    let result = check_mp4_tables(file, len, &head).and_then(|()| check_flac_metadata(file, &head));
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    result
+}
+
 /// Refuses MP4/M4A files whose sample tables cannot fit in the file. symphonia 0.5's MP4 reader
 /// sizes its `stsc`, `stco`, `co64`, `stts` and `stsz` tables from the entry count in the file
 /// before reading a single entry, so a corrupt count asks for up to 64 GB at once, and a failed
 /// allocation aborts the whole process (it cannot be caught). The boxes are walked from the
-/// first `ftyp` marker (where the probe would start) through moov/trak/mdia/minf/stbl; every
-/// table must fit in what is left of its box. Leaves `file` rewound; other formats pass untouched.
-fn check_mp4_tables(file: &mut File, len: u64) -> std::result::Result<(), String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut head = Vec::new();
-    let io = |e: std::io::Error| e.to_string();
-    file.by_ref().take(PROBE_SEARCH_LIMIT + 16).read_to_end(&mut head).map_err(io)?;
+/// first `ftyp` marker in `head` (where the probe would start) through moov/trak/mdia/minf/stbl;
+/// every table must fit in what is left of its box. Other formats pass untouched.
+fn check_mp4_tables(file: &mut File, len: u64, head: &[u8]) -> std::result::Result<(), String> {
     let start = head.windows(4).position(|w| w == b"ftyp").filter(|&p| p >= 4).map(|p| (p - 4) as u64);
-    let result = match start {
+    match start {
         Some(start) => walk_mp4_boxes(file, start, len, 0, None),
         None => Ok(()),
-    };
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    result
+    }
 }
 
 /// Refuses FLAC files whose metadata claims more bytes than its block holds. symphonia 0.5 reads
 /// a Vorbis comment's or a picture's length from the file and allocates that much (up to 4 GB)
 /// before reading it (found by fuzzing: a 61 kB file asked for 2.7 GB). Every FLAC metadata block
-/// is at most 16 MB, so each inner length is checked against what is left of its block. Leaves
-/// `file` rewound; other formats pass untouched.
-fn check_flac_metadata(file: &mut File) -> std::result::Result<(), String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let io = |e: std::io::Error| e.to_string();
-    let mut head = Vec::new();
-    file.by_ref().take(PROBE_SEARCH_LIMIT + 4).read_to_end(&mut head).map_err(io)?;
-    let result = match head.windows(4).position(|w| w == b"fLaC") {
+/// is at most 16 MB, so each inner length is checked against what is left of its block. The
+/// stream starts at the first `fLaC` marker in `head`; other formats pass untouched.
+fn check_flac_metadata(file: &mut File, head: &[u8]) -> std::result::Result<(), String> {
+    match head.windows(4).position(|w| w == b"fLaC") {
         Some(start) => walk_flac_blocks(file, start as u64 + 4),
         None => Ok(()),
-    };
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    result
+    }
 }
 
 fn walk_flac_blocks(file: &mut File, mut pos: u64) -> std::result::Result<(), String> {

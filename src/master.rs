@@ -8,7 +8,7 @@ use crate::analysis::spectrum::{band_levels_db, welch};
 use crate::analysis::{analyze, Profile};
 use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
-use crate::dsp::truepeak::peak_envelope;
+use crate::dsp::truepeak::{envelope_quantile_db, peak_envelope};
 use crate::error::{Error, Result};
 use crate::render::limiter::{
     finish, finish_untrimmed, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB,
@@ -290,7 +290,7 @@ pub fn loudness_guard(settings: &mut Settings, mix_plr_db: f64, opts: &MasterOpt
 fn plan_saturation(pre: &AudioBuffer, settings: &mut Settings, work: &[(f64, f64)], cap_db: f64) {
     let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
     let env = peak_envelope(&planes);
-    let loud_db = crate::render::saturation::percentile_db(&env, 0.999);
+    let loud_db = envelope_quantile_db(&env, 0.999);
     let l = &settings.limiter;
     let into_clipper = match work {
         // Secant only where the two passes show the expected trade (more clipper, less limiter,
@@ -357,15 +357,7 @@ pub fn loudness_loop(
     }
     // Limiting depth is judged at the 99.9th percentile of the true-peak envelope: the gain
     // reduction that more than 0.1 % of the music receives. A lone transient may go deeper.
-    let mut sorted: Vec<f32> = env.chunks(8).map(|c| c.iter().fold(0f32, |a, &b| a.max(b))).collect();
-    let k = ((sorted.len() as f64) * 0.999) as usize;
-    let loud_db = if sorted.is_empty() {
-        0.0
-    } else {
-        let idx = k.min(sorted.len() - 1);
-        let (_, v, _) = sorted.select_nth_unstable_by(idx, f32::total_cmp);
-        20.0 * f64::from(v.max(1e-10)).log10()
-    };
+    let loud_db = if env.is_empty() { 0.0 } else { envelope_quantile_db(env, 0.999) };
     let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
     // The estimate runs on an 8× decimated envelope and energy (block maxima and means): the
     // limiter's gain at that resolution is close enough to aim, and eight times cheaper.

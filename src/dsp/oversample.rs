@@ -102,20 +102,9 @@ impl Oversampler {
     pub fn upsample_span(&self, x: &[f32], start: usize, end: usize, out: &mut Vec<f32>) {
         out.clear();
         out.resize((end - start) * FACTOR, 0.0);
-        let n = x.len() as i64;
-        let reach = self.reach as i64;
-        let width = 2 * self.reach + 1;
-        let mut window = vec![0f32; width];
+        let mut window = vec![0f32; 2 * self.reach + 1];
         for q in start..end {
-            let first = q as i64 - reach;
-            if first >= 0 && first + width as i64 <= n {
-                window.copy_from_slice(&x[first as usize..first as usize + width]);
-            } else {
-                for (j, w) in window.iter_mut().enumerate() {
-                    let k = first + j as i64;
-                    *w = if k >= 0 && k < n { x[k as usize] } else { 0.0 };
-                }
-            }
+            self.window(x, q, &mut window);
             let base = (q - start) * FACTOR;
             out[base] = x[q];
             for (p, phase) in self.phases.iter().enumerate().skip(1) {
@@ -125,33 +114,26 @@ impl Oversampler {
     }
 
     /// The largest |value| of the 8× interpolation of `x` between samples `i` and `i + 1`
-    /// (the 7 points strictly between them).
-    pub fn between_peak(&self, x: &[f32], i: usize) -> f32 {
+    /// (the 7 points strictly between them). `window` is scratch space, reused across calls.
+    pub fn between_peak(&self, x: &[f32], i: usize, window: &mut Vec<f32>) -> f32 {
+        window.resize(2 * self.reach + 1, 0.0);
+        self.window(x, i, window);
+        self.phases.iter().skip(1).fold(0f32, |peak, phase| peak.max(dot(window, phase).abs()))
+    }
+
+    /// The inputs `q − reach ..= q + reach` that the interpolated points after sample `q` weigh,
+    /// zero beyond the ends of `x`, into `window` (`2·reach + 1` long).
+    fn window(&self, x: &[f32], q: usize, window: &mut [f32]) {
+        let first = q as i64 - self.reach as i64;
         let n = x.len() as i64;
-        let first = i as i64 - self.reach as i64;
-        let width = 2 * self.reach + 1;
-        let mut peak = 0f32;
-        if first >= 0 && first + width as i64 <= n {
-            let window = &x[first as usize..first as usize + width];
-            for phase in self.phases.iter().skip(1) {
-                peak = peak.max(dot(window, phase).abs());
-            }
+        if first >= 0 && first + window.len() as i64 <= n {
+            window.copy_from_slice(&x[first as usize..first as usize + window.len()]);
         } else {
-            let window: Vec<f32> = (0..width)
-                .map(|j| {
-                    let k = first + j as i64;
-                    if k >= 0 && k < n {
-                        x[k as usize]
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            for phase in self.phases.iter().skip(1) {
-                peak = peak.max(dot(&window, phase).abs());
+            for (j, w) in window.iter_mut().enumerate() {
+                let k = first + j as i64;
+                *w = if k >= 0 && k < n { x[k as usize] } else { 0.0 };
             }
         }
-        peak
     }
 
     /// Low-pass filters the oversampled `residual` (position `start` at index 0, as written by
@@ -287,7 +269,8 @@ mod meter_tests {
             let want = 0.5 * (2.0 * std::f64::consts::PI * f * t).sin();
             worst = worst.max((f64::from(*v) - want).abs());
         }
-        let peak = (500..1500).map(|i| o.between_peak(&x, i)).fold(0f32, f32::max);
+        let mut w = Vec::new();
+        let peak = (500..1500).map(|i| o.between_peak(&x, i, &mut w)).fold(0f32, f32::max);
         assert!(worst < 2e-3, "worst {worst}, peak {peak}, taps {} half {} reach {}", o.taps.len(), o.half, o.reach);
         assert!((peak - 0.5).abs() < 2e-3, "peak {peak}");
     }

@@ -91,15 +91,30 @@ pub fn true_peak_db(channels: &[&[f32]]) -> f64 {
 pub fn precise_true_peak(channels: &[&[f32]], floor: f32) -> f32 {
     let os = super::oversample::Oversampler::design(0.46, 0.54, 60.0);
     let mut peak = 0f32;
+    let mut window = Vec::new();
     for ch in channels {
         let sample_peak = ch.iter().fold(0f32, |a, &b| a.max(b.abs()));
         peak = peak.max(sample_peak);
         let floor = floor.max(sample_peak * 0.5);
         for i in 0..ch.len().saturating_sub(1) {
             if ch[i].abs() > floor || ch[i + 1].abs() > floor {
-                peak = peak.max(os.between_peak(ch, i));
+                peak = peak.max(os.between_peak(ch, i, &mut window));
             }
         }
     }
     peak
+}
+
+/// The level (dB) that the loudest `1 − q` of a true-peak envelope exceeds, taken over blocks of
+/// 8 frames (each block's maximum) so one transient counts once; −∞ for an empty envelope. The
+/// limiting depth and the saturator's drive are both judged at `q = 0.999`.
+pub fn envelope_quantile_db(env: &[f32], q: f64) -> f64 {
+    const BLOCK: usize = 8;
+    if env.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let mut v: Vec<f32> = env.chunks(BLOCK).map(|c| c.iter().fold(0f32, |a, &b| a.max(b))).collect();
+    let idx = (((v.len() as f64) * q) as usize).min(v.len() - 1);
+    let (_, x, _) = v.select_nth_unstable_by(idx, f32::total_cmp);
+    20.0 * f64::from(x.max(1e-10)).log10()
 }

@@ -16,8 +16,8 @@
 //! never filtered and comes out bit-identical.
 
 use crate::audio::{db_to_lin, AudioBuffer};
-use crate::dsp::oversample::{Oversampler, FACTOR};
-use crate::dsp::truepeak::peak_envelope;
+use crate::dsp::oversample::Oversampler;
+use crate::dsp::truepeak::{envelope_quantile_db, peak_envelope};
 use crate::settings::SaturationSettings;
 
 /// Safety margin on the span detection, dB: a span is oversampled where the 4× true-peak envelope
@@ -126,7 +126,7 @@ pub fn saturate_with(
     let curve = Curve { inv_clip: 1.0 / f64::from(clip), knee: f64::from(knee), mix };
     let stats = SaturationStats {
         active_fraction: if env.is_empty() { 0.0 } else { active as f64 / env.len() as f64 },
-        peak_drive_db: percentile_db(&env, 0.999) - clip_dbtp,
+        peak_drive_db: envelope_quantile_db(&env, 0.999) - clip_dbtp,
     };
     if quality == Quality::Draft {
         let mut all: Vec<&mut [f32]> = audio.channels.iter_mut().map(Vec::as_mut_slice).collect();
@@ -271,17 +271,6 @@ fn active_spans(env: &[f32], threshold: f32, min_gap: usize) -> Vec<(usize, usiz
         }
     }
     spans
-}
-
-/// The `q` quantile of `env` in dB (0 for an empty envelope's −∞).
-pub fn percentile_db(env: &[f32], q: f64) -> f64 {
-    if env.is_empty() {
-        return f64::NEG_INFINITY;
-    }
-    let mut v: Vec<f32> = env.chunks(FACTOR).map(|c| c.iter().fold(0f32, |a, &b| a.max(b))).collect();
-    let idx = (((v.len() as f64) * q) as usize).min(v.len() - 1);
-    let (_, x, _) = v.select_nth_unstable_by(idx, f32::total_cmp);
-    20.0 * f64::from(x.max(1e-10)).log10()
 }
 
 #[cfg(test)]
