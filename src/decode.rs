@@ -5,14 +5,17 @@
 //! silently shortened buffer, and so is a file that ends before the length its header promises.
 //! Non-finite samples (NaN, ±inf, possible in float WAVs) are refused with their count and the
 //! position of the first, because passing them on would poison every later measurement.
+//!
+//! [`StreamDecoder`] decodes a file chunk by chunk (bounded memory, one pass per open) with the
+//! same guards and messages; [`decode_file`] is that stream read to its end into one buffer.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use symphonia::core::audio::{AudioBufferRef, SampleBuffer};
-use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
-use symphonia::core::formats::FormatOptions;
+use symphonia::core::formats::{FormatOptions, FormatReader};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
@@ -37,17 +40,399 @@ pub struct SourceInfo {
     pub lossy: bool,
 }
 
-/// Decodes the whole file at `path` into memory.
+/// Decodes the whole file at `path` into memory: [`StreamDecoder`] read to its end into one
+/// buffer, so the two give the same samples and the same errors.
 ///
 /// A demuxer or codec that panics on malformed data (symphonia 0.5 does, e.g. on some broken
 /// Matroska headers) gives a clean error naming the file, not a crash: the panic is caught here
 /// and its message kept out of the terminal.
 pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
+    // The rate is checked at the end, as it always was (after "no audio" and "truncated"), so a
+    // file wrong in two ways keeps giving the same error.
+    let (mut stream, info) = StreamDecoder::open_checking_rate(path, false)?;
+    // Reserve up front, but never more than MAX_RESERVE_FRAMES on the header's word: a corrupt
+    // header can promise 2^31 frames in a 1 kB file, and a failed allocation aborts the process.
+    // Longer files grow past the reservation as they decode.
+    let reserve = stream.frames_hint().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(MAX_RESERVE_FRAMES));
+    let mut channels: Vec<Vec<f32>> = (0..stream.channel_count()).map(|_| Vec::with_capacity(reserve)).collect();
+    // Appending straight into the whole-file buffer: no chunk to copy through.
+    while stream.read_more(&mut channels, usize::MAX)? > 0 {}
+    Ok((AudioBuffer { sample_rate_hz: stream.sample_rate_hz(), channels }, info))
+}
+
+/// A file being decoded chunk by chunk (planar f32 at the file's own rate), so a 90-minute file
+/// can be measured or rendered in bounded memory: one decoded packet plus the caller's chunk.
+/// A second pass over the file opens it again ([`StreamDecoder::open`]); every pass gives the
+/// same samples.
+///
+/// [`StreamDecoder::read`] refuses what [`decode_file`] refuses, with the same messages, as soon
+/// as it knows: mid-file read and decode errors when they are met; non-finite samples, a file
+/// with no audio, one shorter than its header promises or than [`MIN_DURATION_S`] when the end of
+/// the file is reached. Frames already handed out before such an error stay handed out: a
+/// caller must treat its pass as failed, not the chunk.
+pub struct StreamDecoder {
+    path: PathBuf,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn Decoder>,
+    track_id: u32,
+    /// Hz: the codec parameters' rate, else the first decoded packet's (always known after open).
+    rate: Option<u32>,
+    /// Channels every chunk has: those of the first packet holding frames. Packets with another
+    /// count later on are skipped (as decode_file always did): a stream cannot change layout.
+    layout: usize,
+    /// The header's frame count, if any, and how far short of it the file may end (frames) before
+    /// it counts as truncated: a missing final packet's worth is tolerated (some encoders count
+    /// padding).
+    frames_hint: Option<u64>,
+    truncation_slack: u64,
+    /// Reused for every packet (grown only when a packet is larger than any before it).
+    sample_buf: Option<SampleBuffer<f32>>,
+    /// Frames of the last decoded packet still waiting in `sample_buf`: the packet `open` decodes
+    /// to learn the layout, handed out by the first read.
+    pending: usize,
+    /// Frames decoded so far (handed out, pending or, after a non-finite sample, only counted).
+    decoded: u64,
+    /// The format reader reported the end of the file.
+    source_done: bool,
+    /// Non-finite samples met so far and where the first was; once set, the rest of the file is
+    /// decoded only to count them.
+    non_finite: Option<NonFinite>,
+    state: StreamState,
+}
+
+/// Non-finite samples found while streaming: how many, and the first one's frame and channel
+/// (0-based; the earliest frame, the lowest channel at that frame).
+#[derive(Debug, Clone, Copy)]
+struct NonFinite {
+    count: usize,
+    frame: u64,
+    channel: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum StreamState {
+    Reading,
+    /// The end was reached and passed every check: reads give 0 frames.
+    Ended,
+    /// A read failed (reason without the path): every later read gives the same error, since the
+    /// decoder may be in any state after an error or a caught panic.
+    Failed(String),
+}
+
+impl std::fmt::Debug for StreamDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamDecoder")
+            .field("path", &self.path)
+            .field("sample_rate_hz", &self.rate)
+            .field("channels", &self.layout)
+            .field("frames_decoded", &self.decoded)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamDecoder {
+    /// Opens `path` with every guard [`decode_file`] has up front (missing file, directory, empty
+    /// file, the MP4/FLAC table checks, probe, codec) and validates its sample rate.
+    ///
+    /// The first packet is decoded here (its frames are kept for the first read): its layout,
+    /// not the header's, is what every read delivers, and some containers leave the rate or the
+    /// channel count out of their codec parameters (e.g. MP3 in Matroska). A read or decode
+    /// error in that first packet is therefore reported by `open`.
+    ///
+    /// The rate is checked here, before any end-of-file check: a file both truncated and at an
+    /// unsupported rate is refused for its rate here, where [`decode_file`] calls it truncated.
+    pub fn open(path: &Path) -> Result<(StreamDecoder, SourceInfo)> {
+        Self::open_checking_rate(path, true)
+    }
+
+    /// [`StreamDecoder::open`], with the rate check up front (`check_rate`) or left to the end of
+    /// the file, where decode_file has always made it.
+    fn open_checking_rate(path: &Path, check_rate: bool) -> Result<(StreamDecoder, SourceInfo)> {
+        without_decoder_panics(|| Self::open_unguarded(path, check_rate))
+            .unwrap_or_else(|reason| Err(Error::input(path, reason)))
+    }
+
+    fn open_unguarded(path: &Path, check_rate: bool) -> Result<(StreamDecoder, SourceInfo)> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::input(path, describe_io(&e)))?;
+        if meta.is_dir() {
+            return Err(Error::input(path, "is a directory, not an audio file"));
+        }
+        if meta.len() == 0 {
+            return Err(Error::input(path, "empty file (0 bytes)"));
+        }
+        let mut file = File::open(path).map_err(|e| Error::input(path, describe_io(&e)))?;
+        check_containers(&mut file, meta.len()).map_err(|reason| Error::input(path, reason))?;
+        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        let probed = symphonia::default::get_probe()
+            .format(&hint, mss, &FormatOptions::default(), &MetadataOptions::default())
+            .map_err(|e| Error::input(path, format!("not a readable audio file ({})", short_sym(&e))))?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| Error::input(path, "no audio track found"))?;
+        let track_id = track.id;
+        let params = track.codec_params.clone();
+        let codec_name = symphonia::default::get_codecs()
+            .get_codec(params.codec)
+            .map_or_else(|| "unknown".to_string(), |d| d.short_name.to_string());
+        let lossy = matches!(codec_name.as_str(), "mp3" | "mp2" | "mp1" | "vorbis" | "aac" | "opus");
+        let decoder = symphonia::default::get_codecs()
+            .make(&params, &DecoderOptions::default())
+            .map_err(|e| Error::input(path, format!("unsupported codec `{codec_name}` ({})", short_sym(&e))))?;
+
+        let mut stream = StreamDecoder {
+            path: path.to_path_buf(),
+            format,
+            decoder,
+            track_id,
+            rate: params.sample_rate,
+            layout: 0,
+            frames_hint: params.n_frames,
+            truncation_slack: params.max_frames_per_packet.unwrap_or(4096).max(4096),
+            sample_buf: None,
+            pending: 0,
+            decoded: 0,
+            source_done: false,
+            non_finite: None,
+            state: StreamState::Reading,
+        };
+        stream.pending = stream.decode_packet()?.unwrap_or(0);
+        let rate = stream.rate.ok_or_else(|| Error::input(path, "sample rate unknown"))?;
+        if check_rate {
+            validate_rate(path, rate)?;
+        }
+        if stream.decoded == 0 {
+            // No frames at all: the first read says so. Until then, the header's layout.
+            stream.layout = params.channels.map_or(0, |c| c.count());
+        }
+        Ok((stream, SourceInfo { codec: codec_name, lossy }))
+    }
+
+    /// The file being decoded.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sample rate in Hz (validated by [`StreamDecoder::open`]: 8–192 kHz).
+    pub fn sample_rate_hz(&self) -> u32 {
+        self.rate.unwrap_or(0)
+    }
+
+    /// Channels in every chunk [`StreamDecoder::read`] returns.
+    pub fn channel_count(&self) -> usize {
+        self.layout
+    }
+
+    /// The header's frame count (per channel), if it has one: a hint for progress and
+    /// reservations, not a promise (a corrupt header can claim anything; a file ending well
+    /// short of it is refused as truncated when the end is reached).
+    pub fn frames_hint(&self) -> Option<u64> {
+        self.frames_hint
+    }
+
+    /// Replaces `out`'s contents with the next decoded frames: one `Vec` per channel
+    /// ([`StreamDecoder::channel_count`] of them), their allocations reused. Returns the number of
+    /// frames per channel, 0 once the file has ended (and every time after).
+    ///
+    /// Whole packets are handed out: at least `min_frames` frames (at least one packet when
+    /// `min_frames` is 0) unless the file ends first, and often more (up to one packet beyond,
+    /// e.g. 4095 frames for FLAC, 1151 for MP3), rather than keeping a remainder back. Size
+    /// buffers by the frames returned, not by `min_frames`.
+    ///
+    /// Errors name the file and are those [`decode_file`] gives, as soon as they are known;
+    /// `out` is left empty then, and every later read gives the same error. The read that meets
+    /// the first non-finite sample decodes the rest of the file (only counting them, keeping no
+    /// samples) so that its error gives their total, as decode_file's does.
+    pub fn read(&mut self, out: &mut Vec<Vec<f32>>, min_frames: usize) -> Result<usize> {
+        out.iter_mut().for_each(Vec::clear);
+        self.read_more(out, min_frames)
+    }
+
+    /// [`StreamDecoder::read`] appending to `out` instead of replacing its contents (`out` is
+    /// given [`StreamDecoder::channel_count`] channels first), panics caught.
+    fn read_more(&mut self, out: &mut Vec<Vec<f32>>, min_frames: usize) -> Result<usize> {
+        if let StreamState::Failed(reason) = &self.state {
+            return Err(Error::input(&self.path, reason.clone()));
+        }
+        out.resize_with(self.layout, Vec::new);
+        let result = without_decoder_panics(|| self.read_unguarded(out, min_frames))
+            .unwrap_or_else(|reason| Err(Error::input(&self.path, reason)));
+        if let Err(e) = &result {
+            let reason = match e {
+                Error::Input { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            self.state = StreamState::Failed(reason);
+            out.iter_mut().for_each(Vec::clear);
+        }
+        result
+    }
+
+    fn read_unguarded(&mut self, out: &mut [Vec<f32>], min_frames: usize) -> Result<usize> {
+        if self.state == StreamState::Ended {
+            return Ok(0);
+        }
+        let want = min_frames.max(1);
+        let mut got = 0usize;
+        loop {
+            got += self.take_pending(out);
+            if got >= want && self.non_finite.is_none() {
+                return Ok(got);
+            }
+            match self.decode_packet()? {
+                Some(frames) => self.pending = frames,
+                None => {
+                    self.check_end()?;
+                    self.state = StreamState::Ended;
+                    return Ok(got);
+                }
+            }
+        }
+    }
+
+    /// Hands the pending packet's frames to `out` (returns how many), or, from the first
+    /// non-finite sample on, only counts its non-finite samples (returns 0).
+    fn take_pending(&mut self, out: &mut [Vec<f32>]) -> usize {
+        let frames = std::mem::take(&mut self.pending);
+        let Some(buf) = self.sample_buf.as_ref().filter(|_| frames > 0) else { return 0 };
+        let data = buf.samples();
+        if let Some(found) = self.non_finite.as_mut() {
+            found.count += data.iter().filter(|x| !x.is_finite()).count();
+            return 0;
+        }
+        if !data.iter().all(|x| x.is_finite()) {
+            // The packet's planes are `frames` long; its first frame is `decoded - frames`.
+            let mut first: Option<(usize, usize)> = None;
+            for (ch, plane) in data.chunks_exact(frames).enumerate() {
+                if let Some(i) = plane.iter().position(|x| !x.is_finite()) {
+                    if first.is_none_or(|(f, _)| i < f) {
+                        first = Some((i, ch));
+                    }
+                }
+            }
+            let (i, channel) = first.unwrap_or((0, 0));
+            let count = data.iter().filter(|x| !x.is_finite()).count();
+            self.non_finite = Some(NonFinite { count, frame: self.decoded - frames as u64 + i as u64, channel });
+            return 0;
+        }
+        for (dest, plane) in out.iter_mut().zip(data.chunks_exact(frames)) {
+            dest.extend_from_slice(plane);
+        }
+        frames
+    }
+
+    /// Decodes packets until one holds frames in the stream's layout and leaves them in
+    /// `sample_buf`, returning how many (`None` at the end of the file). The first packet holding
+    /// frames fixes the layout (and, when the codec parameters lack it, the rate).
+    fn decode_packet(&mut self) -> Result<Option<usize>> {
+        while !self.source_done {
+            let packet = match self.format.next_packet() {
+                Ok(p) => p,
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(SymError::ResetRequired) => break,
+                Err(e) => {
+                    return Err(Error::input(
+                        &self.path,
+                        format!("read error after {} frames ({})", self.decoded, short_sym(&e)),
+                    ))
+                }
+            };
+            if packet.track_id() != self.track_id {
+                continue;
+            }
+            let decoded = match self.decoder.decode(&packet) {
+                Ok(d) => d,
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => {
+                    let at = self.decoded as f64 / f64::from(self.rate.unwrap_or(44_100).max(1));
+                    return Err(Error::input(&self.path, format!("corrupt audio at {at:.2} s ({})", short_sym(&e))));
+                }
+            };
+            let spec = *decoded.spec();
+            let n_ch = spec.channels.count();
+            if self.rate.is_none() {
+                self.rate = Some(spec.rate);
+            }
+            if n_ch != self.layout {
+                if self.decoded > 0 {
+                    continue; // a stream that changes its channel count mid-way: keep the first layout
+                }
+                self.layout = n_ch;
+            }
+            let frames = decoded.frames();
+            if frames == 0 || n_ch == 0 {
+                continue;
+            }
+            let needs_new = self.sample_buf.as_ref().is_none_or(|b| b.capacity() < frames * n_ch);
+            if needs_new {
+                self.sample_buf = Some(SampleBuffer::<f32>::new(decoded.capacity().max(frames) as u64, spec));
+            }
+            if let Some(buf) = self.sample_buf.as_mut() {
+                buf.copy_planar_ref(decoded);
+            }
+            self.decoded += frames as u64;
+            return Ok(Some(frames));
+        }
+        self.source_done = true;
+        Ok(None)
+    }
+
+    /// The checks only the end of the file allows, in decode_file's order: some audio, not
+    /// truncated, a supported rate, long enough, every sample finite.
+    fn check_end(&self) -> Result<()> {
+        let path = &self.path;
+        let frames = self.decoded;
+        if frames == 0 {
+            return Err(Error::input(path, "contains no audio samples"));
+        }
+        if let Some(expected) = self.frames_hint {
+            if frames + self.truncation_slack < expected {
+                return Err(Error::input(
+                    path,
+                    format!("truncated: header promises {expected} frames, file holds {frames}"),
+                ));
+            }
+        }
+        let rate = self.sample_rate_hz();
+        validate_rate(path, rate)?;
+        let duration = frames as f64 / f64::from(rate);
+        if duration < MIN_DURATION_S {
+            return Err(Error::input(
+                path,
+                format!("too short to measure: {duration:.3} s (refmaster needs at least {MIN_DURATION_S} s of audio)"),
+            ));
+        }
+        match self.non_finite {
+            Some(found) => Err(non_finite_error(path, found, rate)),
+            None => Ok(()),
+        }
+    }
+}
+
+thread_local! {
+    /// True while this thread runs the decoder, whose panics [`without_decoder_panics`] turns into
+    /// errors.
+    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, which drives symphonia, catching its panics: `Err` holds the one-line reason
+/// ("corrupt or malformed file (the decoder gave up: ...)") for the caller to pair with the
+/// file's path. The panic's message is kept out of the terminal.
+fn without_decoder_panics<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<Result<T>, String> {
     quiet_decoder_panics();
-    let was = IN_DECODER.with(|f| f.replace(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_unguarded(path)));
-    IN_DECODER.with(|f| f.set(was));
-    result.unwrap_or_else(|payload| {
+    let was = IN_DECODER.with(|flag| flag.replace(true));
+    // AssertUnwindSafe: after a panic the decoder is never used again (a StreamDecoder is marked
+    // failed; decode_file returns).
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_DECODER.with(|flag| flag.set(was));
+    result.map_err(|payload| {
         let what = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())
@@ -55,17 +440,12 @@ pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
             .unwrap_or_else(|| "unknown failure".into());
         // One line: assertion messages span several.
         let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
-        Err(Error::input(path, format!("corrupt or malformed file (the decoder gave up: {what})")))
+        format!("corrupt or malformed file (the decoder gave up: {what})")
     })
 }
 
-thread_local! {
-    /// True while this thread runs the decoder, whose panics [`decode_file`] turns into errors.
-    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Installs (once) a panic hook that stays silent for panics inside [`decode_file`] (they become
-/// its error) and hands every other panic to the hook that was there before.
+/// Installs (once) a panic hook that stays silent for panics inside [`without_decoder_panics`]
+/// (they become its error) and hands every other panic to the hook that was there before.
 fn quiet_decoder_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -76,108 +456,6 @@ fn quiet_decoder_panics() {
             }
         }));
     });
-}
-
-fn decode_unguarded(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::input(path, describe_io(&e)))?;
-    if meta.is_dir() {
-        return Err(Error::input(path, "is a directory, not an audio file"));
-    }
-    if meta.len() == 0 {
-        return Err(Error::input(path, "empty file (0 bytes)"));
-    }
-    let mut file = File::open(path).map_err(|e| Error::input(path, describe_io(&e)))?;
-    check_containers(&mut file, meta.len()).map_err(|reason| Error::input(path, reason))?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-        hint.with_extension(ext);
-    }
-    let probed = symphonia::default::get_probe()
-        .format(&hint, mss, &FormatOptions::default(), &MetadataOptions::default())
-        .map_err(|e| Error::input(path, format!("not a readable audio file ({})", short_sym(&e))))?;
-    let mut format = probed.format;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| Error::input(path, "no audio track found"))?;
-    let track_id = track.id;
-    let params = track.codec_params.clone();
-    let codec_name = symphonia::default::get_codecs()
-        .get_codec(params.codec)
-        .map_or_else(|| "unknown".to_string(), |d| d.short_name.to_string());
-    let lossy = matches!(codec_name.as_str(), "mp3" | "mp2" | "mp1" | "vorbis" | "aac" | "opus");
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
-        .map_err(|e| Error::input(path, format!("unsupported codec `{codec_name}` ({})", short_sym(&e))))?;
-
-    let mut sample_rate = params.sample_rate;
-    let mut channels: Vec<Vec<f32>> = Vec::new();
-    if let Some(n) = params.n_frames {
-        let ch = params.channels.map_or(0, |c| c.count());
-        // Reserve up front, but never more than MAX_RESERVE_FRAMES on the header's word: a
-        // corrupt header can promise 2^31 frames in a 1 kB file, and a failed allocation aborts
-        // the process. Longer files grow past the reservation as they decode.
-        if ch > 0 {
-            let reserve = usize::try_from(n).unwrap_or(usize::MAX).min(MAX_RESERVE_FRAMES);
-            channels = (0..ch).map(|_| Vec::with_capacity(reserve)).collect();
-        }
-    }
-    let mut sample_buf: Option<SampleBuffer<f32>> = None;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(SymError::ResetRequired) => break,
-            Err(e) => {
-                return Err(Error::input(
-                    path,
-                    format!("read error after {} frames ({})", channels.first().map_or(0, Vec::len), short_sym(&e)),
-                ))
-            }
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
-        let decoded = match decoder.decode(&packet) {
-            Ok(d) => d,
-            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => {
-                let at = channels.first().map_or(0, Vec::len) as f64 / f64::from(sample_rate.unwrap_or(44_100).max(1));
-                return Err(Error::input(path, format!("corrupt audio at {at:.2} s ({})", short_sym(&e))));
-            }
-        };
-        append_planar(&decoded, &mut sample_buf, &mut channels, &mut sample_rate);
-    }
-
-    let rate = sample_rate.ok_or_else(|| Error::input(path, "sample rate unknown"))?;
-    let frames = channels.first().map_or(0, Vec::len);
-    if frames == 0 {
-        return Err(Error::input(path, "contains no audio samples"));
-    }
-    if let Some(expected) = params.n_frames {
-        // A file that stops well short of its header's length was truncated (a missing final
-        // packet's worth of frames is tolerated: some encoders count padding).
-        let slack = params.max_frames_per_packet.unwrap_or(4096).max(4096);
-        if (frames as u64) + slack < expected {
-            return Err(Error::input(
-                path,
-                format!("truncated: header promises {expected} frames, file holds {frames}"),
-            ));
-        }
-    }
-    validate_rate(path, rate)?;
-    let duration = frames as f64 / f64::from(rate);
-    if duration < MIN_DURATION_S {
-        return Err(Error::input(
-            path,
-            format!("too short to measure: {duration:.3} s (refmaster needs at least {MIN_DURATION_S} s of audio)"),
-        ));
-    }
-    let buffer = AudioBuffer { sample_rate_hz: rate, channels };
-    check_finite(path, &buffer)?;
-    Ok((buffer, SourceInfo { codec: codec_name, lossy }))
 }
 
 /// How far symphonia's probe looks for a format marker, bytes.
@@ -387,65 +665,35 @@ pub fn validate_rate(path: &Path, rate: u32) -> Result<()> {
 
 /// Refuses buffers holding NaN or infinite samples, saying how many and where the first is.
 pub fn check_finite(path: &Path, buffer: &AudioBuffer) -> Result<()> {
-    let mut count = 0usize;
-    let mut first: Option<(usize, usize)> = None;
-    for (ch, samples) in buffer.channels.iter().enumerate() {
+    let mut found: Option<NonFinite> = None;
+    for (channel, samples) in buffer.channels.iter().enumerate() {
         for (i, x) in samples.iter().enumerate() {
             if !x.is_finite() {
-                count += 1;
-                if first.is_none_or(|(f, _)| i < f) {
-                    first = Some((i, ch));
+                let f = found.get_or_insert(NonFinite { count: 0, frame: i as u64, channel });
+                f.count += 1;
+                if (i as u64) < f.frame {
+                    (f.frame, f.channel) = (i as u64, channel);
                 }
             }
         }
     }
-    if let Some((frame, ch)) = first {
-        return Err(Error::input(
-            path,
-            format!(
-                "{count} NaN/infinite samples (first at {:.3} s, frame {frame}, channel {}); refusing to process them",
-                frame as f64 / f64::from(buffer.sample_rate_hz.max(1)),
-                ch + 1
-            ),
-        ));
+    match found {
+        Some(found) => Err(non_finite_error(path, found, buffer.sample_rate_hz)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-fn append_planar(
-    decoded: &AudioBufferRef<'_>,
-    sample_buf: &mut Option<SampleBuffer<f32>>,
-    channels: &mut Vec<Vec<f32>>,
-    sample_rate: &mut Option<u32>,
-) {
-    let spec = *decoded.spec();
-    let n_ch = spec.channels.count();
-    if sample_rate.is_none() {
-        *sample_rate = Some(spec.rate);
-    }
-    if channels.len() != n_ch {
-        if channels.iter().all(Vec::is_empty) {
-            *channels = (0..n_ch).map(|_| Vec::new()).collect();
-        } else {
-            // A stream that changes its channel count mid-way: keep the first layout.
-            return;
-        }
-    }
-    let frames = decoded.frames();
-    if frames == 0 {
-        return;
-    }
-    let needs_new = sample_buf.as_ref().is_none_or(|b| b.capacity() < frames * n_ch);
-    if needs_new {
-        *sample_buf = Some(SampleBuffer::<f32>::new(decoded.capacity().max(frames) as u64, spec));
-    }
-    if let Some(buf) = sample_buf.as_mut() {
-        buf.copy_planar_ref(decoded.clone());
-        let data = buf.samples();
-        for (ch, dest) in channels.iter_mut().enumerate() {
-            dest.extend_from_slice(&data[ch * frames..(ch + 1) * frames]);
-        }
-    }
+/// The one message for non-finite samples ([`check_finite`] and [`StreamDecoder::read`]).
+fn non_finite_error(path: &Path, found: NonFinite, rate_hz: u32) -> Error {
+    let NonFinite { count, frame, channel } = found;
+    Error::input(
+        path,
+        format!(
+            "{count} NaN/infinite samples (first at {:.3} s, frame {frame}, channel {}); refusing to process them",
+            frame as f64 / f64::from(rate_hz.max(1)),
+            channel + 1
+        ),
+    )
 }
 
 fn describe_io(e: &std::io::Error) -> String {
