@@ -53,29 +53,81 @@ pub struct BandEnvelopes {
 
 /// Splits `mid` into bands and reduces each to its 5 ms envelope.
 pub fn envelopes(mid: &[f32], sample_rate_hz: u32, crossovers_hz: [f64; 3]) -> BandEnvelopes {
-    let block = ((f64::from(sample_rate_hz) * BLOCK_S).round() as usize).max(1);
-    let n_blocks = mid.len().div_ceil(block);
-    let mut bands: Vec<BandEnvelope> = (0..4)
-        .map(|_| BandEnvelope { peak: Vec::with_capacity(n_blocks), mean_square: Vec::with_capacity(n_blocks) })
-        .collect();
-    let mut xo = Crossover4::new(crossovers_hz, sample_rate_hz);
-    for chunk in mid.chunks(block) {
-        let mut peak = [0f64; 4];
-        let mut ms = [0f64; 4];
-        for &x in chunk {
-            let b = xo.split(f64::from(x));
-            for i in 0..4 {
-                peak[i] = peak[i].max(b[i].abs());
-                ms[i] += b[i] * b[i];
-            }
-        }
-        for i in 0..4 {
-            bands[i].peak.push(peak[i] as f32);
-            bands[i].mean_square.push((ms[i] / chunk.len() as f64) as f32);
+    let mut follower = EnvelopeFollower::new(sample_rate_hz, crossovers_hz);
+    follower.push(mid);
+    follower.finish()
+}
+
+/// [`envelopes`] of a signal pushed chunk by chunk: the crossover's state and the block being
+/// filled carry over between chunks, so the envelopes do not depend on how the signal was cut.
+#[derive(Debug, Clone)]
+pub struct EnvelopeFollower {
+    crossover: Crossover4,
+    /// Frames per envelope block (5 ms).
+    block: usize,
+    /// Frames already in the block being filled (< `block`).
+    filled: usize,
+    /// Largest |x| of each band in the block being filled.
+    peak: [f64; 4],
+    /// Σ x² of each band in the block being filled.
+    energy: [f64; 4],
+    env: BandEnvelopes,
+}
+
+impl EnvelopeFollower {
+    /// A follower splitting at `crossovers_hz` (see [`crossovers_for_rate`]) at `sample_rate_hz`.
+    pub fn new(sample_rate_hz: u32, crossovers_hz: [f64; 3]) -> Self {
+        let [f1, f2, f3] = crossovers_for_rate(crossovers_hz, sample_rate_hz);
+        Self {
+            crossover: Crossover4::new(crossovers_hz, sample_rate_hz),
+            block: ((f64::from(sample_rate_hz) * BLOCK_S).round() as usize).max(1),
+            filled: 0,
+            peak: [0.0; 4],
+            energy: [0.0; 4],
+            env: BandEnvelopes {
+                edges_hz: [0.0, f1, f2, f3, f64::from(sample_rate_hz) / 2.0],
+                bands: vec![BandEnvelope::default(); 4],
+            },
         }
     }
-    let [f1, f2, f3] = crossovers_for_rate(crossovers_hz, sample_rate_hz);
-    BandEnvelopes { edges_hz: [0.0, f1, f2, f3, f64::from(sample_rate_hz) / 2.0], bands }
+
+    /// Feeds the next samples of the signal (any number).
+    pub fn push(&mut self, signal: &[f32]) {
+        let mut rest = signal;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(rest.len().min(self.block - self.filled));
+            let (mut peak, mut energy) = (self.peak, self.energy);
+            for &x in now {
+                let b = self.crossover.split(f64::from(x));
+                for i in 0..4 {
+                    peak[i] = peak[i].max(b[i].abs());
+                    energy[i] += b[i] * b[i];
+                }
+            }
+            (self.peak, self.energy) = (peak, energy);
+            self.filled += now.len();
+            if self.filled == self.block {
+                self.close_block();
+            }
+            rest = later;
+        }
+    }
+
+    /// The envelopes of everything pushed; a partial last block is averaged over its own length.
+    pub fn finish(mut self) -> BandEnvelopes {
+        if self.filled > 0 {
+            self.close_block();
+        }
+        self.env
+    }
+
+    fn close_block(&mut self) {
+        for (i, band) in self.env.bands.iter_mut().enumerate() {
+            band.peak.push(self.peak[i] as f32);
+            band.mean_square.push((self.energy[i] / self.filled as f64) as f32);
+        }
+        (self.peak, self.energy, self.filled) = ([0.0; 4], [0.0; 4], 0);
+    }
 }
 
 /// Dynamics figures of every band of `env`.

@@ -39,62 +39,55 @@ pub struct Loudness {
 /// Lowest loudness written into series and percentiles (the BS.1770 absolute gate).
 pub const ABSOLUTE_GATE_LUFS: f64 = -70.0;
 
-/// Measures all loudness figures of `audio`: one pass through the `ebur128` meter (integrated,
-/// true and sample peak) and one through our own K-weighting (the same libebur128 formulas), from
-/// which the momentary and short-term series and LRA are read with prefix sums. Querying the
-/// meter every 100 ms would re-sum a 3 s window each time, and its LRA samples short-term
-/// loudness once a second where ffmpeg and EBU Tech 3342 use 100 ms.
-pub fn measure(audio: &AudioBuffer) -> Loudness {
-    let rate = audio.sample_rate_hz;
-    let ch = audio.channel_count() as u32;
-    let mode = Mode::I | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
-    let Ok(mut meter) = EbuR128::new(ch.max(1), rate, mode) else {
+/// The `ebur128` crate's meter (integrated loudness, true and sample peak), fed chunk by chunk.
+/// Those three figures come from it so they agree with libebur128 and ffmpeg; the momentary and
+/// short-term series come from [`KMeter`] (see [`loudness_of`]).
+pub struct Ebur128Meter {
+    /// The meter, or None when it could not be created or refused audio (then every figure reads
+    /// as silence, as a failed measurement always has).
+    meter: Option<EbuR128>,
+    /// Channels fed (the meter has at least one).
+    channel_count: usize,
+}
+
+impl Ebur128Meter {
+    /// A meter for `channel_count` channels at `sample_rate_hz`.
+    pub fn new(sample_rate_hz: u32, channel_count: usize) -> Self {
+        let mode = Mode::I | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
+        let meter = u32::try_from(channel_count.max(1)).ok().and_then(|ch| EbuR128::new(ch, sample_rate_hz, mode).ok());
+        Self { meter, channel_count }
+    }
+
+    /// Feeds one planar chunk (one slice per channel, equal lengths). The meter's state runs on
+    /// sample by sample, so how the audio is cut into chunks does not change the figures.
+    pub fn push(&mut self, chunk: &[&[f32]]) {
+        if chunk.first().is_none_or(|c| c.is_empty()) {
+            return;
+        }
+        if self.meter.as_mut().is_some_and(|m| m.add_frames_planar_f32(chunk).is_err()) {
+            self.meter = None;
+        }
+    }
+}
+
+/// All loudness figures of the audio both meters saw: integrated loudness, true and sample peak
+/// from `meter`; momentary (400 ms) and short-term (3 s) loudness every 100 ms, their maxima, LRA
+/// and percentiles from `k`'s sub-blocks. Querying the `ebur128` meter every 100 ms would re-sum a
+/// 3 s window each time, and its LRA samples short-term loudness once a second where ffmpeg and
+/// EBU Tech 3342 use 100 ms.
+pub fn loudness_of(meter: &Ebur128Meter, k: &KMeter) -> Loudness {
+    let Some(ebu) = &meter.meter else {
         return silent_loudness();
     };
-    let (fed, energy) = std::thread::scope(|s| {
-        let energy = s.spawn(|| k_weighted_energy(audio));
-        let frames = audio.frames();
-        let step = rate as usize;
-        let mut start = 0;
-        let mut ok = true;
-        while start < frames && ok {
-            let end = (start + step).min(frames);
-            let planes: Vec<&[f32]> = audio.channels.iter().map(|c| &c[start..end]).collect();
-            ok = meter.add_frames_planar_f32(&planes).is_ok();
-            start = end;
-        }
-        (ok, energy.join().unwrap_or_default())
-    });
-    if !fed {
-        return silent_loudness();
-    }
-    let hop = (rate / 10).max(1) as usize;
-    let mut prefix = Vec::with_capacity(energy.len() / hop + 2);
-    prefix.push(0f64);
-    let mut acc = 0f64;
-    for c in energy.chunks(hop) {
-        acc += c.iter().map(|&e| f64::from(e)).sum::<f64>();
-        prefix.push(acc);
-    }
-    let window = |blocks: usize| -> Vec<f64> {
-        if prefix.len() <= blocks {
-            // Shorter than the window: the one value over what there is.
-            let n = energy.len().max(1) as f64;
-            return vec![-0.691 + 10.0 * (acc / n).log10()];
-        }
-        (blocks..prefix.len())
-            .map(|j| -0.691 + 10.0 * ((prefix[j] - prefix[j - blocks]) / (blocks * hop) as f64).log10())
-            .collect()
-    };
-    let momentary = window(4);
-    let short_term = window(30);
+    let momentary = sliding_lufs(k, 4);
+    let short_term = sliding_lufs(k, 30);
     let max_m = momentary.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let max_s = short_term.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let integrated = meter.loudness_global().unwrap_or(f64::NEG_INFINITY);
+    let integrated = ebu.loudness_global().unwrap_or(f64::NEG_INFINITY);
     let range = loudness_range_lu(&short_term);
-    let peak_of = |f: &dyn Fn(u32) -> f64| (0..ch).map(f).fold(0.0f64, f64::max);
-    let true_peak = lin_to_db(peak_of(&|c| meter.true_peak(c).unwrap_or(0.0)));
-    let sample_peak = lin_to_db(peak_of(&|c| meter.sample_peak(c).unwrap_or(0.0)));
+    let channels = 0..meter.channel_count as u32;
+    let true_peak = lin_to_db(channels.clone().map(|c| ebu.true_peak(c).unwrap_or(0.0)).fold(0.0, f64::max));
+    let sample_peak = lin_to_db(channels.map(|c| ebu.sample_peak(c).unwrap_or(0.0)).fold(0.0, f64::max));
     let percentiles = short_term_percentiles(&short_term, integrated);
     let series = short_term.iter().step_by(10).map(|s| s.max(ABSOLUTE_GATE_LUFS)).collect();
     Loudness {
@@ -108,6 +101,163 @@ pub fn measure(audio: &AudioBuffer) -> Loudness {
         plr_db: if integrated.is_finite() && true_peak.is_finite() { true_peak - integrated } else { 0.0 },
         short_term_series_lufs: series,
     }
+}
+
+/// Loudness in LUFS of every window of `blocks` sub-blocks (hop one sub-block) of what `k` saw,
+/// ungated. The last window takes in the trailing partial sub-block, still divided by the full
+/// window length. Audio shorter than one window gives one value, its mean over what there is.
+fn sliding_lufs(k: &KMeter, blocks: usize) -> Vec<f64> {
+    let hop = k.hop;
+    let mut prefix = Vec::with_capacity(k.sub_blocks.len() + 2);
+    prefix.push(0f64);
+    let mut acc = 0f64;
+    for e in k.sub_blocks.iter().copied().chain(k.partial_sub_block()) {
+        acc += e;
+        prefix.push(acc);
+    }
+    if prefix.len() <= blocks {
+        return vec![energy_to_lufs(acc / k.frames.max(1) as f64)];
+    }
+    (blocks..prefix.len()).map(|j| energy_to_lufs((prefix[j] - prefix[j - blocks]) / (blocks * hop) as f64)).collect()
+}
+
+/// BS.1770 loudness in LUFS of a mean K-weighted energy (−inf for zero).
+fn energy_to_lufs(mean_energy: f64) -> f64 {
+    -0.691 + 10.0 * mean_energy.log10()
+}
+
+/// BS.1770 K-weighted 100 ms sub-block energies of audio pushed chunk by chunk (our own
+/// K-weighting, same formulas as [`integrated_lufs_scaled`]), channel weights as
+/// [`channel_weights`]. Holds one f64 per 100 ms of audio, never the signal, so the mastering
+/// loop can verify a rendered master without storing it.
+#[derive(Debug, Clone)]
+pub struct KMeter {
+    /// Frames per sub-block (100 ms).
+    hop: usize,
+    /// Channels each pushed chunk holds.
+    channel_count: usize,
+    /// Filter state of each channel with a non-zero weight.
+    channels: Vec<KChannel>,
+    /// Frames already in the sub-block being filled (< `hop`).
+    filled: usize,
+    /// Frames pushed so far.
+    frames: usize,
+    /// Weighted energy sum (Σ weight × y², summed over channels) of each complete sub-block.
+    sub_blocks: Vec<f64>,
+}
+
+/// One channel of a [`KMeter`].
+#[derive(Debug, Clone)]
+struct KChannel {
+    /// Index of the channel in the pushed chunks.
+    index: usize,
+    /// BS.1770 channel weight.
+    weight: f64,
+    shelf: Biquad,
+    highpass: Biquad,
+    /// Σ y² of this channel in the sub-block being filled (unweighted).
+    sum: f64,
+}
+
+impl KMeter {
+    /// A meter for `channel_count` channels at `sample_rate_hz`.
+    pub fn new(sample_rate_hz: u32, channel_count: usize) -> Self {
+        let [shelf, hp] = k_weighting(sample_rate_hz);
+        let channels = channel_weights(channel_count)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(index, weight)| KChannel {
+                index,
+                weight,
+                shelf: Biquad::new(shelf),
+                highpass: Biquad::new(hp),
+                sum: 0.0,
+            })
+            .collect();
+        let hop = (sample_rate_hz / 10).max(1) as usize;
+        Self { hop, channel_count, channels, filled: 0, frames: 0, sub_blocks: Vec::new() }
+    }
+
+    /// Feeds one planar chunk: one slice per channel, equal lengths, any length. Sums run on
+    /// sample by sample, so the sub-blocks do not depend on how the audio was cut.
+    ///
+    /// # Panics
+    /// If `chunk` does not hold `channel_count` slices of equal length.
+    pub fn push(&mut self, chunk: &[&[f32]]) {
+        let len = chunk.first().map_or(0, |c| c.len());
+        assert!(
+            chunk.len() == self.channel_count && chunk.iter().all(|c| c.len() == len),
+            "KMeter::push: one slice per channel, all of the same length"
+        );
+        let mut start = 0;
+        while start < len {
+            let end = len.min(start + self.hop - self.filled);
+            for c in &mut self.channels {
+                c.add(&chunk[c.index][start..end]);
+            }
+            self.filled += end - start;
+            start = end;
+            if self.filled == self.hop {
+                self.sub_blocks.push(self.weighted_sum());
+                self.channels.iter_mut().for_each(|c| c.sum = 0.0);
+                self.filled = 0;
+            }
+        }
+        self.frames += len;
+    }
+
+    /// Gated integrated loudness (LUFS, −inf for silence) of everything pushed so far: 400 ms
+    /// blocks with a 100 ms hop over the complete sub-blocks, as [`integrated_lufs_scaled`]
+    /// computes it (the same value for the same audio, bit for bit).
+    pub fn integrated_lufs(&self) -> f64 {
+        gated_loudness(&gating_blocks(&self.sub_blocks, self.hop))
+    }
+
+    /// The complete 100 ms sub-blocks' weighted energy sums so far (Σ over channels of the weight
+    /// times Σ y², not divided by the length), for short-term series etc.
+    pub fn sub_blocks(&self) -> &[f64] {
+        &self.sub_blocks
+    }
+
+    /// Weighted energy sum of the incomplete sub-block at the end, None when the audio pushed
+    /// so far is a whole number of sub-blocks.
+    pub fn partial_sub_block(&self) -> Option<f64> {
+        (self.filled > 0).then(|| self.weighted_sum())
+    }
+
+    /// Frames per sub-block (a tenth of the sample rate).
+    pub fn sub_block_frames(&self) -> usize {
+        self.hop
+    }
+
+    /// Frames pushed so far.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Σ weight × Σ y² over the channels, in channel order (as [`integrated_lufs_scaled`] adds).
+    fn weighted_sum(&self) -> f64 {
+        self.channels.iter().map(|c| c.sum * c.weight).sum()
+    }
+}
+
+impl KChannel {
+    /// K-weights `x` and adds its squares to the running sum, one sample after another.
+    fn add(&mut self, x: &[f32]) {
+        let (mut shelf, mut hp, mut sum) = (self.shelf, self.highpass, self.sum);
+        for &v in x {
+            let y = hp.process(shelf.process(f64::from(v)));
+            sum += y * y;
+        }
+        (self.shelf, self.highpass, self.sum) = (shelf, hp, sum);
+    }
+}
+
+/// Mean energy of each 400 ms gating block (four sub-blocks, 100 ms hop) from sub-block sums of
+/// `hop` frames each.
+fn gating_blocks(sub_blocks: &[f64], hop: usize) -> Vec<f64> {
+    sub_blocks.windows(4).map(|w| w.iter().sum::<f64>() / (4 * hop) as f64).collect()
 }
 
 /// Integrated loudness only, in LUFS (−inf for silence); used by the loudness loop.
@@ -212,8 +362,7 @@ pub fn integrated_lufs_scaled(channels: &[&[f32]], sample_rate_hz: u32, scale: f
             .collect()
     };
     let sums = sum_weighted_channels(channels, &weights, sub_blocks);
-    let blocks: Vec<f64> = sums.windows(4).map(|w| w.iter().sum::<f64>() / (4 * hop) as f64).collect();
-    gated_loudness(&blocks)
+    gated_loudness(&gating_blocks(&sums, hop))
 }
 
 /// BS.1770 channel weights in the `ebur128` crate's default layout: L, R (C) weight 1,
@@ -237,12 +386,12 @@ pub fn block_energies(energy: &[f32], sample_rate_hz: u32, weight: impl Fn(usize
         .filter(|(_, c)| c.len() == hop)
         .map(|(j, c)| c.iter().enumerate().map(|(i, &e)| f64::from(e * weight(j * hop + i))).sum::<f64>())
         .collect();
-    sub.windows(4).map(|w| w.iter().sum::<f64>() / (4 * hop) as f64).collect()
+    gating_blocks(&sub, hop)
 }
 
 /// BS.1770-4 gated loudness of block energies: absolute gate −70 LUFS, relative gate −10 LU.
 pub fn gated_loudness(blocks: &[f64]) -> f64 {
-    let lufs = |z: f64| -0.691 + 10.0 * z.log10();
+    let lufs = energy_to_lufs;
     let above_abs: Vec<f64> = blocks.iter().copied().filter(|&z| z > 0.0 && lufs(z) > ABSOLUTE_GATE_LUFS).collect();
     if above_abs.is_empty() {
         return f64::NEG_INFINITY;
@@ -287,7 +436,7 @@ pub fn loudness_range_lu(short_term_lufs: &[f64]) -> f64 {
     percentile_sorted(&gated, 0.95) - percentile_sorted(&gated, 0.10)
 }
 
-fn short_term_percentiles(values: &[f64], integrated: f64) -> [f64; 4] {
+pub(crate) fn short_term_percentiles(values: &[f64], integrated: f64) -> [f64; 4] {
     let gate = if integrated.is_finite() { (integrated - 20.0).max(ABSOLUTE_GATE_LUFS) } else { ABSOLUTE_GATE_LUFS };
     let mut gated: Vec<f64> = values.iter().copied().filter(|v| v.is_finite() && *v >= gate).collect();
     if gated.is_empty() {
@@ -309,7 +458,7 @@ pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[i] + (next - sorted[i]) * frac
 }
 
-fn silent_loudness() -> Loudness {
+pub(crate) fn silent_loudness() -> Loudness {
     Loudness {
         integrated_lufs: f64::NEG_INFINITY,
         range_lu: 0.0,
@@ -320,5 +469,58 @@ fn silent_loudness() -> Loudness {
         short_term_percentiles_lufs: [ABSOLUTE_GATE_LUFS; 4],
         plr_db: 0.0,
         short_term_series_lufs: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::test_audio::music;
+
+    /// `audio` through a [`KMeter`] in chunks of `chunk` frames.
+    fn metered(audio: &AudioBuffer, chunk: usize) -> KMeter {
+        let mut k = KMeter::new(audio.sample_rate_hz, audio.channel_count());
+        let frames = audio.frames();
+        for start in (0..frames).step_by(chunk) {
+            let planes: Vec<&[f32]> = audio.channels.iter().map(|c| &c[start..frames.min(start + chunk)]).collect();
+            k.push(&planes);
+        }
+        k
+    }
+
+    #[test]
+    fn k_meter_gives_integrated_lufs_scaled_bit_for_bit_whatever_the_chunking() {
+        // Odd lengths leave a partial sub-block, which neither counts.
+        for (rate, channels, seconds) in [(48_000, 2, 7.23), (44_100, 1, 3.01), (96_000, 6, 2.5), (22_050, 2, 0.45)] {
+            let audio = music(rate, channels, seconds, 7);
+            let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+            let ones = vec![1f32; audio.frames()];
+            let expected = integrated_lufs_scaled(&planes, rate, 1.0, &ones);
+            assert!(expected.is_finite());
+            let whole = metered(&audio, audio.frames());
+            assert_eq!(whole.integrated_lufs(), expected, "{rate} Hz, {channels} channels");
+            assert_eq!(whole.sub_blocks().len(), audio.frames() / whole.sub_block_frames());
+            assert_eq!(whole.frames(), audio.frames());
+            for chunk in [1, 777, 4800, 65_536] {
+                let k = metered(&audio, chunk);
+                assert_eq!(k.sub_blocks(), whole.sub_blocks(), "chunks of {chunk}");
+                assert_eq!(k.partial_sub_block(), whole.partial_sub_block(), "chunks of {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn k_meter_keeps_the_partial_sub_block_apart() {
+        let audio = music(48_000, 2, 0.25, 8);
+        let k = metered(&audio, 1000);
+        assert_eq!(k.sub_blocks().len(), 2);
+        assert!(k.partial_sub_block().is_some_and(|e| e > 0.0));
+        // Under 400 ms: no gating block, no loudness.
+        assert_eq!(k.integrated_lufs(), f64::NEG_INFINITY);
+        let exact = metered(&music(48_000, 2, 0.2, 8), 1000);
+        assert_eq!(exact.partial_sub_block(), None);
+        let silent = metered(&AudioBuffer::silent(48_000, 2, 48_000), 4096);
+        assert_eq!(silent.integrated_lufs(), f64::NEG_INFINITY);
+        assert!(silent.sub_blocks().iter().all(|&e| e == 0.0));
     }
 }

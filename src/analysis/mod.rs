@@ -1,10 +1,17 @@
 //! Stage 2: measure a file into a serialisable [`Profile`]: loudness, the long-term spectrum of
 //! mid and side, dynamics per band, and the stereo image. A profile is all the solver needs of a
 //! reference, so a saved profile can stand in for the audio.
+//!
+//! [`Analyzer`] measures audio pushed chunk by chunk in bounded memory (it never holds the
+//! signal); [`analyze`] feeds it an in-memory buffer.
 
 pub mod dynamics;
 pub mod loudness;
 pub mod spectrum;
+#[cfg(test)]
+mod test_audio;
+#[cfg(test)]
+mod whole_buffer;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,37 +93,222 @@ pub struct WidthBand {
     pub side_to_mid_db: f64,
 }
 
-/// Analyses `audio` (any channel count; mid/side use the first two channels).
+/// Frames per internal measuring block (1.5 s at 44.1 kHz). Pushed chunks are regrouped into
+/// blocks of this size, so each block's two halves run on two threads at a negligible start-up
+/// cost whatever the chunking (one frame at a time included); chunks of a multiple of it are
+/// measured in place, without the copy into the staging block.
+pub const BLOCK_FRAMES: usize = 1 << 16;
+
+/// Analyses `audio` (any channel count; mid/side use the first two channels): an [`Analyzer`]
+/// fed the buffer block by block.
 pub fn analyze(audio: &AudioBuffer, source: &str, lossy: bool) -> Profile {
-    let rate = audio.sample_rate_hz;
-    let (mid, side) = audio.mid_side();
-    // Loudness (the costliest part, because of true peak) runs beside spectrum and dynamics.
-    let (loudness, (spectra, envelopes)) = std::thread::scope(|s| {
-        let loud = s.spawn(|| loudness::measure(audio));
-        let env = s.spawn(|| dynamics::envelopes(&mid, rate, DEFAULT_CROSSOVERS_HZ));
-        let spectra = spectrum::welch(&[&mid, &side], rate);
-        let loudness = loud.join().unwrap_or_else(|_| loudness::measure(audio));
-        let env = env.join().unwrap_or_default();
-        (loudness, (spectra, env))
-    });
-    let grid = grid_hz();
-    let nyquist = f64::from(rate) / 2.0;
-    let mid_db = band_levels_db(&spectra[0], &grid);
-    let side_db = band_levels_db(&spectra[1], &grid);
-    let cutoff = content_cutoff_hz(&grid, &mid_db, nyquist);
-    let stereo = stereo(audio, &spectra[0], &spectra[1]);
-    Profile {
-        schema_version: PROFILE_SCHEMA_VERSION,
-        source: source.to_string(),
-        sample_rate_hz: rate,
-        channels: audio.channel_count(),
-        duration_s: audio.duration_s(),
-        lossy,
-        loudness,
-        spectrum: Spectrum { frequencies_hz: grid, mid_db, side_db, content_cutoff_hz: cutoff },
-        dynamics: dynamics::band_dynamics(&envelopes),
-        stereo,
-        envelopes: Some(envelopes),
+    let frames = audio.frames();
+    let mut analyzer = Analyzer::new(audio.sample_rate_hz, audio.channel_count(), Some(frames));
+    for start in (0..frames).step_by(BLOCK_FRAMES) {
+        let end = frames.min(start + BLOCK_FRAMES);
+        let chunk: Vec<&[f32]> = audio.channels.iter().map(|c| &c[start..end]).collect();
+        analyzer.push(&chunk);
+    }
+    analyzer.finish(source, lossy)
+}
+
+/// Measures audio pushed to it chunk by chunk into a [`Profile`], holding only per-block figures,
+/// never the signal.
+///
+/// Memory: one block of [`BLOCK_FRAMES`] frames (staging, and mid/side), one FFT window of mid and
+/// side (about 0.7 s), and the series the profile keeps (5 ms band envelopes, 100 ms loudness
+/// sub-blocks: about 35 MB for 90 minutes at 48 kHz, independent of the channel count).
+///
+/// Every meter runs sample by sample over fixed blocks, so the profile is the same bit for bit
+/// however the audio was cut into chunks. Each block is measured on two threads: the `ebur128`
+/// meter (its 4× oversampled true peak is the costliest part) with the stereo sums on one, the
+/// K-weighting, the mid/side spectra and the band envelopes on the other.
+pub struct Analyzer {
+    sample_rate_hz: u32,
+    channel_count: usize,
+    /// Frames pushed so far.
+    frames: usize,
+    /// Frames pushed but not yet measured (fewer than [`BLOCK_FRAMES`]), one vector per channel.
+    staging: Vec<Vec<f32>>,
+    /// What runs on the second thread.
+    peaks: PeakMeters,
+    /// What runs on the calling thread.
+    signal: SignalMeters,
+}
+
+/// The `ebur128` meter and the stereo sums.
+struct PeakMeters {
+    ebur128: loudness::Ebur128Meter,
+    stereo: StereoSums,
+}
+
+/// K-weighting, the mid/side spectra and the mid's band envelopes, with the block's mid and side.
+struct SignalMeters {
+    k: loudness::KMeter,
+    welch: spectrum::Welch,
+    envelopes: dynamics::EnvelopeFollower,
+    mid: Vec<f32>,
+    side: Vec<f32>,
+}
+
+/// Σ L², Σ R², Σ L·R over the first two channels, for correlation and balance.
+#[derive(Debug, Clone, Copy, Default)]
+struct StereoSums {
+    ll: f64,
+    rr: f64,
+    lr: f64,
+}
+
+impl Analyzer {
+    /// An analyser for `channel_count` channels at `sample_rate_hz`. `total_frames`: the length if
+    /// known (in-memory buffers, file headers); None = unknown. It only matters for audio shorter
+    /// than one FFT window (a power of two near 0.74 s), whose spectrum uses a shorter FFT:
+    /// without it the first window of mid and side is held back until it is clear the audio is
+    /// longer (see [`spectrum::Welch`]).
+    pub fn new(sample_rate_hz: u32, channel_count: usize, total_frames: Option<usize>) -> Self {
+        Self {
+            sample_rate_hz,
+            channel_count,
+            frames: 0,
+            staging: vec![Vec::new(); channel_count],
+            peaks: PeakMeters {
+                ebur128: loudness::Ebur128Meter::new(sample_rate_hz, channel_count),
+                stereo: StereoSums::default(),
+            },
+            signal: SignalMeters {
+                k: loudness::KMeter::new(sample_rate_hz, channel_count),
+                welch: spectrum::Welch::new(sample_rate_hz, 2, total_frames),
+                envelopes: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
+                mid: Vec::new(),
+                side: Vec::new(),
+            },
+        }
+    }
+
+    /// Feeds a planar chunk: one slice per channel, equal lengths, any length (including 1 or 0).
+    ///
+    /// # Panics
+    /// If `chunk` does not hold `channel_count` slices of equal length.
+    pub fn push(&mut self, chunk: &[&[f32]]) {
+        let len = chunk.first().map_or(0, |c| c.len());
+        assert!(
+            chunk.len() == self.channel_count && chunk.iter().all(|c| c.len() == len),
+            "Analyzer::push: one slice per channel, all of the same length"
+        );
+        self.frames += len;
+        let mut start = 0;
+        let staged = self.staging.first().map_or(0, Vec::len);
+        if staged > 0 || len < BLOCK_FRAMES {
+            start = len.min(BLOCK_FRAMES - staged);
+            self.staging.iter_mut().zip(chunk).for_each(|(s, c)| s.extend_from_slice(&c[..start]));
+            if staged + start == BLOCK_FRAMES {
+                self.measure_staging();
+            }
+        }
+        while len - start >= BLOCK_FRAMES {
+            let block: Vec<&[f32]> = chunk.iter().map(|c| &c[start..start + BLOCK_FRAMES]).collect();
+            self.measure(&block);
+            start += BLOCK_FRAMES;
+        }
+        self.staging.iter_mut().zip(chunk).for_each(|(s, c)| s.extend_from_slice(&c[start..]));
+    }
+
+    /// The profile of everything pushed.
+    pub fn finish(mut self, source: &str, lossy: bool) -> Profile {
+        self.measure_staging();
+        let Self { sample_rate_hz: rate, channel_count, frames, peaks, signal, .. } = self;
+        let spectra = signal.welch.finish();
+        let envelopes = signal.envelopes.finish();
+        let loudness = loudness::loudness_of(&peaks.ebur128, &signal.k);
+        let grid = grid_hz();
+        let nyquist = f64::from(rate) / 2.0;
+        let mid_db = band_levels_db(&spectra[0], &grid);
+        let side_db = band_levels_db(&spectra[1], &grid);
+        let cutoff = content_cutoff_hz(&grid, &mid_db, nyquist);
+        let stereo = stereo(peaks.stereo, channel_count, &spectra[0], &spectra[1]);
+        Profile {
+            schema_version: PROFILE_SCHEMA_VERSION,
+            source: source.to_string(),
+            sample_rate_hz: rate,
+            channels: channel_count,
+            duration_s: frames as f64 / f64::from(rate.max(1)),
+            lossy,
+            loudness,
+            spectrum: Spectrum { frequencies_hz: grid, mid_db, side_db, content_cutoff_hz: cutoff },
+            dynamics: dynamics::band_dynamics(&envelopes),
+            stereo,
+            envelopes: Some(envelopes),
+        }
+    }
+
+    /// Measures the staged frames (a full block, or the partial last one) and empties the stage,
+    /// keeping its capacity.
+    fn measure_staging(&mut self) {
+        if self.staging.first().is_none_or(Vec::is_empty) {
+            return;
+        }
+        let mut staging = std::mem::take(&mut self.staging);
+        let block: Vec<&[f32]> = staging.iter().map(Vec::as_slice).collect();
+        self.measure(&block);
+        staging.iter_mut().for_each(Vec::clear);
+        self.staging = staging;
+    }
+
+    /// Feeds one block to every meter, the two halves on two threads.
+    fn measure(&mut self, block: &[&[f32]]) {
+        let (peaks, signal) = (&mut self.peaks, &mut self.signal);
+        std::thread::scope(|s| {
+            let other = s.spawn(move || peaks.push(block));
+            signal.push(block);
+            if let Err(panic) = other.join() {
+                std::panic::resume_unwind(panic);
+            }
+        });
+    }
+}
+
+impl PeakMeters {
+    fn push(&mut self, block: &[&[f32]]) {
+        self.ebur128.push(block);
+        if let [l, r, ..] = block {
+            self.stereo.add(l, r);
+        }
+    }
+}
+
+impl SignalMeters {
+    fn push(&mut self, block: &[&[f32]]) {
+        self.k.push(block);
+        let mid: &[f32] = match block {
+            [] => return,
+            [mono] => {
+                self.side.clear();
+                self.side.resize(mono.len(), 0.0);
+                mono
+            }
+            [l, r, ..] => {
+                self.mid.clear();
+                self.side.clear();
+                self.mid.extend(l.iter().zip(*r).map(|(a, b)| 0.5 * (a + b)));
+                self.side.extend(l.iter().zip(*r).map(|(a, b)| 0.5 * (a - b)));
+                &self.mid
+            }
+        };
+        self.welch.push(&[mid, &self.side]);
+        self.envelopes.push(mid);
+    }
+}
+
+impl StereoSums {
+    fn add(&mut self, l: &[f32], r: &[f32]) {
+        let Self { mut ll, mut rr, mut lr } = *self;
+        for (a, b) in l.iter().zip(r) {
+            let (a, b) = (f64::from(*a), f64::from(*b));
+            ll += a * a;
+            rr += b * b;
+            lr += a * b;
+        }
+        *self = Self { ll, rr, lr };
     }
 }
 
@@ -130,17 +322,10 @@ fn ratio_db(side: f64, mid: f64) -> f64 {
     (power_to_db(side) - power_to_db(mid)).max(-150.0)
 }
 
-fn stereo(audio: &AudioBuffer, mid: &PowerSpectrum, side: &PowerSpectrum) -> Stereo {
-    let (mut ll, mut rr, mut lr) = (0f64, 0f64, 0f64);
-    if let [l, r, ..] = audio.channels.as_slice() {
-        for (a, b) in l.iter().zip(r) {
-            let (a, b) = (f64::from(*a), f64::from(*b));
-            ll += a * a;
-            rr += b * b;
-            lr += a * b;
-        }
-    }
-    let (correlation, balance_db) = if audio.channel_count() < 2 {
+/// Stereo figures from the sums over L and R and the mid/side spectra.
+fn stereo(sums: StereoSums, channel_count: usize, mid: &PowerSpectrum, side: &PowerSpectrum) -> Stereo {
+    let StereoSums { ll, rr, lr } = sums;
+    let (correlation, balance_db) = if channel_count < 2 {
         (1.0, 0.0)
     } else if ll > 0.0 && rr > 0.0 {
         (lr / (ll * rr).sqrt(), 10.0 * (ll / rr).log10())
