@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::analysis::{analyze, Profile};
-use crate::decode::decode_file;
-use crate::encode::{refuse_overwriting_inputs, write_wav, BitDepth};
+use crate::analysis::Profile;
+use crate::encode::{refuse_overwriting_inputs, BitDepth};
 use crate::error::{Error, Result};
-use crate::master::{master, MasterOptions};
+use crate::master::{master_to_file, MasterOptions};
 
 /// How the songs' loudness targets relate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,12 +105,8 @@ pub fn master_album(
     }
     let todo: Vec<bool> = outputs.iter().map(|o| job.force || !o.exists()).collect();
     // 1. Profiles of every song to master (in parallel; audio dropped at once).
-    let profiles: Vec<Option<Result<Profile>>> = parallel_map(mixes.len(), job.threads, |i| {
-        todo[i].then(|| {
-            let (audio, info) = decode_file(&mixes[i])?;
-            Ok(analyze(&audio, &mixes[i].display().to_string(), info.lossy))
-        })
-    });
+    let profiles: Vec<Option<Result<Profile>>> =
+        parallel_map(mixes.len(), job.threads, |i| todo[i].then(|| crate::source::profile_file(&mixes[i])));
     let target = job.options.solve.target_lufs.unwrap_or(job.reference.loudness.integrated_lufs);
     // Album loudness is planned over every song, including those already mastered (skipped):
     // a rerun that re-masters one song must give it the same target as the first run did.
@@ -119,7 +114,7 @@ pub fn master_album(
         .map(|i| match &profiles[i] {
             Some(Ok(p)) => p.loudness.integrated_lufs,
             _ if job.policy == LoudnessPolicy::Album => {
-                decode_file(&mixes[i]).map(|(a, _)| crate::analysis::loudness::integrated_lufs(&a)).unwrap_or(f64::NAN)
+                crate::source::profile_file(&mixes[i]).map_or(f64::NAN, |p| p.loudness.integrated_lufs)
             }
             _ => f64::NAN,
         })
@@ -172,11 +167,12 @@ fn master_one(
     target_lufs: f64,
     job: &AlbumJob<'_>,
 ) -> Result<TrackStatus> {
-    let (audio, _) = decode_file(mix)?;
+    // Songs master in parallel: each keeps its samples only within its share of the memory budget.
+    let share = crate::source::MIX_MEMORY_BUDGET_BYTES / job.threads.max(1);
+    let (source, _, _) = crate::source::open_mix(mix, share)?;
     let mut opts = job.options.clone();
     opts.solve.target_lufs = Some(target_lufs);
-    let m = master(&audio, profile, job.reference, &opts, &|_| {})?;
-    write_wav(output, &m.audio, job.bits, m.settings.dither_seed)?;
+    let m = master_to_file(&source, profile, job.reference, &opts, output, job.bits, &|_| {})?;
     Ok(TrackStatus::Done {
         mix_lufs: profile.loudness.integrated_lufs,
         target_lufs,

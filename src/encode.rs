@@ -287,7 +287,21 @@ fn io_reason(e: &std::io::Error) -> String {
 /// Writes `audio` as a WAV file at `path` in the given format, atomically. `dither_seed` makes
 /// the TPDF dither reproducible.
 pub fn write_wav(path: &Path, audio: &AudioBuffer, depth: BitDepth, dither_seed: u64) -> Result<()> {
-    let channels = u16::try_from(audio.channel_count()).map_err(|_| Error::output(path, "too many channels"))?;
+    write_wav_stream(path, audio.sample_rate_hz, audio.channel_count(), depth, |w| {
+        w.set_dither_seed(dither_seed);
+        let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+        w.write(&planes)
+    })
+}
+
+/// Writes a WAV file at `path` atomically whose samples `produce` hands, chunk by chunk, to the
+/// [`WavChunks`] it is given: a master streamed from the render never has to be in memory
+/// whole. If `produce` fails, nothing is left at `path` and its error is returned.
+pub fn write_wav_stream<F>(path: &Path, sample_rate_hz: u32, channels: usize, depth: BitDepth, produce: F) -> Result<()>
+where
+    F: FnOnce(&mut WavChunks<'_>) -> Result<()>,
+{
+    let channels = u16::try_from(channels).map_err(|_| Error::output(path, "too many channels"))?;
     if channels == 0 {
         return Err(Error::output(path, "no channels to write"));
     }
@@ -296,31 +310,80 @@ pub fn write_wav(path: &Path, audio: &AudioBuffer, depth: BitDepth, dither_seed:
         BitDepth::Int24 => (24, hound::SampleFormat::Int),
         BitDepth::Float32 => (32, hound::SampleFormat::Float),
     };
-    let spec =
-        hound::WavSpec { channels, sample_rate: audio.sample_rate_hz, bits_per_sample: bits, sample_format: format };
-    write_atomically(path, |w| {
-        let mut writer = hound::WavWriter::new(w, spec).map_err(hound_io)?;
-        let frames = audio.frames();
-        let mut rng = DitherRng::new(dither_seed);
-        match depth {
+    let spec = hound::WavSpec { channels, sample_rate: sample_rate_hz, bits_per_sample: bits, sample_format: format };
+    // The producer's own error (a decode failure, say) travels past the io-typed writer here.
+    let mut failure: Option<Error> = None;
+    let result = write_atomically(path, |w| {
+        let w: &mut dyn WriteSeek = w;
+        let writer = hound::WavWriter::new(w, spec).map_err(hound_io)?;
+        let mut chunks = WavChunks {
+            writer,
+            depth,
+            bits: u32::from(bits),
+            rng: DitherRng::new(0),
+            interleaved: Vec::new(),
+            path: path.to_path_buf(),
+        };
+        if let Err(e) = produce(&mut chunks) {
+            failure = Some(e);
+            return Err(std::io::Error::other("the master could not be produced"));
+        }
+        chunks.writer.finalize().map_err(hound_io)
+    });
+    match (result, failure) {
+        (_, Some(e)) => Err(e),
+        (r, None) => r,
+    }
+}
+
+/// A seekable byte sink (what a WAV writer needs to patch its header at the end).
+pub trait WriteSeek: Write + std::io::Seek {}
+impl<T: Write + std::io::Seek> WriteSeek for T {}
+
+/// The open WAV file [`write_wav_stream`] hands its producer: planar chunks in, dithered and
+/// interleaved samples out.
+pub struct WavChunks<'a> {
+    writer: hound::WavWriter<&'a mut (dyn WriteSeek + 'a)>,
+    depth: BitDepth,
+    bits: u32,
+    rng: DitherRng,
+    interleaved: Vec<i32>,
+    path: PathBuf,
+}
+
+impl WavChunks<'_> {
+    /// Restarts the TPDF dither from `seed` (call before the first chunk).
+    pub fn set_dither_seed(&mut self, seed: u64) {
+        self.rng = DitherRng::new(seed);
+    }
+
+    /// Appends a planar chunk (one slice per channel, equal lengths).
+    pub fn write(&mut self, chunk: &[&[f32]]) -> Result<()> {
+        let frames = chunk.first().map_or(0, |c| c.len());
+        let path = &self.path;
+        let io = |e: hound::Error| Error::output(path, io_reason(&hound_io(e)));
+        match self.depth {
             BitDepth::Float32 => {
                 for i in 0..frames {
-                    for ch in &audio.channels {
-                        writer.write_sample(ch[i]).map_err(hound_io)?;
+                    for ch in chunk {
+                        self.writer.write_sample(ch[i]).map_err(io)?;
                     }
                 }
             }
             BitDepth::Int16 | BitDepth::Int24 => {
+                self.interleaved.clear();
                 for i in 0..frames {
-                    for ch in &audio.channels {
-                        let q = quantise(ch[i], u32::from(bits), &mut rng);
-                        writer.write_sample(q).map_err(hound_io)?;
+                    for ch in chunk {
+                        self.interleaved.push(quantise(ch[i], self.bits, &mut self.rng));
                     }
+                }
+                for &q in &self.interleaved {
+                    self.writer.write_sample(q).map_err(io)?;
                 }
             }
         }
-        writer.finalize().map_err(hound_io)
-    })
+        Ok(())
+    }
 }
 
 fn hound_io(e: hound::Error) -> std::io::Error {

@@ -21,6 +21,7 @@ pub mod report;
 pub mod report_html;
 pub mod settings;
 pub mod solve;
+pub mod source;
 
 pub use audio::AudioBuffer;
 pub use error::{Error, Result};

@@ -8,13 +8,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use refmaster::analysis::{analyze, Profile};
-use refmaster::decode::decode_file;
-use refmaster::encode::{refuse_overwriting_inputs, write_text_atomically, write_wav, BitDepth};
-use refmaster::master::{master, MasterOptions, Mastered};
+use refmaster::analysis::Profile;
+use refmaster::encode::{refuse_overwriting_inputs, write_text_atomically, write_wav, write_wav_stream, BitDepth};
+use refmaster::master::{master_stream, MasterOptions, MasterSink, Mastered, WavSink, WriteInfo};
 use refmaster::platform::Platform;
+use refmaster::report_html::WaveformMeter;
 use refmaster::settings::Settings;
 use refmaster::solve::{average_profiles, SolveOptions};
+use refmaster::source::{open_mix, profile_file, read_range, FrameSource, Mix, MIX_MEMORY_BUDGET_BYTES};
 use refmaster::{render, report, AudioBuffer};
 
 /// Automatic reference-matching mastering: `refmaster mix.wav --ref favourite.flac`.
@@ -325,12 +326,17 @@ fn say(pb: &Option<ProgressBar>, msg: &str) {
     }
 }
 
-fn load(path: &Path, pb: &Option<ProgressBar>) -> Result<(AudioBuffer, Profile)> {
-    say(pb, &format!("decoding {}", path.display()));
-    let (audio, info) = decode_file(path)?;
-    say(pb, &format!("analysing {}", path.display()));
-    let profile = analyze(&audio, &path.display().to_string(), info.lossy);
-    Ok((audio, profile))
+/// Decodes and analyses a mix in one read, keeping its samples when they fit the memory budget.
+fn load(path: &Path, pb: &Option<ProgressBar>) -> Result<(Mix, Profile)> {
+    say(pb, &format!("decoding and analysing {}", path.display()));
+    let (mix, profile, _) = open_mix(path, MIX_MEMORY_BUDGET_BYTES)?;
+    Ok((mix, profile))
+}
+
+/// The profile of a file, measured as it decodes (the samples are not kept).
+fn load_profile(path: &Path, pb: &Option<ProgressBar>) -> Result<Profile> {
+    say(pb, &format!("decoding and analysing {}", path.display()));
+    Ok(profile_file(path)?)
 }
 
 fn load_reference(path: &Path, pb: &Option<ProgressBar>) -> Result<Profile> {
@@ -338,15 +344,15 @@ fn load_reference(path: &Path, pb: &Option<ProgressBar>) -> Result<Profile> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         return refmaster::analysis::profile_from_json(&text, path).map_err(Into::into);
     }
-    Ok(load(path, pb)?.1)
+    load_profile(path, pb)
 }
 
 fn run_analyze(a: &AnalyzeArgs) -> Result<()> {
     let pb = spinner(a.quiet);
-    stages(&pb, 2 * a.files.len() as u64);
+    stages(&pb, a.files.len() as u64);
     let mut profiles = Vec::new();
     for f in &a.files {
-        profiles.push(load(f, &pb)?.1);
+        profiles.push(load_profile(f, &pb)?);
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
@@ -379,12 +385,15 @@ fn run_apply(a: &ApplyArgs) -> Result<()> {
     let settings = Settings::from_json(&text, &a.settings.display().to_string())?;
     refuse_overwriting_inputs(&a.output, &[&a.mix, &a.settings])?;
     let pb = spinner(a.quiet);
-    stages(&pb, 3);
+    stages(&pb, 2);
     say(&pb, "decoding");
-    let (mix, _) = decode_file(&a.mix)?;
+    let (mix, _, _) = open_mix(&a.mix, MIX_MEMORY_BUDGET_BYTES)?;
+    render::check_channel_count(mix.channel_count()).with_context(|| a.mix.display().to_string())?;
     say(&pb, "rendering");
-    let rendered = render::render(&mix, &settings)?;
-    write_wav(&a.output, &rendered.audio, a.bits, settings.dither_seed)?;
+    write_wav_stream(&a.output, mix.sample_rate_hz(), mix.channel_count(), a.bits, |w| {
+        w.set_dither_seed(settings.dither_seed);
+        render::stream::render_stream(&mix, &settings, &mut |_, chunk| w.write(chunk)).map(|_| ())
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -422,7 +431,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
     // (No --ref: one stage, choosing the target, instead of decoding and analysing references.)
     stages(
         &pb,
-        2 * (1 + a.references.len() as u64) + u64::from(a.references.is_empty()) + 1 + (u64::from(a.passes) + 1) + 2,
+        (1 + a.references.len() as u64) + u64::from(a.references.is_empty()) + 1 + (u64::from(a.passes) + 1) + 2,
     );
     // The references are decoded and analysed on a second thread while the mix is (the two are
     // independent; on two cores this nearly halves the time before solving).
@@ -432,7 +441,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         (mix, refs.join())
     });
     let (mix, mix_profile) = loaded_mix?;
-    refmaster::render::check_channels(&mix).with_context(|| mix_path.display().to_string())?;
+    refmaster::render::check_channel_count(mix.channel_count()).with_context(|| mix_path.display().to_string())?;
     // No --ref: a learned target (the built-in model's nearest unless --target says otherwise).
     let (target, target_note) = if a.references.is_empty() {
         say(&pb, "choosing a target");
@@ -490,9 +499,14 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         return Ok(());
     }
     let progress = |m: &str| say(&pb, m);
-    let mastered = master(&mix, &mix_profile, &target, &opts, &progress)?;
-    say(&pb, "writing");
-    write_wav(&out, &mastered.audio, a.bits, mastered.settings.dither_seed)?;
+    let mut extras = Extras::new(a, mix.frames());
+    let mut mastered = None;
+    write_wav_stream(&out, mix.sample_rate_hz(), mix.channel_count(), a.bits, |w| {
+        let mut sink = MainSink { wav: WavSink(w), extras: &mut extras };
+        mastered = Some(master_stream(&mix, &mix_profile, &target, &opts, &progress, &mut sink)?);
+        Ok(())
+    })?;
+    let mastered = mastered.context("the master was not produced")?;
     if let Some(s) = &a.settings {
         write_text_atomically(s, &(mastered.settings.to_json() + "\n"))?;
     }
@@ -514,9 +528,72 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         }
         println!("wrote {}", out.display());
     }
-    write_extra_outputs(a, &out, &mix, &mix_profile, &target, &mastered)?;
+    write_extra_outputs(a, &out, &mix, &mix_profile, &target, &mastered, extras)?;
     write_exports(a, exports.as_deref(), &mastered.settings, &out)?;
     Ok(())
+}
+
+/// Slices in the report's waveform overviews.
+const WAVEFORM_COLUMNS: usize = 900;
+
+/// What the report and the previews need of the master, gathered as it is written.
+struct Extras {
+    /// Overview of the master (with `--report`).
+    waveform: Option<WaveformMeter>,
+    /// Whether to keep the previews' excerpt (with `--preview`).
+    keep_preview: bool,
+    /// The excerpt of the master the previews are cut from.
+    preview: Vec<Vec<f32>>,
+    /// Where it lies (first frame, frames).
+    window: (usize, usize),
+    frames: usize,
+}
+
+impl Extras {
+    fn new(a: &MasterArgs, frames: usize) -> Self {
+        Self {
+            waveform: a.report.as_ref().map(|_| WaveformMeter::new(frames, 1, WAVEFORM_COLUMNS)),
+            keep_preview: a.preview,
+            preview: Vec::new(),
+            window: (0, 0),
+            frames,
+        }
+    }
+}
+
+/// The master's way out: the WAV file, and on the side what the report and previews need.
+struct MainSink<'a, 'b, 'c> {
+    wav: WavSink<'a, 'b>,
+    extras: &'c mut Extras,
+}
+
+impl MasterSink for MainSink<'_, '_, '_> {
+    fn begin(&mut self, info: &WriteInfo) -> refmaster::Result<()> {
+        let e = &mut *self.extras;
+        if e.waveform.is_some() {
+            e.waveform = Some(WaveformMeter::new(e.frames, info.sample_rate_hz, WAVEFORM_COLUMNS));
+        }
+        e.window = info.loudest_window;
+        e.preview =
+            vec![Vec::with_capacity(if e.keep_preview { info.loudest_window.1 } else { 0 }); info.channel_count];
+        self.wav.begin(info)
+    }
+
+    fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> refmaster::Result<()> {
+        let e = &mut *self.extras;
+        if let Some(w) = e.waveform.as_mut() {
+            w.push(chunk);
+        }
+        let n = chunk.first().map_or(0, |c| c.len());
+        let (start, len) = e.window;
+        let (a, b) = (start.max(first_frame), (start + len).min(first_frame + n));
+        if e.keep_preview && a < b {
+            for (p, c) in e.preview.iter_mut().zip(chunk) {
+                p.extend_from_slice(&c[a - first_frame..b - first_frame]);
+            }
+        }
+        self.wav.write(first_frame, chunk)
+    }
 }
 
 /// Refuses `--report`, `--plot` and `--preview` outputs that would overwrite an input, and all
@@ -542,10 +619,11 @@ fn check_extra_outputs(a: &MasterArgs, out: &Path, inputs: &[&Path]) -> Result<(
 fn write_extra_outputs(
     a: &MasterArgs,
     out: &Path,
-    mix: &AudioBuffer,
+    mix: &Mix,
     mix_profile: &Profile,
     target: &Profile,
     mastered: &Mastered,
+    extras: Extras,
 ) -> Result<()> {
     let wrote = |p: &Path| {
         if !a.quiet {
@@ -554,7 +632,10 @@ fn write_extra_outputs(
     };
     let mut preview_range = None;
     if a.preview {
-        let pv = refmaster::preview::previews(mix, &mastered.audio, mastered.settings.limiter.ceiling_dbtp);
+        let (start, len) = extras.window;
+        let master_ex = AudioBuffer { sample_rate_hz: mix.sample_rate_hz(), channels: extras.preview };
+        let mix_ex = read_range(mix, start, len)?;
+        let pv = refmaster::preview::previews_of(mix_ex, master_ex, start, mastered.settings.limiter.ceiling_dbtp);
         let (pm, pw) = refmaster::preview::preview_paths(out);
         write_wav(&pm, &pv.mix, a.bits, mastered.settings.dither_seed)?;
         write_wav(&pw, &pv.master, a.bits, mastered.settings.dither_seed)?;
@@ -580,8 +661,13 @@ fn write_extra_outputs(
         let warnings = report::warnings(mix_profile, target, mastered);
         let playback = refmaster::platform::playback_report(&mastered.profile);
         let name = out.file_name().map_or_else(|| out.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let mix_wave = refmaster::report_html::waveform_overview(mix, 900);
-        let master_wave = refmaster::report_html::waveform_overview(&mastered.audio, 900);
+        let mut meter = WaveformMeter::new(mix.frames(), mix.sample_rate_hz(), WAVEFORM_COLUMNS);
+        mix.stream(&mut |chunk| {
+            meter.push(chunk);
+            Ok(())
+        })?;
+        let mix_wave = meter.finish();
+        let master_wave = extras.waveform.map_or_else(|| mix_wave.clone(), WaveformMeter::finish);
         let input = refmaster::report_html::ReportInput {
             mix: mix_profile,
             reference: target,

@@ -3,20 +3,21 @@
 //! loudness within 0.05 LU of the target (re-measuring the limited output, never assuming), then
 //! measures the master's spectrum and corrects the EQ for what compression and limiting changed.
 
-use crate::analysis::loudness::{block_energies, gated_loudness, integrated_lufs_scaled, k_weighted_energy};
-use crate::analysis::spectrum::{band_levels_db, welch};
-use crate::analysis::{analyze, Profile};
+use crate::analysis::loudness::{block_energies, channel_weights, gated_loudness, k_weighting, KMeter};
+use crate::analysis::spectrum::{band_levels_db, PowerSpectrum, Welch};
+use crate::analysis::{Analyzer, Profile};
 use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
-use crate::dsp::truepeak::{envelope_quantile_db, peak_envelope};
+use crate::dsp::biquad::Biquad;
 use crate::error::{Error, Result};
-use crate::render::limiter::{
-    finish, finish_untrimmed, gain_curve, limit, stats as limiter_stats, LimiterStats, CEILING_MARGIN_DB,
+use crate::render::limiter::{gain_curve, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::saturation::{Quality, SaturationStats};
+use crate::render::stream::{
+    render_pre, slices, EnvelopeQuantile, EnvelopeStage, Planes, PreSink, StreamLimiter, TruePeakMeter,
 };
-use crate::render::render_pre_limiter;
-use crate::render::saturation::{saturate_with, Quality, SaturationStats};
 use crate::settings::Settings;
 use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
+use crate::source::{FrameSource, CHUNK_FRAMES};
 use std::path::Path;
 
 /// Loudness tolerance of the drive search, LU.
@@ -88,13 +89,16 @@ impl MasterOptions {
     }
 }
 
-/// The outcome of [`master`].
+/// Bytes the loop may keep in memory between its reads of the rendered signal: the signal
+/// entering the limiter and its true-peak envelope are kept when they fit, and rendered again
+/// from the mix for every read when they do not (a long mix then costs time, not memory).
+pub const CACHE_BUDGET_BYTES: usize = 640 << 20;
+
+/// What [`master_stream`] decided and measured.
 #[derive(Debug, Clone)]
 pub struct Mastered {
-    /// Final settings (rendering them onto the mix reproduces `audio` bit for bit).
+    /// Final settings (rendering them onto the mix reproduces the master bit for bit).
     pub settings: Settings,
-    /// The master, floating point, before dither.
-    pub audio: AudioBuffer,
     /// Profile of the master.
     pub profile: Profile,
     /// Limiter gain reduction of the final render.
@@ -105,15 +109,121 @@ pub struct Mastered {
     pub notes: Vec<String>,
 }
 
-/// Masters `mix` (profiled as `mix_profile`) toward `target`.
+/// What a [`MasterSink`] is told before the master streams to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteInfo {
+    /// Sample rate, Hz.
+    pub sample_rate_hz: u32,
+    /// Channels.
+    pub channel_count: usize,
+    /// Frames that will be written.
+    pub frames: usize,
+    /// Seed of the TPDF dither (from the settings).
+    pub dither_seed: u64,
+    /// The loudest stretch of the master, (first frame, frames), of [`PREVIEW_WINDOW_S`] (or
+    /// all of a shorter master), in 100 ms steps: where the before/after previews are cut.
+    pub loudest_window: (usize, usize),
+}
+
+/// Length of the loudest window reported in [`WriteInfo`], s.
+pub const PREVIEW_WINDOW_S: f64 = crate::preview::PREVIEW_SECONDS;
+
+/// Where the finished master goes, chunk by chunk, as the last pass renders it.
+pub trait MasterSink {
+    /// Called once, before the first chunk.
+    fn begin(&mut self, info: &WriteInfo) -> Result<()>;
+    /// A chunk of the master (planar, floating point, before dither) starting at `first_frame`.
+    fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> Result<()>;
+}
+
+/// Collects the master in memory (for [`master`] and tests).
+#[derive(Debug, Default)]
+pub struct CollectSink {
+    /// The master so far.
+    pub audio: Option<AudioBuffer>,
+}
+
+impl MasterSink for CollectSink {
+    fn begin(&mut self, info: &WriteInfo) -> Result<()> {
+        self.audio = Some(AudioBuffer {
+            sample_rate_hz: info.sample_rate_hz,
+            channels: (0..info.channel_count).map(|_| Vec::with_capacity(info.frames)).collect(),
+        });
+        Ok(())
+    }
+
+    fn write(&mut self, _first_frame: usize, chunk: &[&[f32]]) -> Result<()> {
+        if let Some(a) = self.audio.as_mut() {
+            for (c, x) in a.channels.iter_mut().zip(chunk) {
+                c.extend_from_slice(x);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the master into a WAV file being written by [`crate::encode::write_wav_stream`],
+/// dithered with the settings' seed.
+pub struct WavSink<'a, 'b>(pub &'a mut crate::encode::WavChunks<'b>);
+
+impl MasterSink for WavSink<'_, '_> {
+    fn begin(&mut self, info: &WriteInfo) -> Result<()> {
+        self.0.set_dither_seed(info.dither_seed);
+        Ok(())
+    }
+
+    fn write(&mut self, _first_frame: usize, chunk: &[&[f32]]) -> Result<()> {
+        self.0.write(chunk)
+    }
+}
+
+/// Masters the mix read from `source` into a WAV file at `output` (written atomically: nothing
+/// is left there if anything fails).
+pub fn master_to_file(
+    source: &dyn FrameSource,
+    mix_profile: &Profile,
+    target: &Profile,
+    opts: &MasterOptions,
+    output: &Path,
+    depth: crate::encode::BitDepth,
+    progress: &dyn Fn(&str),
+) -> Result<Mastered> {
+    let mut done = None;
+    crate::encode::write_wav_stream(output, source.sample_rate_hz(), source.channel_count(), depth, |w| {
+        done = Some(master_stream(source, mix_profile, target, opts, progress, &mut WavSink(w))?);
+        Ok(())
+    })?;
+    done.ok_or_else(|| Error::output(output, "internal: the master was not produced"))
+}
+
+/// Masters `mix` (profiled as `mix_profile`) toward `target` in memory: [`master_stream`] with
+/// the master collected. Returns the outcome and the master (floating point, before dither).
 pub fn master(
     mix: &AudioBuffer,
     mix_profile: &Profile,
     target: &Profile,
     opts: &MasterOptions,
     progress: &dyn Fn(&str),
+) -> Result<(Mastered, AudioBuffer)> {
+    let mut sink = CollectSink::default();
+    let m = master_stream(mix, mix_profile, target, opts, progress, &mut sink)?;
+    let audio = sink.audio.unwrap_or_else(|| AudioBuffer::silent(mix.sample_rate_hz, mix.channel_count(), 0));
+    Ok((m, audio))
+}
+
+/// Masters the mix read from `source` (profiled as `mix_profile`) toward `target`, streaming the
+/// master to `sink`. The mix is read several times (once per measurement), never held whole
+/// unless `source` holds it.
+pub fn master_stream(
+    source: &dyn FrameSource,
+    mix_profile: &Profile,
+    target: &Profile,
+    opts: &MasterOptions,
+    progress: &dyn Fn(&str),
+    sink: &mut dyn MasterSink,
 ) -> Result<Mastered> {
-    crate::render::check_channels(mix)?;
+    let (rate, channels, frames) = (source.sample_rate_hz(), source.channel_count(), source.frames());
+    crate::render::check_channel_count(channels)?;
     if !mix_profile.loudness.integrated_lufs.is_finite() {
         let reason = if mix_profile.loudness.sample_peak_dbfs.is_finite() {
             format!(
@@ -143,7 +253,9 @@ pub fn master(
         && settings.limiter.enabled
         && settings.limiter.target_lufs.is_finite()
         && mix_profile.loudness.plr_db - target_plr > LIMITER_SHARE_DB;
-    let mut sat_stats = SaturationStats::default();
+    let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
+    let cache = frames.saturating_mul(channels + 1).saturating_mul(4) <= CACHE_BUDGET_BYTES;
+    let mut sat_stats: SaturationStats;
     // (peaks into the clipper, limiter gain reduction) of each pass so far, dB.
     let mut work: Vec<(f64, f64)> = Vec::new();
     let grid = mix_profile.spectrum.frequencies_hz.clone();
@@ -155,53 +267,42 @@ pub fn master(
     let cutoff = follow_limit_hz(mix_profile, target);
     let mut loop_opts = opts.solve.clone();
     loop_opts.amount = 1.0;
-    let mut unreachable;
     let mut bias = 0.0;
     let mut pass = 0;
-    let (audio, stats) = loop {
+    let (pre, search) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
-        let mut pre = render_pre_limiter(mix, &settings)?;
-        if use_saturation {
-            let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
-            plan_saturation(&pre, &mut settings, &work, cap);
-            // Intermediate passes are measured, never written: the draft saturator is enough.
-            let final_pass = pass >= opts.closed_loop_passes || !settings.eq.enabled;
-            let quality = if final_pass { Quality::Oversampled } else { Quality::Draft };
-            sat_stats = saturate_with(&mut pre, &settings.saturation, settings.limiter.ceiling_dbtp, quality);
-        }
-        let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
-        let env = peak_envelope(&planes);
         let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
-        // Intermediate passes only need the loudness roughly right (for the spectral measurement);
-        // the final pass verifies on the real output until it is within tolerance.
-        let rounds = if last { 4 } else { 1 };
-        let rounds = LoopRounds { search: rounds, trim_compensation };
-        let (out, stats, short) = loudness_loop(&pre, &env, &mut settings, max_limiting_db, rounds, &mut bias);
+        // Intermediate passes are measured, never written: the draft saturator is enough.
+        let quality = if last { Quality::Oversampled } else { Quality::Draft };
+        let plan = if use_saturation { Some((work.as_slice(), cap)) } else { None };
+        let prepared = prepare(source, &mut settings, plan, quality, cache)?;
+        sat_stats = prepared.saturation.clone();
+        let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
+        let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, &mut bias, !last)?;
         work.push((
             if settings.saturation.enabled { sat_stats.peak_drive_db.max(0.0) } else { 0.0 },
-            stats.loud_gain_reduction_db,
+            search.stats.loud_gain_reduction_db,
         ));
-        unreachable = short;
-        if pass >= opts.closed_loop_passes || !settings.eq.enabled {
-            break (out, stats);
+        if last {
+            break (prepared.pre, search);
         }
-        let (m, s) = out.mid_side();
-        let spectra = welch(&[&m, &s], out.sample_rate_hz);
-        let out_mid = band_levels_db(&spectra[0], &grid);
-        let out_side = band_levels_db(&spectra[1], &grid);
+        let Some([out_mid, out_side]) = search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
+        else {
+            break (prepared.pre, search);
+        };
         let e_mid = match_curve(&grid, &crate::solve::difference(&want_mid, &out_mid), cutoff, &loop_opts);
         let max = opts.solve.max_eq_db;
         for (g, e) in settings.eq.mid_gain_db.iter_mut().zip(&e_mid) {
             *g = (*g + e).clamp(-max, max);
         }
         let mut e_side = vec![0.0; grid.len()];
-        if out.channel_count() == 2 && settings.eq.side_gain_db.iter().any(|g| *g != 0.0) {
+        if channels == 2 && settings.eq.side_gain_db.iter().any(|g| *g != 0.0) {
             e_side = match_curve(&grid, &crate::solve::difference(&want_side, &out_side), cutoff, &loop_opts);
             for (g, e) in settings.eq.side_gain_db.iter_mut().zip(&e_side) {
                 *g = (*g + e).clamp(-max, max);
             }
         }
-        if out.channel_count() == 2 && settings.width.enabled && settings.width.bands.len() == grid.len() {
+        if channels == 2 && settings.width.enabled && settings.width.bands.len() == grid.len() {
             let sm = |side: &[f64], mid: &[f64]| crate::solve::difference(side, mid);
             let gap = crate::solve::difference(&sm(&want_side, &want_mid), &sm(&out_side, &out_mid));
             // What the EQ corrections above already do to side/mid is not the width stage's job.
@@ -218,13 +319,13 @@ pub fn master(
         }
         pass += 1;
     };
-    let rate = f64::from(mix.sample_rate_hz);
     let fit_max = cutoff.min(20_000.0);
-    settings.eq.parametric_mid = crate::solve::parametric::fit(&grid, &settings.eq.mid_gain_db, fit_max, 10, rate);
+    let rate_f = f64::from(rate);
+    settings.eq.parametric_mid = crate::solve::parametric::fit(&grid, &settings.eq.mid_gain_db, fit_max, 10, rate_f);
     let side_total: Vec<f64> =
         grid.iter().map(|&f| crate::render::eq::side_curve_db(&settings.eq, &settings.width, f)).collect();
-    settings.eq.parametric_side = crate::solve::parametric::fit(&grid, &side_total, fit_max, 10, rate);
-    if let Some((reached, wanted)) = unreachable {
+    settings.eq.parametric_side = crate::solve::parametric::fit(&grid, &side_total, fit_max, 10, rate_f);
+    if let Some((reached, wanted)) = search.short {
         notes.push(format!(
             "target {wanted:.1} LUFS is not reachable under the {:.1} dBTP ceiling without more than {:.0} dB of limiting; mastered to {reached:.1} LUFS instead",
             settings.limiter.ceiling_dbtp, max_limiting_db
@@ -236,15 +337,46 @@ pub fn master(
             sat_stats.peak_drive_db.max(0.0)
         ));
     }
+    let stats = search.stats.clone();
     if settings.limiter.enabled {
         notes.push(format!(
             "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
             stats.loud_gain_reduction_db, stats.max_gain_reduction_db
         ));
     }
+    progress("writing");
+    let info = WriteInfo {
+        sample_rate_hz: rate,
+        channel_count: channels,
+        frames,
+        dither_seed: settings.dither_seed,
+        loudest_window: search.loudest_window,
+    };
+    sink.begin(&info)?;
+    let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+    let mut limiter = StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db);
+    let mut out: Planes = vec![Vec::new(); channels];
+    let mut written = 0usize;
+    let mut emit = |out: &mut Planes, analyzer: &mut Analyzer| -> Result<()> {
+        if out[0].is_empty() {
+            return Ok(());
+        }
+        let planes = slices(out);
+        analyzer.push(&planes);
+        sink.write(written, &planes)?;
+        written += out[0].len();
+        out.iter_mut().for_each(Vec::clear);
+        Ok(())
+    };
+    pre.replay(&mut |p, e| {
+        limiter.process(p, e, &mut out);
+        emit(&mut out, &mut analyzer)
+    })?;
+    limiter.finish(&mut out);
+    emit(&mut out, &mut analyzer)?;
     progress("verifying");
-    let profile = analyze(&audio, "master", false);
-    Ok(Mastered { settings, audio, profile, limiter: stats, saturation: sat_stats, notes })
+    let profile = analyzer.finish("master", false);
+    Ok(Mastered { settings, profile, limiter: stats, saturation: sat_stats, notes })
 }
 
 /// The loudness-war guard: lowers the target to the loudest the mix reaches cleanly - with a PLR
@@ -278,8 +410,280 @@ pub fn loudness_guard(settings: &mut Settings, mix_plr_db: f64, opts: &MasterOpt
     ))
 }
 
-/// Decides the saturator's drive for the signal entering it (`pre`, after EQ and compression):
-/// the limiter keeps up to [`LIMITER_SHARE_DB`] of gain reduction at the 99.9th percentile and the
+/// The signal entering the limiter in one pass (after EQ, compression and saturation) with its
+/// true-peak envelope: kept in memory when it fits [`CACHE_BUDGET_BYTES`], else rendered again
+/// from the mix each time it is read.
+enum Pre<'a> {
+    Cached { pre: Planes, env: Vec<f32> },
+    Live { source: &'a dyn FrameSource, settings: Box<Settings>, quality: Quality },
+}
+
+impl Pre<'_> {
+    /// Calls `f` with consecutive aligned chunks of the signal and its envelope.
+    fn replay(&self, f: &mut PreSink<'_>) -> Result<()> {
+        match self {
+            Pre::Cached { pre, env } => {
+                let mut start = 0;
+                while start < env.len() {
+                    let end = (start + CHUNK_FRAMES).min(env.len());
+                    let chunk: Vec<&[f32]> = pre.iter().map(|c| &c[start..end]).collect();
+                    f(&chunk, &env[start..end])?;
+                    start = end;
+                }
+                Ok(())
+            }
+            Pre::Live { source, settings, quality } => render_pre(*source, settings, Some(*quality), f),
+        }
+    }
+}
+
+/// What the loudness search needs of a pass's pre-limiter signal: its true-peak envelope and
+/// K-weighted energy decimated (block maxima and means of `decimation` frames, at most
+/// [`ESTIMATE_FRAMES`] of them), the envelope's 99.9th-percentile level and its loudness.
+struct Prepared<'a> {
+    pre: Pre<'a>,
+    env_d: Vec<f32>,
+    energy_d: Vec<f32>,
+    decimation: usize,
+    loud_db: f64,
+    base_lufs: f64,
+    rate: u32,
+    channels: usize,
+    frames: usize,
+    saturation: SaturationStats,
+}
+
+/// Most frames of the decimated estimate signals (4 Mi: 16 MB each).
+const ESTIMATE_FRAMES: usize = 1 << 22;
+
+/// Gathers a [`Prepared`]'s measurements from chunks of the signal and its envelope.
+struct Measure {
+    decimation: usize,
+    env_d: Vec<f32>,
+    energy_d: Vec<f32>,
+    block_max: f32,
+    block_sum: f32,
+    in_block: usize,
+    quantile: EnvelopeQuantile,
+    kmeter: KMeter,
+    k: KEnergy,
+    energy: Vec<f32>,
+}
+
+impl Measure {
+    fn new(rate: u32, channels: usize, frames: usize) -> Self {
+        let mut decimation = 8;
+        while frames / decimation > ESTIMATE_FRAMES {
+            decimation *= 2;
+        }
+        Self {
+            decimation,
+            env_d: Vec::with_capacity(frames / decimation + 1),
+            energy_d: Vec::with_capacity(frames / decimation + 1),
+            block_max: 0.0,
+            block_sum: 0.0,
+            in_block: 0,
+            quantile: EnvelopeQuantile::new(),
+            kmeter: KMeter::new(rate, channels),
+            k: KEnergy::new(rate, channels),
+            energy: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, pre: &[&[f32]], env: &[f32]) {
+        self.quantile.push(env);
+        self.kmeter.push(pre);
+        let mut energy = std::mem::take(&mut self.energy);
+        self.k.energy(pre, &mut energy);
+        for (&e, &k) in env.iter().zip(&energy) {
+            self.block_max = self.block_max.max(e);
+            self.block_sum += k;
+            self.in_block += 1;
+            if self.in_block == self.decimation {
+                self.flush();
+            }
+        }
+        self.energy = energy;
+    }
+
+    fn flush(&mut self) {
+        if self.in_block > 0 {
+            self.env_d.push(self.block_max);
+            self.energy_d.push(self.block_sum / self.in_block as f32);
+        }
+        (self.block_max, self.block_sum, self.in_block) = (0.0, 0.0, 0);
+    }
+}
+
+/// Per-sample K-weighted energy summed over channels with their BS.1770 weights, as a stream
+/// (what [`crate::analysis::loudness::k_weighted_energy`] computes for a whole buffer).
+struct KEnergy {
+    filters: Vec<(Biquad, Biquad)>,
+    weights: Vec<f64>,
+}
+
+impl KEnergy {
+    fn new(rate: u32, channels: usize) -> Self {
+        let [shelf, hp] = k_weighting(rate);
+        Self {
+            filters: (0..channels).map(|_| (Biquad::new(shelf), Biquad::new(hp))).collect(),
+            weights: channel_weights(channels),
+        }
+    }
+
+    fn energy(&mut self, chunk: &[&[f32]], out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(chunk.first().map_or(0, |c| c.len()), 0.0);
+        for ((c, (a, b)), &w) in chunk.iter().zip(self.filters.iter_mut()).zip(&self.weights) {
+            if w == 0.0 {
+                continue;
+            }
+            for (o, &x) in out.iter_mut().zip(c.iter()) {
+                let y = b.process(a.process(f64::from(x)));
+                *o += (w * y * y) as f32;
+            }
+        }
+    }
+}
+
+/// Renders one pass's pre-limiter signal and measures it; with `saturation` (the plan: the
+/// passes so far and the cap), first measures the signal before the saturator to set its drive.
+fn prepare<'a>(
+    source: &'a dyn FrameSource,
+    settings: &mut Settings,
+    saturation: Option<(&[(f64, f64)], f64)>,
+    quality: Quality,
+    cache: bool,
+) -> Result<Prepared<'a>> {
+    let (rate, channels, frames) = (source.sample_rate_hz(), source.channel_count(), source.frames());
+    let keep = |store: &mut Option<(Planes, Vec<f32>)>, p: &[&[f32]], e: &[f32]| {
+        if let Some((pre, env)) = store.as_mut() {
+            for (c, x) in pre.iter_mut().zip(p) {
+                c.extend_from_slice(x);
+            }
+            env.extend_from_slice(e);
+        }
+    };
+    let new_store = || {
+        cache.then(|| {
+            ((0..channels).map(|_| Vec::with_capacity(frames)).collect::<Planes>(), Vec::with_capacity(frames))
+        })
+    };
+    let mut sat_stats = SaturationStats::default();
+    let mut unsaturated: Option<(Planes, Vec<f32>)> = None;
+    if let Some((work, cap)) = saturation {
+        // Measure what enters the saturator (kept, when it fits, to saturate without rendering
+        // the EQ and compressor again).
+        let mut q = EnvelopeQuantile::new();
+        let mut kmeter = KMeter::new(rate, channels);
+        let mut store = new_store();
+        render_pre(source, settings, None, &mut |p, e| {
+            q.push(e);
+            kmeter.push(p);
+            keep(&mut store, p, e);
+            Ok(())
+        })?;
+        let loud_db = q.quantile_db(0.999);
+        plan_saturation(loud_db, kmeter.integrated_lufs(), settings, work, cap);
+        if settings.saturation.enabled {
+            sat_stats.peak_drive_db = loud_db + settings.saturation.drive_db - settings.limiter.ceiling_dbtp;
+        }
+        unsaturated = store;
+    }
+    let mut m = Measure::new(rate, channels, frames);
+    let store;
+    let saturating = settings.saturation.enabled && saturation.is_some();
+    match unsaturated {
+        Some((mut pre, mut env)) if saturating => {
+            // Saturate the kept signal in place (each chunk is copied out before the saturator
+            // sees it, and its output lags behind its input), then take its envelope.
+            let mut sat = crate::render::stream::SaturatorStage::new(
+                rate,
+                channels,
+                &settings.saturation,
+                settings.limiter.ceiling_dbtp,
+                quality,
+            );
+            let mut stage = EnvelopeStage::new(channels);
+            let (mut input, mut a, mut b, mut e): (Planes, Planes, Planes, Vec<f32>) =
+                (vec![Vec::new(); channels], vec![Vec::new(); channels], vec![Vec::new(); channels], Vec::new());
+            let (mut start, mut written) = (0, 0);
+            loop {
+                let end = (start + CHUNK_FRAMES).min(frames);
+                if start < end {
+                    for (i, c) in input.iter_mut().zip(&pre) {
+                        i.clear();
+                        i.extend_from_slice(&c[start..end]);
+                    }
+                    sat.process(&slices(&input), &mut a);
+                } else {
+                    sat.finish(&mut a);
+                }
+                stage.process(&slices(&a), &mut b, &mut e);
+                if start >= end {
+                    stage.finish(&mut b, &mut e);
+                }
+                a.iter_mut().for_each(Vec::clear);
+                m.push(&slices(&b), &e);
+                let n = e.len();
+                for (c, x) in pre.iter_mut().zip(&b) {
+                    c[written..written + n].copy_from_slice(x);
+                }
+                env[written..written + n].copy_from_slice(&e);
+                written += n;
+                b.iter_mut().for_each(Vec::clear);
+                e.clear();
+                if start >= end {
+                    break;
+                }
+                start = end;
+            }
+            store = Some((pre, env));
+        }
+        Some((pre, env)) => {
+            // The saturator stays out: what was measured is what enters the limiter.
+            let mut start = 0;
+            while start < frames {
+                let end = (start + CHUNK_FRAMES).min(frames);
+                let chunk: Vec<&[f32]> = pre.iter().map(|c| &c[start..end]).collect();
+                m.push(&chunk, &env[start..end]);
+                start = end;
+            }
+            store = Some((pre, env));
+        }
+        None => {
+            let q = if saturating { Some(quality) } else { None };
+            let mut kept = new_store();
+            render_pre(source, settings, q, &mut |p, e| {
+                m.push(p, e);
+                keep(&mut kept, p, e);
+                Ok(())
+            })?;
+            store = kept;
+        }
+    }
+    m.flush();
+    let pre = match store {
+        Some((pre, env)) => Pre::Cached { pre, env },
+        None => Pre::Live { source, settings: Box::new(settings.clone()), quality },
+    };
+    Ok(Prepared {
+        pre,
+        loud_db: m.quantile.quantile_db(0.999),
+        base_lufs: m.kmeter.integrated_lufs(),
+        env_d: m.env_d,
+        energy_d: m.energy_d,
+        decimation: m.decimation,
+        rate,
+        channels,
+        frames,
+        saturation: sat_stats,
+    })
+}
+
+/// Decides the saturator's drive for the signal entering it (after EQ and compression; its
+/// envelope's 99.9th-percentile level `loud_db` and its integrated loudness `base_lufs`): the
+/// limiter keeps up to [`LIMITER_SHARE_DB`] of gain reduction at the 99.9th percentile and the
 /// saturator takes the rest, up to `cap_db` ([`MAX_SATURATION_DB`], or
 /// [`CRUSH_MAX_SATURATION_DB`] with `--allow-crush`). On the first pass the limiter's work is
 /// estimated from the unlimited loudness (a lower bound: limiting costs some loudness); the
@@ -287,10 +691,7 @@ pub fn loudness_guard(settings: &mut Settings, mix_plr_db: f64, opts: &MasterOpt
 /// later ones interpolate between the last two passes (`work`: peaks into the clipper and
 /// limiter gain reduction of each pass, dB), since the clipper buys loudness more cheaply than
 /// the limiter and one dB in the clipper saves more than one in the limiter.
-fn plan_saturation(pre: &AudioBuffer, settings: &mut Settings, work: &[(f64, f64)], cap_db: f64) {
-    let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
-    let env = peak_envelope(&planes);
-    let loud_db = envelope_quantile_db(&env, 0.999);
+fn plan_saturation(loud_db: f64, base_lufs: f64, settings: &mut Settings, work: &[(f64, f64)], cap_db: f64) {
     let l = &settings.limiter;
     let into_clipper = match work {
         // Secant only where the two passes show the expected trade (more clipper, less limiter,
@@ -301,9 +702,7 @@ fn plan_saturation(pre: &AudioBuffer, settings: &mut Settings, work: &[(f64, f64
         }
         [.., (into, limiter_db)] => into + limiter_db - LIMITER_SHARE_DB,
         [] => {
-            let energy = k_weighted_energy(pre);
-            let base = gated_loudness(&block_energies(&energy, pre.sample_rate_hz, |_| 1.0));
-            let limiting_db = l.target_lufs - base + loud_db - (l.ceiling_dbtp - CEILING_MARGIN_DB);
+            let limiting_db = l.target_lufs - base_lufs + loud_db - (l.ceiling_dbtp - CEILING_MARGIN_DB);
             limiting_db - LIMITER_SHARE_DB
         }
     };
@@ -319,90 +718,162 @@ fn plan_saturation(pre: &AudioBuffer, settings: &mut Settings, work: &[(f64, f64
     s.mix = 1.0;
 }
 
+/// What [`loudness_loop`] found.
+struct Search {
+    /// Limiter statistics of the chosen drive.
+    stats: LimiterStats,
+    /// Safety trim of the chosen drive, dB (≤ 0).
+    trim_db: f64,
+    /// `Some((reached, wanted))` when the target was out of reach.
+    short: Option<(f64, f64)>,
+    /// Mid and side spectra of the limited output (intermediate passes).
+    spectra: Option<[PowerSpectrum; 2]>,
+    /// The loudest window of the limited output (first frame, frames).
+    loudest_window: (usize, usize),
+}
+
+/// One read of the limited output at the drive in `limiter`: its integrated loudness, its true
+/// peak (when `true_peak`), its spectra (when `spectra`), the limiter's statistics.
+struct Reading {
+    lufs: f64,
+    true_peak_dbtp: f64,
+    stats: LimiterStats,
+    spectra: Option<[PowerSpectrum; 2]>,
+    sub_blocks: Vec<f64>,
+}
+
+fn read_limited(
+    prepared: &Prepared,
+    limiter: &crate::settings::LimiterSettings,
+    true_peak: bool,
+    spectra: bool,
+) -> Result<Reading> {
+    let (rate, channels) = (prepared.rate, prepared.channels);
+    let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
+    let mut kmeter = KMeter::new(rate, channels);
+    let mut tp = true_peak.then(|| TruePeakMeter::new(rate, channels, limiter.ceiling_dbtp - 0.05 - 2.0));
+    let frames = prepared.frames;
+    let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames));
+    let mut out: Planes = vec![Vec::new(); channels];
+    let mut take = |out: &mut Planes| {
+        let planes = slices(out);
+        // The true-peak meters (the costliest part of a read) run beside the loudness and
+        // spectrum meters.
+        std::thread::scope(|scope| {
+            if let Some(t) = tp.as_mut() {
+                let planes = &planes;
+                scope.spawn(move || t.push(planes));
+            }
+            kmeter.push(&planes);
+            if let Some(s) = spec.as_mut() {
+                s.push(&planes);
+            }
+        });
+        out.iter_mut().for_each(Vec::clear);
+    };
+    prepared.pre.replay(&mut |p, e| {
+        lim.process(p, e, &mut out);
+        take(&mut out);
+        Ok(())
+    })?;
+    lim.finish(&mut out);
+    take(&mut out);
+    Ok(Reading {
+        lufs: kmeter.integrated_lufs(),
+        true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),
+        stats: lim.stats(),
+        spectra: spec.map(SpectrumMeter::finish),
+        sub_blocks: kmeter.sub_blocks().to_vec(),
+    })
+}
+
 /// Finds the drive that puts the limited output's integrated loudness on the target, without
-/// exceeding `max_limiting_db` of gain reduction. Returns the output, the limiter's statistics,
-/// and `Some((reached, wanted))` if the target was out of reach.
+/// exceeding `max_limiting_db` of gain reduction, and the safety trim that keeps it under the
+/// ceiling.
 ///
-/// The search measures the limited output's loudness from the pre-limiter K-weighted energy
-/// times the limiter's gain squared (cheap: no filtering or copying per try). That shortcut
-/// ignores how the gain's fast movements interact with the K-filter, so every candidate drive is
-/// then verified on the real rendered output, and the search re-aims by the measured difference.
-pub fn loudness_loop(
-    pre: &AudioBuffer,
-    env: &[f32],
+/// The search aims with a cheap estimate: the decimated pre-limiter energy times the limiter's
+/// gain (on the decimated envelope) squared. That shortcut ignores how the gain's fast movements
+/// interact with the K-filter, so every candidate drive is then verified on the real limited
+/// output (read in full, not stored), and the search re-aims by the measured difference.
+/// `intermediate`: one verified read, which also measures the spectra; else up to
+/// `rounds.search` reads, each with the true peak, then the loudness the safety trim takes won
+/// back (up to 4 more reads) when `rounds.trim_compensation`.
+fn loudness_loop(
+    prepared: &Prepared,
     settings: &mut Settings,
     max_limiting_db: f64,
     rounds: LoopRounds,
     bias: &mut f64,
-) -> (AudioBuffer, LimiterStats, Option<(f64, f64)>) {
+    intermediate: bool,
+) -> Result<Search> {
     let LoopRounds { search: rounds, trim_compensation } = rounds;
     let target = settings.limiter.target_lufs;
-    let rate = pre.sample_rate_hz;
-    let render = |s: &Settings| {
-        let mut out = pre.clone();
-        let stats = limit(&mut out, env, &s.limiter);
-        (out, stats)
+    let base = prepared.base_lufs;
+    let frames = prepared.frames;
+    let window_of = |r: &Reading| loudest_window(&r.sub_blocks, prepared.rate, frames);
+    let finish = |r: Reading, trim_db: f64, short: Option<(f64, f64)>| Search {
+        loudest_window: window_of(&r),
+        stats: r.stats,
+        trim_db,
+        short,
+        spectra: r.spectra,
     };
-    let energy = k_weighted_energy(pre);
-    let base = gated_loudness(&block_energies(&energy, rate, |_| 1.0));
-    if !base.is_finite() || !target.is_finite() {
-        settings.limiter.drive_db = 0.0;
-        let (out, stats) = render(settings);
-        return (out, stats, None);
-    }
-    if !settings.limiter.enabled {
-        settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
-        let (out, stats) = render(settings);
-        return (out, stats, None);
+    let trim_of = |r: &Reading| {
+        let limit = settings.limiter.ceiling_dbtp - 0.05;
+        if r.true_peak_dbtp.is_finite() && r.true_peak_dbtp > limit {
+            limit - r.true_peak_dbtp
+        } else {
+            0.0
+        }
+    };
+    if !base.is_finite() || !target.is_finite() || !settings.limiter.enabled {
+        settings.limiter.drive_db =
+            if base.is_finite() && target.is_finite() { (target - base).clamp(-60.0, 36.0) } else { 0.0 };
+        let enabled = settings.limiter.enabled;
+        let r = read_limited(prepared, &settings.limiter, enabled && !intermediate, intermediate)?;
+        let trim_db = if enabled { trim_of(&r) } else { 0.0 };
+        return Ok(finish(r, trim_db, None));
     }
     // Limiting depth is judged at the 99.9th percentile of the true-peak envelope: the gain
     // reduction that more than 0.1 % of the music receives. A lone transient may go deeper.
-    let loud_db = if env.is_empty() { 0.0 } else { envelope_quantile_db(env, 0.999) };
+    let loud_db = if prepared.loud_db.is_finite() { prepared.loud_db } else { 0.0 };
     let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
-    // The estimate runs on an 8× decimated envelope and energy (block maxima and means): the
-    // limiter's gain at that resolution is close enough to aim, and eight times cheaper.
-    const DECIMATION: usize = 8;
-    let env_d: Vec<f32> = env.chunks(DECIMATION).map(|c| c.iter().fold(0f32, |a, &b| a.max(b))).collect();
-    let energy_d: Vec<f32> = energy.chunks(DECIMATION).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
-    let rate_d = (rate / DECIMATION as u32).max(1);
+    let rate_d = (prepared.rate / prepared.decimation as u32).max(1);
     let limiter = settings.limiter.clone();
     let estimate = |drive_db: f64| {
-        let gain = gain_curve(&env_d, db_to_lin(drive_db) as f32, rate_d, &limiter);
+        let gain = gain_curve(&prepared.env_d, db_to_lin(drive_db) as f32, rate_d, &limiter);
         let g2 = db_to_lin(2.0 * drive_db) as f32;
-        gated_loudness(&block_energies(&energy_d, rate_d, |i| gain[i] * gain[i] * g2))
+        gated_loudness(&block_energies(&prepared.energy_d, rate_d, |i| gain[i] * gain[i] * g2))
     };
     let mut aim = target + *bias;
     let mut drive = (target - base).clamp(-60.0, drive_max);
+    let mut reading = None;
     let mut reached = f64::NEG_INFINITY;
-    let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
-    let mut best: Option<Vec<f32>> = None;
     for _ in 0..rounds.max(1) {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
-        let gain = gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter);
-        reached = integrated_lufs_scaled(&planes, rate, db_to_lin(drive) as f32, &gain);
-        best = Some(gain);
+        settings.limiter.drive_db = drive;
+        let r = read_limited(prepared, &settings.limiter, !intermediate, intermediate)?;
+        reached = r.lufs;
+        reading = Some(r);
         if (reached - target).abs() <= LOUDNESS_TOLERANCE_LU || drive >= drive_max - 1e-9 {
             break;
         }
         aim += target - reached;
     }
-    // Only the chosen gain is rendered, through the same output stage `render::render` uses.
-    let mut gain = best.unwrap_or_else(|| gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter));
-    let mut out = pre.clone();
-    if rounds <= 1 {
-        // An intermediate pass: measured for its spectrum, never written.
-        finish_untrimmed(&mut out, db_to_lin(drive) as f32, &gain);
-    } else {
+    let Some(mut r) = reading else {
+        return Err(Error::Unsupported("internal: the loudness search made no reading".into()));
+    };
+    let mut trim_db = trim_of(&r);
+    if !intermediate {
         // The safety trim lowers the whole master when a close 8× meter finds the limiter's 4×
-        // detector under-read (full-band content near Nyquist); the loudness it costs is won
-        // back with more drive, at most twice.
-        // The trim can grow with the drive (content the limiter's 4x detector under-reads gets
-        // louder too), so after the first retry the drive moves along the measured slope.
+        // detector under-read (full-band content near Nyquist). The loudness it costs is won
+        // back with more drive; the trim can grow with the drive (content the limiter's
+        // detector under-reads gets louder too), so after the first retry the drive moves along
+        // the measured slope.
         const RETRIES: usize = 4;
         let mut previous: Option<(f64, f64)> = None;
+        reached += trim_db;
         for retry in 0..=RETRIES {
-            let trim_db = finish(&mut out, db_to_lin(drive) as f32, &gain, &settings.limiter);
-            reached += trim_db;
             if trim_db > -0.02
                 || !trim_compensation
                 || retry == RETRIES
@@ -423,16 +894,81 @@ pub fn loudness_loop(
             };
             previous = Some((drive, reached));
             drive = next;
-            gain = gain_curve(env, db_to_lin(drive) as f32, rate, &settings.limiter);
-            reached = integrated_lufs_scaled(&planes, rate, db_to_lin(drive) as f32, &gain);
-            out = pre.clone();
+            settings.limiter.drive_db = drive;
+            r = read_limited(prepared, &settings.limiter, true, false)?;
+            trim_db = trim_of(&r);
+            reached = r.lufs + trim_db;
         }
     }
     *bias = aim - target;
     settings.limiter.drive_db = drive;
-    let stats = limiter_stats(&gain, rate);
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
-    (out, stats, short)
+    Ok(finish(r, trim_db, short))
+}
+
+/// The loudest stretch of [`PREVIEW_WINDOW_S`] of a signal of `frames` frames whose K-weighted
+/// energy per 100 ms block is `sub_blocks` (first frame, frames), in 100 ms steps; all of a
+/// shorter signal. Ties go to the earliest window.
+pub fn loudest_window(sub_blocks: &[f64], rate: u32, frames: usize) -> (usize, usize) {
+    let hop = (rate / 10).max(1) as usize;
+    let len = ((PREVIEW_WINDOW_S * f64::from(rate)).round() as usize).min(frames);
+    if len >= frames {
+        return (0, frames);
+    }
+    let blocks = len / hop;
+    let mut prefix = Vec::with_capacity(sub_blocks.len() + 1);
+    prefix.push(0f64);
+    for e in sub_blocks {
+        prefix.push(prefix[prefix.len() - 1] + e);
+    }
+    let mut best = (0usize, f64::NEG_INFINITY);
+    let mut b = 0;
+    while b * hop + len <= frames && b + blocks < prefix.len() {
+        let e = prefix[b + blocks] - prefix[b];
+        if e > best.1 {
+            best = (b, e);
+        }
+        b += 1;
+    }
+    (best.0 * hop, len)
+}
+
+/// Mid and side Welch spectra of an L/R (or mono) stream: the closed loop's measurement of its
+/// output, the same windows and normalisation as the analysis ([`Welch`]).
+struct SpectrumMeter {
+    welch: Welch,
+    mid: Vec<f32>,
+    side: Vec<f32>,
+}
+
+impl SpectrumMeter {
+    fn new(rate: u32, frames: usize) -> Self {
+        Self { welch: Welch::new(rate, 2, Some(frames)), mid: Vec::new(), side: Vec::new() }
+    }
+
+    fn push(&mut self, chunk: &[&[f32]]) {
+        self.mid.clear();
+        self.side.clear();
+        match chunk {
+            [l, r, ..] => {
+                self.mid.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a + b)));
+                self.side.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a - b)));
+            }
+            [m] => {
+                self.mid.extend_from_slice(m);
+                self.side.resize(m.len(), 0.0);
+            }
+            [] => return,
+        }
+        self.welch.push(&[&self.mid, &self.side]);
+    }
+
+    fn finish(self) -> [PowerSpectrum; 2] {
+        let mut s = self.welch.finish().into_iter();
+        let mid = s.next().unwrap_or(PowerSpectrum { bin_hz: 1.0, power: Vec::new() });
+        let side = s.next().unwrap_or(PowerSpectrum { bin_hz: 1.0, power: Vec::new() });
+        [mid, side]
+    }
 }
 
 /// How hard [`loudness_loop`] works.

@@ -74,15 +74,13 @@ pub fn loudest_window(audio: &AudioBuffer, seconds: f64) -> (usize, usize) {
     (best.0 * hop, len)
 }
 
-fn excerpt(audio: &AudioBuffer, start: usize, len: usize, fade_s: f64) -> AudioBuffer {
+fn excerpt(audio: &AudioBuffer, start: usize, len: usize) -> AudioBuffer {
     let channels = audio
         .channels
         .iter()
         .map(|c| {
             let end = (start + len).min(c.len());
-            let mut x = c.get(start..end).map(<[f32]>::to_vec).unwrap_or_default();
-            fade(&mut x, audio.sample_rate_hz, fade_s);
-            x
+            c.get(start..end).map(<[f32]>::to_vec).unwrap_or_default()
         })
         .collect();
     AudioBuffer { sample_rate_hz: audio.sample_rate_hz, channels }
@@ -111,13 +109,24 @@ fn apply_gain(a: &mut AudioBuffer, gain_db: f64) {
 /// [`crate::master::master`] returns them). `ceiling_dbtp` is the highest true peak a raised
 /// excerpt may reach.
 pub fn previews(mix: &AudioBuffer, master: &AudioBuffer, ceiling_dbtp: f64) -> Previews {
-    let rate = master.sample_rate_hz.max(1);
     let frames = mix.frames().min(master.frames());
     let mut trimmed = master.clone();
     trimmed.channels.iter_mut().for_each(|c| c.truncate(frames));
     let (start, len) = loudest_window(&trimmed, PREVIEW_SECONDS);
-    let mut mix_ex = excerpt(mix, start, len, FADE_SECONDS);
-    let mut master_ex = excerpt(&trimmed, start, len, FADE_SECONDS);
+    previews_of(excerpt(mix, start, len), excerpt(&trimmed, start, len), start, ceiling_dbtp)
+}
+
+/// The loudness-matched pair from excerpts of the mix and the master cut at the same place
+/// (`start`, frames into the song; the loudest stretch of the master, as
+/// [`crate::master::WriteInfo::loudest_window`] gives it): faded in and out, the quieter one
+/// raised as far as `ceiling_dbtp` allows and the louder one lowered for the rest.
+pub fn previews_of(mix: AudioBuffer, master: AudioBuffer, start: usize, ceiling_dbtp: f64) -> Previews {
+    let rate = master.sample_rate_hz.max(1);
+    let len = master.frames();
+    let (mut mix_ex, mut master_ex) = (mix, master);
+    for x in mix_ex.channels.iter_mut().chain(master_ex.channels.iter_mut()) {
+        fade(x, rate, FADE_SECONDS);
+    }
     let (mut g_mix, mut g_master) = (0.0, 0.0);
     let l_mix = integrated_lufs(&mix_ex);
     let l_master = integrated_lufs(&master_ex);

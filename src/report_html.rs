@@ -82,20 +82,69 @@ pub struct Waveform {
 
 /// The overview of `audio` in `columns` slices (fewer for audio shorter than that many samples).
 pub fn waveform_overview(audio: &crate::audio::AudioBuffer, columns: usize) -> Waveform {
-    let frames = audio.frames();
-    let columns = columns.clamp(1, frames.max(1));
-    let mut min = vec![0f32; columns];
-    let mut max = vec![0f32; columns];
-    for (c, (lo, hi)) in min.iter_mut().zip(max.iter_mut()).enumerate() {
-        let (a, b) = (c * frames / columns, ((c + 1) * frames / columns).max(c * frames / columns + 1).min(frames));
-        for ch in &audio.channels {
-            for &v in &ch[a.min(b)..b] {
-                *lo = lo.min(v);
-                *hi = hi.max(v);
+    let mut meter = WaveformMeter::new(audio.frames(), audio.sample_rate_hz, columns);
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    meter.push(&planes);
+    meter.finish()
+}
+
+/// [`waveform_overview`] of a stream whose length is known in advance.
+#[derive(Debug, Clone)]
+pub struct WaveformMeter {
+    frames: usize,
+    rate: u32,
+    columns: usize,
+    column: usize,
+    /// Frame at which the current slice ends.
+    end: usize,
+    pos: usize,
+    min: Vec<f32>,
+    max: Vec<f32>,
+}
+
+impl WaveformMeter {
+    /// An overview of `frames` frames at `rate` in `columns` slices.
+    pub fn new(frames: usize, rate: u32, columns: usize) -> Self {
+        let columns = columns.clamp(1, frames.max(1));
+        let mut m =
+            Self { frames, rate, columns, column: 0, end: 0, pos: 0, min: vec![0.0; columns], max: vec![0.0; columns] };
+        m.end = m.slice_end(0);
+        m
+    }
+
+    fn slice_end(&self, c: usize) -> usize {
+        let a = c * self.frames / self.columns;
+        ((c + 1) * self.frames / self.columns).max(a + 1).min(self.frames)
+    }
+
+    /// Adds a planar chunk.
+    pub fn push(&mut self, chunk: &[&[f32]]) {
+        let n = chunk.first().map_or(0, |c| c.len());
+        let mut i = 0;
+        while i < n && self.column < self.columns {
+            let take = (self.end - self.pos).min(n - i);
+            let (lo, hi) = (&mut self.min[self.column], &mut self.max[self.column]);
+            for ch in chunk {
+                for &v in &ch[i..i + take] {
+                    *lo = lo.min(v);
+                    *hi = hi.max(v);
+                }
+            }
+            i += take;
+            self.pos += take;
+            if self.pos == self.end {
+                self.column += 1;
+                if self.column < self.columns {
+                    self.end = self.slice_end(self.column);
+                }
             }
         }
     }
-    Waveform { duration_s: audio.duration_s(), min, max }
+
+    /// The overview.
+    pub fn finish(self) -> Waveform {
+        Waveform { duration_s: self.frames as f64 / f64::from(self.rate.max(1)), min: self.min, max: self.max }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -566,7 +615,7 @@ pub fn spectrum_svg(mix: &Profile, reference: &Profile, master: &Profile, standa
 /// stage) and the responses of the parametric fits.
 pub fn eq_svg(mastered: &Mastered) -> String {
     let st = &mastered.settings;
-    let rate = f64::from(mastered.audio.sample_rate_hz);
+    let rate = f64::from(mastered.profile.sample_rate_hz);
     let freqs: Vec<f64> = (0..=240).map(|k| 20.0 * 1000f64.powf(f64::from(k) / 240.0)).collect();
     let mid: Vec<f64> = freqs.iter().map(|&f| mid_curve_db(&st.eq, f)).collect();
     let side: Vec<f64> = freqs.iter().map(|&f| side_curve_db(&st.eq, &st.width, f)).collect();

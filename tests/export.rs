@@ -509,7 +509,8 @@ fn ffmpeg_script_run_by_real_ffmpeg_on_the_demo_mix_matches_refmasters_own_maste
     let (mix, mix_profile) = load(&mix_path);
     let (_, target) = load(&demo("demo_ref.ogg"));
     let opts = refmaster::master::MasterOptions::default();
-    let mastered = refmaster::master::master(&mix, &mix_profile, &target, &opts, &|_| {}).expect("mastering works");
+    let (mastered, _) =
+        refmaster::master::master(&mix, &mix_profile, &target, &opts, &|_| {}).expect("mastering works");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let written = write_exports(&mastered.settings, &[ExportFormat::Ffmpeg], dir.path(), "demo").expect("script");

@@ -117,10 +117,11 @@ fn with_a_loud_reference_saturation_lowers_the_limiters_work_at_the_same_loudnes
     let rp = analyze(&reference, "reference", false);
     let quiet = |_: &str| {};
     let solve = SolveOptions { target_lufs: Some(-10.0), ..SolveOptions::default() };
-    let on = master(&mix, &mp, &rp, &MasterOptions { solve: solve.clone(), ..MasterOptions::default() }, &quiet)
+    let (on, _) = master(&mix, &mp, &rp, &MasterOptions { solve: solve.clone(), ..MasterOptions::default() }, &quiet)
         .expect("masters with saturation");
-    let off = master(&mix, &mp, &rp, &MasterOptions { solve, saturation: false, ..MasterOptions::default() }, &quiet)
-        .expect("masters without");
+    let (off, _) =
+        master(&mix, &mp, &rp, &MasterOptions { solve, saturation: false, ..MasterOptions::default() }, &quiet)
+            .expect("masters without");
     assert!(on.settings.saturation.enabled, "a mix 16 dB quieter than its target should use the saturator");
     assert!(!off.settings.saturation.enabled);
     for (name, m) in [("on", &on), ("off", &off)] {

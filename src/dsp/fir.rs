@@ -124,3 +124,122 @@ pub fn magnitude_db(taps: &[f32], freq_hz: f64, sample_rate_hz: u32) -> f64 {
     }
     10.0 * (re * re + im * im).log10()
 }
+
+/// A linear-phase FIR run as a stream: chunks of any size in, the filtered signal out, aligned
+/// with the input (the filter's `delay` dropped from the front, the tail flushed by
+/// [`StreamConvolver::finish`]) and as long as the input. Same blocks and the same summation
+/// order as [`FirConvolver::convolve_aligned`], so both give the same samples.
+pub struct StreamConvolver {
+    conv: FirConvolver,
+    fwd: std::sync::Arc<dyn realfft::RealToComplex<f32>>,
+    inv: std::sync::Arc<dyn realfft::ComplexToReal<f32>>,
+    time: Vec<f32>,
+    freq: Vec<Complex<f32>>,
+    scratch_f: Vec<Complex<f32>>,
+    scratch_i: Vec<Complex<f32>>,
+    /// Input of the block in progress.
+    pending: Vec<f32>,
+    /// Overlap-add accumulator (`fft_len` long; its head is the next output).
+    overlap: Vec<f32>,
+    /// Samples still to drop from the front of the full convolution.
+    skip: usize,
+    taken: usize,
+    given: usize,
+}
+
+impl StreamConvolver {
+    /// Prepares `taps`; the output drops the first `delay` samples of the full convolution (pass
+    /// `taps.len() / 2` for a linear-phase filter).
+    pub fn new(taps: &[f32], delay: usize) -> Self {
+        let conv = FirConvolver::new(taps);
+        let mut planner = RealFftPlanner::<f32>::new();
+        let fwd = planner.plan_fft_forward(conv.fft_len);
+        let inv = planner.plan_fft_inverse(conv.fft_len);
+        let (time, freq) = (fwd.make_input_vec(), fwd.make_output_vec());
+        let (scratch_f, scratch_i) = (fwd.make_scratch_vec(), inv.make_scratch_vec());
+        let block = conv.fft_len - conv.taps_len + 1;
+        Self {
+            overlap: vec![0.0; conv.fft_len],
+            pending: Vec::with_capacity(block),
+            conv,
+            fwd,
+            inv,
+            time,
+            freq,
+            scratch_f,
+            scratch_i,
+            skip: delay,
+            taken: 0,
+            given: 0,
+        }
+    }
+
+    fn block_len(&self) -> usize {
+        self.conv.fft_len - self.conv.taps_len + 1
+    }
+
+    /// Filters `input`, appending whatever output is ready to `out`.
+    pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        self.taken += input.len();
+        let block = self.block_len();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let take = (block - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == block {
+                self.run_block(out);
+            }
+        }
+    }
+
+    /// Flushes the filter's tail: after this, `out` has received exactly as many samples as went
+    /// in.
+    pub fn finish(&mut self, out: &mut Vec<f32>) {
+        let block = self.block_len();
+        // The last partial block padded with silence, then silent blocks until the delayed tail
+        // is out (a block of zeros transforms to exact zeros: nothing is added but the tail).
+        while self.given < self.taken {
+            self.pending.resize(block, 0.0);
+            self.run_block(out);
+        }
+        self.pending.clear();
+    }
+
+    fn run_block(&mut self, out: &mut Vec<f32>) {
+        let n = self.pending.len();
+        self.time[..n].copy_from_slice(&self.pending);
+        self.time[n..].iter_mut().for_each(|x| *x = 0.0);
+        self.pending.clear();
+        if self.fwd.process_with_scratch(&mut self.time, &mut self.freq, &mut self.scratch_f).is_err() {
+            return;
+        }
+        for (f, t) in self.freq.iter_mut().zip(&self.conv.taps_spectrum) {
+            *f *= t;
+        }
+        if let Some(first) = self.freq.first_mut() {
+            first.im = 0.0;
+        }
+        if let Some(last) = self.freq.last_mut() {
+            last.im = 0.0;
+        }
+        if self.inv.process_with_scratch(&mut self.freq, &mut self.time, &mut self.scratch_i).is_err() {
+            return;
+        }
+        let valid = n + self.conv.taps_len - 1;
+        for (o, y) in self.overlap.iter_mut().zip(&self.time[..valid]) {
+            *o += y;
+        }
+        // The first `n` accumulated values are complete: no later block reaches them.
+        let ready = &self.overlap[..n];
+        let skip = self.skip.min(n);
+        self.skip -= skip;
+        let room = self.taken - self.given;
+        let emit = (n - skip).min(room);
+        out.extend_from_slice(&ready[skip..skip + emit]);
+        self.given += emit;
+        self.overlap.copy_within(n.., 0);
+        let len = self.overlap.len();
+        self.overlap[len - n..].iter_mut().for_each(|x| *x = 0.0);
+    }
+}

@@ -7,9 +7,9 @@ pub mod dynamics;
 pub mod eq;
 pub mod limiter;
 pub mod saturation;
+pub mod stream;
 
 use crate::audio::AudioBuffer;
-use crate::dsp::truepeak::peak_envelope;
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 pub use limiter::LimiterStats;
@@ -25,7 +25,12 @@ pub struct Rendered {
 
 /// Refuses what the renderer cannot master: more than two channels.
 pub fn check_channels(mix: &AudioBuffer) -> Result<()> {
-    match mix.channel_count() {
+    check_channel_count(mix.channel_count())
+}
+
+/// [`check_channels`] for a channel count.
+pub fn check_channel_count(channels: usize) -> Result<()> {
+    match channels {
         1 | 2 => Ok(()),
         n => Err(Error::Unsupported(format!(
             "refmaster masters mono or stereo; this mix has {n} channels (downmix it to stereo first)"
@@ -33,47 +38,33 @@ pub fn check_channels(mix: &AudioBuffer) -> Result<()> {
     }
 }
 
-/// Everything before the limiter: EQ, width and compression, back in L/R (or mono).
+/// Everything before the saturator and limiter: EQ, width and compression, back in L/R (or mono),
+/// in memory (for tests and benchmarks; the master is rendered as a stream).
 pub fn render_pre_limiter(mix: &AudioBuffer, s: &Settings) -> Result<AudioBuffer> {
     check_channels(mix)?;
-    let rate = mix.sample_rate_hz;
-    let (mut mid, mut side) = mix.mid_side();
-    let stereo = mix.channel_count() == 2;
-    let (new_mid, new_side) = std::thread::scope(|scope| {
-        let side_in = &side;
-        let side_job = stereo
-            .then(|| scope.spawn(move || eq::apply_curve(side_in, rate, |f| eq::side_curve_db(&s.eq, &s.width, f))));
-        let m = eq::apply_curve(&mid, rate, |f| eq::mid_curve_db(&s.eq, f));
-        let sd = side_job.and_then(|j| j.join().ok().flatten());
-        (m, sd)
-    });
-    if let Some(m) = new_mid {
-        mid = m;
-    }
-    if let Some(sd) = new_side {
-        side = sd;
-    }
-    if !stereo {
-        side.clear();
-    }
-    dynamics::compress(&mut mid, &mut side, rate, &s.dynamics);
-    let channels = if stereo {
-        let left = mid.iter().zip(&side).map(|(m, s)| m + s).collect();
-        let right = mid.iter().zip(&side).map(|(m, s)| m - s).collect();
-        vec![left, right]
-    } else {
-        vec![mid]
-    };
-    Ok(AudioBuffer { sample_rate_hz: rate, channels })
+    let mut pre = AudioBuffer { sample_rate_hz: mix.sample_rate_hz, channels: vec![Vec::new(); mix.channel_count()] };
+    stream::render_pre(mix, s, None, &mut |p, _| {
+        for (c, x) in pre.channels.iter_mut().zip(p) {
+            c.extend_from_slice(x);
+        }
+        Ok(())
+    })?;
+    Ok(pre)
 }
 
-/// The whole chain. Deterministic: the same mix and settings give the same samples.
+/// The whole chain, in memory ([`stream::render_stream`] collected). Deterministic: the same mix
+/// and settings give the same samples, and the same samples the mastering loop wrote.
 pub fn render(mix: &AudioBuffer, s: &Settings) -> Result<Rendered> {
-    let mut pre = render_pre_limiter(mix, s)?;
-    saturation::saturate(&mut pre, &s.saturation, s.limiter.ceiling_dbtp);
-    let planes: Vec<&[f32]> = pre.channels.iter().map(Vec::as_slice).collect();
-    let env = peak_envelope(&planes);
-    let mut audio = pre;
-    let stats = limiter::limit(&mut audio, &env, &s.limiter);
-    Ok(Rendered { audio, limiter: stats })
+    check_channels(mix)?;
+    let mut audio = AudioBuffer {
+        sample_rate_hz: mix.sample_rate_hz,
+        channels: vec![Vec::with_capacity(mix.frames()); mix.channel_count()],
+    };
+    let limiter = stream::render_stream(mix, s, &mut |_, chunk| {
+        for (c, x) in audio.channels.iter_mut().zip(chunk) {
+            c.extend_from_slice(x);
+        }
+        Ok(())
+    })?;
+    Ok(Rendered { audio, limiter })
 }

@@ -1,0 +1,826 @@
+//! The render chain as a stream: the mix goes through in chunks and never has to be in memory
+//! whole, so a 90-minute mix masters in bounded memory.
+//!
+//! Each stage keeps what it needs of the past (filter state, a look-ahead, a halo of samples
+//! around a window) and hands on output aligned with its input and exactly as long: the
+//! linear-phase EQ drops its delay, the limiter holds samples back for its look-ahead, and the
+//! window stages (saturator, true-peak envelope) run their whole-buffer code on overlapping
+//! windows and keep the middle. Chunk boundaries come from the source and do not change the
+//! result: every stage works internally in blocks counted from the first sample.
+
+use std::collections::VecDeque;
+
+use crate::audio::{db_to_lin, AudioBuffer};
+use crate::dsp::fir::{design, fir_len, StreamConvolver};
+use crate::dsp::oversample::Oversampler;
+use crate::dsp::truepeak::peak_envelope;
+use crate::error::Result;
+use crate::render::dynamics::Compressor;
+use crate::render::eq;
+use crate::render::limiter::{LimiterStats, CEILING_MARGIN_DB};
+use crate::render::saturation::{saturate_with, Quality};
+use crate::settings::{LimiterSettings, SaturationSettings, Settings};
+use crate::source::FrameSource;
+
+/// Frames per window of the window stages (saturator, envelope).
+pub const WINDOW_FRAMES: usize = 1 << 15;
+
+/// What receives the signal entering the limiter, chunk by chunk: the samples (planar) and their
+/// true-peak envelope, aligned.
+pub type PreSink<'a> = dyn FnMut(&[&[f32]], &[f32]) -> Result<()> + 'a;
+
+/// What receives a rendered master, chunk by chunk: (first frame, planar chunk).
+pub type OutputSink<'a> = dyn FnMut(usize, &[&[f32]]) -> Result<()> + 'a;
+
+/// What a window stage runs on each window: (window, core offset, core length).
+type WindowFn<'a> = dyn FnMut(&[&[f32]], usize, usize) + 'a;
+
+/// Planar chunk storage reused from chunk to chunk.
+pub type Planes = Vec<Vec<f32>>;
+
+/// Borrows planar storage as slices.
+pub fn slices(planes: &[Vec<f32>]) -> Vec<&[f32]> {
+    planes.iter().map(Vec::as_slice).collect()
+}
+
+/// Runs a whole-buffer function over a stream, window by window: each window is a core of
+/// [`WINDOW_FRAMES`] frames with `halo` frames of context on either side (less at the ends of the
+/// signal, where the whole-buffer function sees the true edge). A stage whose output at a sample
+/// depends only on inputs within `halo` of it gives, in the core, exactly what it gives on the
+/// whole buffer.
+struct Windowed {
+    halo: usize,
+    buf: Planes,
+    /// Absolute frame index of `buf[..][0]`.
+    buf_start: usize,
+    /// Absolute frame index of the next core.
+    next: usize,
+    /// Frames pushed so far.
+    total: usize,
+}
+
+impl Windowed {
+    fn new(channels: usize, halo: usize) -> Self {
+        Self { halo, buf: vec![Vec::new(); channels], buf_start: 0, next: 0, total: 0 }
+    }
+
+    /// Adds `chunk` and calls `f(window, core_offset, core_len)` for every core now complete.
+    fn push(&mut self, chunk: &[&[f32]], f: &mut WindowFn<'_>) {
+        for (b, c) in self.buf.iter_mut().zip(chunk) {
+            b.extend_from_slice(c);
+        }
+        self.total += chunk.first().map_or(0, |c| c.len());
+        while self.total >= self.next + WINDOW_FRAMES + self.halo {
+            self.run(WINDOW_FRAMES, self.next + WINDOW_FRAMES + self.halo, f);
+        }
+    }
+
+    /// Runs the remaining cores (the end of the signal is the end of the last window).
+    fn finish(&mut self, f: &mut WindowFn<'_>) {
+        while self.next < self.total {
+            let core = WINDOW_FRAMES.min(self.total - self.next);
+            self.run(core, (self.next + core + self.halo).min(self.total), f);
+        }
+    }
+
+    fn run(&mut self, core: usize, end: usize, f: &mut WindowFn<'_>) {
+        let start = self.next.saturating_sub(self.halo).max(self.buf_start);
+        let (a, b) = (start - self.buf_start, end - self.buf_start);
+        let window: Vec<&[f32]> = self.buf.iter().map(|c| &c[a..b]).collect();
+        f(&window, self.next - start, core);
+        self.next += core;
+        let keep_from = self.next.saturating_sub(self.halo).max(self.buf_start);
+        let drop = keep_from - self.buf_start;
+        for c in self.buf.iter_mut() {
+            c.drain(..drop);
+        }
+        self.buf_start = keep_from;
+    }
+}
+
+/// The saturator ([`crate::render::saturation`]) as a stream of windows. Its residual at a sample
+/// depends on the 8× interpolation within the oversampler's reach of it, twice (up, then down),
+/// and its spans on the true-peak envelope: the halo covers all of that.
+pub struct SaturatorStage {
+    settings: SaturationSettings,
+    clip_dbtp: f64,
+    quality: Quality,
+    windowed: Windowed,
+    scratch: AudioBuffer,
+    rate: u32,
+}
+
+impl SaturatorStage {
+    /// A saturator for `settings` clipping at `clip_dbtp` (the limiter ceiling).
+    pub fn new(rate: u32, channels: usize, settings: &SaturationSettings, clip_dbtp: f64, quality: Quality) -> Self {
+        let halo = 4 * Oversampler::new().reach() + 64;
+        Self {
+            settings: settings.clone(),
+            clip_dbtp,
+            quality,
+            windowed: Windowed::new(channels, halo),
+            scratch: AudioBuffer { sample_rate_hz: rate, channels: vec![Vec::new(); channels] },
+            rate,
+        }
+    }
+
+    /// Saturates `chunk`, appending what is ready to `out`.
+    pub fn process(&mut self, chunk: &[&[f32]], out: &mut Planes) {
+        let (settings, clip, quality, scratch, rate) =
+            (&self.settings, self.clip_dbtp, self.quality, &mut self.scratch, self.rate);
+        self.windowed
+            .push(chunk, &mut |w, off, len| saturate_window(w, off, len, settings, clip, quality, scratch, rate, out));
+    }
+
+    /// Saturates the rest.
+    pub fn finish(&mut self, out: &mut Planes) {
+        let (settings, clip, quality, scratch, rate) =
+            (&self.settings, self.clip_dbtp, self.quality, &mut self.scratch, self.rate);
+        self.windowed
+            .finish(&mut |w, off, len| saturate_window(w, off, len, settings, clip, quality, scratch, rate, out));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn saturate_window(
+    window: &[&[f32]],
+    off: usize,
+    len: usize,
+    settings: &SaturationSettings,
+    clip_dbtp: f64,
+    quality: Quality,
+    scratch: &mut AudioBuffer,
+    rate: u32,
+    out: &mut Planes,
+) {
+    scratch.sample_rate_hz = rate;
+    for (s, w) in scratch.channels.iter_mut().zip(window) {
+        s.clear();
+        s.extend_from_slice(w);
+    }
+    saturate_with(scratch, settings, clip_dbtp, quality);
+    for (o, s) in out.iter_mut().zip(&scratch.channels) {
+        o.extend_from_slice(&s[off..off + len]);
+    }
+}
+
+/// Adds the 4× true-peak envelope ([`peak_envelope`]) to a stream: hands on the samples with
+/// their envelope, both aligned.
+pub struct EnvelopeStage {
+    windowed: Windowed,
+}
+
+impl EnvelopeStage {
+    /// An envelope stage for `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Self { windowed: Windowed::new(channels, 32) }
+    }
+
+    /// Appends the samples of the completed windows to `out` and their envelope to `env`.
+    pub fn process(&mut self, chunk: &[&[f32]], out: &mut Planes, env: &mut Vec<f32>) {
+        self.windowed.push(chunk, &mut |w, off, len| envelope_window(w, off, len, out, env));
+    }
+
+    /// Appends the rest.
+    pub fn finish(&mut self, out: &mut Planes, env: &mut Vec<f32>) {
+        self.windowed.finish(&mut |w, off, len| envelope_window(w, off, len, out, env));
+    }
+}
+
+fn envelope_window(window: &[&[f32]], off: usize, len: usize, out: &mut Planes, env: &mut Vec<f32>) {
+    let e = peak_envelope(window);
+    env.extend_from_slice(&e[off..off + len]);
+    for (o, w) in out.iter_mut().zip(window) {
+        o.extend_from_slice(&w[off..off + len]);
+    }
+}
+
+/// Everything before the limiter, as a stream: mid/side EQ (width folded into the side filter),
+/// multiband compression, back to L/R, and the saturator when `saturation` is given.
+pub struct PreChain {
+    stereo: bool,
+    fir_mid: Option<StreamConvolver>,
+    fir_side: Option<StreamConvolver>,
+    compressor: Compressor,
+    saturator: Option<SaturatorStage>,
+    mid: Vec<f32>,
+    side: Vec<f32>,
+    eq_mid: Vec<f32>,
+    eq_side: Vec<f32>,
+    comp_mid: Vec<f32>,
+    comp_side: Vec<f32>,
+    lr: Planes,
+}
+
+impl PreChain {
+    /// The chain of `s` for a mix of `channels` (1 or 2) at `rate`; `saturation`: the quality to
+    /// saturate at, or `None` to leave the saturator out (the loop measures before it).
+    pub fn new(rate: u32, channels: usize, s: &Settings, saturation: Option<Quality>) -> Self {
+        let stereo = channels == 2;
+        let fir = |curve: &dyn Fn(f64) -> f64| -> Option<StreamConvolver> {
+            let len = fir_len(rate);
+            let nyquist = f64::from(rate) / 2.0;
+            let flat = (0..=200).all(|k| curve(20.0 * (nyquist / 20.0).powf(f64::from(k) / 200.0)).abs() < 1e-9);
+            (!flat).then(|| StreamConvolver::new(&design(len, rate, curve), len / 2))
+        };
+        let fir_mid = fir(&|f| eq::mid_curve_db(&s.eq, f));
+        let fir_side = if stereo { fir(&|f| eq::side_curve_db(&s.eq, &s.width, f)) } else { None };
+        let saturator = saturation
+            .filter(|_| s.saturation.enabled)
+            .map(|q| SaturatorStage::new(rate, channels, &s.saturation, s.limiter.ceiling_dbtp, q));
+        Self {
+            stereo,
+            fir_mid,
+            fir_side,
+            compressor: Compressor::new(rate, &s.dynamics, stereo),
+            saturator,
+            mid: Vec::new(),
+            side: Vec::new(),
+            eq_mid: Vec::new(),
+            eq_side: Vec::new(),
+            comp_mid: Vec::new(),
+            comp_side: Vec::new(),
+            lr: vec![Vec::new(); channels],
+        }
+    }
+
+    /// Renders a chunk of the mix, appending what is ready to `out` (L/R or mono).
+    pub fn process(&mut self, chunk: &[&[f32]], out: &mut Planes) {
+        self.mid.clear();
+        self.side.clear();
+        match chunk {
+            [l, r, ..] if self.stereo => {
+                self.mid.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a + b)));
+                self.side.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a - b)));
+            }
+            [m, ..] => self.mid.extend_from_slice(m),
+            [] => return,
+        }
+        match self.fir_mid.as_mut() {
+            Some(f) => f.process(&self.mid, &mut self.eq_mid),
+            None => self.eq_mid.extend_from_slice(&self.mid),
+        }
+        if self.stereo {
+            match self.fir_side.as_mut() {
+                Some(f) => f.process(&self.side, &mut self.eq_side),
+                None => self.eq_side.extend_from_slice(&self.side),
+            }
+        }
+        self.after_eq(false, out);
+    }
+
+    /// Flushes the filters and stages: after this, `out` has received as many frames as went in.
+    pub fn finish(&mut self, out: &mut Planes) {
+        if let Some(f) = self.fir_mid.as_mut() {
+            f.finish(&mut self.eq_mid);
+        }
+        if let Some(f) = self.fir_side.as_mut() {
+            f.finish(&mut self.eq_side);
+        }
+        self.after_eq(true, out);
+    }
+
+    fn after_eq(&mut self, last: bool, out: &mut Planes) {
+        // The two filters may hand on different amounts (one may be bypassed): only frames both
+        // have go on.
+        let n = if self.stereo { self.eq_mid.len().min(self.eq_side.len()) } else { self.eq_mid.len() };
+        let side_in: &[f32] = if self.stereo { &self.eq_side[..n] } else { &[] };
+        self.compressor.process(&self.eq_mid[..n], side_in, &mut self.comp_mid, &mut self.comp_side);
+        self.eq_mid.drain(..n);
+        if self.stereo {
+            self.eq_side.drain(..n);
+        }
+        if last {
+            self.compressor.finish(&mut self.comp_mid, &mut self.comp_side);
+        }
+        let target: &mut Planes = if self.saturator.is_some() { &mut self.lr } else { out };
+        if self.stereo {
+            let (m, s) = (&self.comp_mid, &self.comp_side);
+            target[0].extend(m.iter().zip(s).map(|(m, s)| m + s));
+            target[1].extend(m.iter().zip(s).map(|(m, s)| m - s));
+        } else {
+            target[0].extend_from_slice(&self.comp_mid);
+        }
+        self.comp_mid.clear();
+        self.comp_side.clear();
+        if let Some(sat) = self.saturator.as_mut() {
+            sat.process(&slices(&self.lr), out);
+            self.lr.iter_mut().for_each(Vec::clear);
+            if last {
+                sat.finish(out);
+            }
+        }
+    }
+}
+
+/// Renders the chain before the limiter over the whole of `source` (the saturator at `quality`,
+/// or left out for `None`), calling `f` with aligned chunks of the signal and its true-peak
+/// envelope.
+pub fn render_pre(
+    source: &dyn FrameSource,
+    settings: &Settings,
+    quality: Option<Quality>,
+    f: &mut PreSink<'_>,
+) -> Result<()> {
+    let channels = source.channel_count();
+    let mut chain = PreChain::new(source.sample_rate_hz(), channels, settings, quality);
+    let mut stage = EnvelopeStage::new(channels);
+    let (mut a, mut b, mut env): (Planes, Planes, Vec<f32>) =
+        (vec![Vec::new(); channels], vec![Vec::new(); channels], Vec::new());
+    source.stream(&mut |chunk| {
+        chain.process(chunk, &mut a);
+        stage.process(&slices(&a), &mut b, &mut env);
+        hand_on(&mut a, &mut b, &mut env, f)
+    })?;
+    chain.finish(&mut a);
+    stage.process(&slices(&a), &mut b, &mut env);
+    stage.finish(&mut b, &mut env);
+    hand_on(&mut a, &mut b, &mut env, f)
+}
+
+fn hand_on(a: &mut Planes, b: &mut Planes, env: &mut Vec<f32>, f: &mut PreSink<'_>) -> Result<()> {
+    a.iter_mut().for_each(Vec::clear);
+    if !env.is_empty() {
+        f(&slices(b), env)?;
+    }
+    b.iter_mut().for_each(Vec::clear);
+    env.clear();
+    Ok(())
+}
+
+/// Renders `settings` onto `source` (the whole chain, the saturator 8× oversampled) and calls
+/// `f(first_frame, chunk)` with the master. Two reads of the mix: the first measures the limited
+/// output's true peak for the safety trim ([`crate::render::limiter::safety_trim`]'s rule), the
+/// second applies it on the way out. Returns the limiter's statistics.
+pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut OutputSink<'_>) -> Result<LimiterStats> {
+    let (rate, channels) = (source.sample_rate_hz(), source.channel_count());
+    let mut trim_db = 0.0;
+    if settings.limiter.enabled {
+        let mut lim = StreamLimiter::new(rate, channels, &settings.limiter, 0.0);
+        let limit = settings.limiter.ceiling_dbtp - 0.05;
+        let mut meter = TruePeakMeter::new(rate, channels, limit - 2.0);
+        let mut out: Planes = vec![Vec::new(); channels];
+        render_pre(source, settings, Some(Quality::Oversampled), &mut |p, e| {
+            lim.process(p, e, &mut out);
+            meter.push(&slices(&out));
+            out.iter_mut().for_each(Vec::clear);
+            Ok(())
+        })?;
+        lim.finish(&mut out);
+        meter.push(&slices(&out));
+        let tp = meter.true_peak_dbtp();
+        if tp.is_finite() && tp > limit {
+            trim_db = limit - tp;
+        }
+    }
+    let mut lim = StreamLimiter::new(rate, channels, &settings.limiter, trim_db);
+    let mut out: Planes = vec![Vec::new(); channels];
+    let mut written = 0;
+    let mut emit = |out: &mut Planes, f: &mut OutputSink<'_>| -> Result<()> {
+        if out[0].is_empty() {
+            return Ok(());
+        }
+        f(written, &slices(out))?;
+        written += out[0].len();
+        out.iter_mut().for_each(Vec::clear);
+        Ok(())
+    };
+    render_pre(source, settings, Some(Quality::Oversampled), &mut |p, e| {
+        lim.process(p, e, &mut out);
+        emit(&mut out, f)
+    })?;
+    lim.finish(&mut out);
+    emit(&mut out, f)?;
+    Ok(lim.stats())
+}
+
+/// The true-peak limiter ([`crate::render::limiter::gain_curve`]) as a stream: the same four
+/// steps (required gain, sliding minimum over the look-ahead, release, moving average), each
+/// carried across chunks, so its gain is the whole-buffer gain sample for sample. The samples
+/// wait `look-ahead` frames for their gain; the output is `sample × (drive × gain) × trim`.
+pub struct StreamLimiter {
+    enabled: bool,
+    drive: f32,
+    trim: f32,
+    ceiling: f32,
+    look: usize,
+    release: f32,
+    /// (index, required gain) candidates for the sliding minimum.
+    deque: VecDeque<(usize, f32)>,
+    pushed: usize,
+    made: usize,
+    /// Released gain of the last `look` frames, by index modulo `look`.
+    ring: Vec<f32>,
+    r: f32,
+    sum: f64,
+    before: f64,
+    held: Planes,
+    gains: Vec<f32>,
+    stats: GainStats,
+}
+
+impl StreamLimiter {
+    /// A limiter for `s` at `rate`, driven by `s.drive_db`, its output scaled by `trim_db` (the
+    /// safety trim, ≤ 0).
+    pub fn new(rate: u32, channels: usize, s: &LimiterSettings, trim_db: f64) -> Self {
+        let look = ((s.lookahead_ms * 1e-3 * f64::from(rate)).round() as usize).max(1);
+        Self {
+            enabled: s.enabled,
+            drive: db_to_lin(s.drive_db) as f32,
+            trim: db_to_lin(trim_db) as f32,
+            ceiling: db_to_lin(s.ceiling_dbtp - CEILING_MARGIN_DB) as f32,
+            look,
+            release: (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(rate))).exp() as f32,
+            deque: VecDeque::with_capacity(look + 1),
+            pushed: 0,
+            made: 0,
+            ring: vec![1.0; look],
+            r: 1.0,
+            sum: 0.0,
+            before: 1.0,
+            held: vec![Vec::new(); channels],
+            gains: Vec::new(),
+            stats: GainStats::new(rate),
+        }
+    }
+
+    /// Limits `pre` (whose true-peak envelope, undriven, is `env`), appending what is ready.
+    pub fn process(&mut self, pre: &[&[f32]], env: &[f32], out: &mut Planes) {
+        if !self.enabled {
+            for (o, p) in out.iter_mut().zip(pre) {
+                o.extend(p.iter().map(|x| x * self.drive * self.trim));
+            }
+            env.iter().for_each(|_| self.stats.add(1.0));
+            return;
+        }
+        for (h, p) in self.held.iter_mut().zip(pre) {
+            h.extend_from_slice(p);
+        }
+        for &p in env {
+            let peak = p * self.drive;
+            let required = if peak > self.ceiling { self.ceiling / peak } else { 1.0 };
+            let j = self.pushed;
+            while self.deque.back().is_some_and(|&(_, v)| v >= required) {
+                self.deque.pop_back();
+            }
+            self.deque.push_back((j, required));
+            self.pushed += 1;
+            if self.pushed >= self.look {
+                self.produce();
+            }
+        }
+        self.apply(out);
+    }
+
+    /// Limits the held-back rest.
+    pub fn finish(&mut self, out: &mut Planes) {
+        if !self.enabled {
+            return;
+        }
+        while self.made < self.pushed {
+            self.produce();
+        }
+        self.apply(out);
+    }
+
+    /// Statistics of the gain so far (complete after [`Self::finish`]).
+    pub fn stats(&self) -> LimiterStats {
+        self.stats.stats()
+    }
+
+    /// The gain of frame `self.made`, whose look-ahead window is complete (or ends the signal).
+    fn produce(&mut self) {
+        let i = self.made;
+        while self.deque.front().is_some_and(|&(k, _)| k < i) {
+            self.deque.pop_front();
+        }
+        let minimum = self.deque.front().map_or(1.0, |&(_, v)| v);
+        self.r = if minimum < self.r { minimum } else { minimum + (self.r - minimum) * self.release };
+        let released = self.r;
+        if i == 0 {
+            self.before = f64::from(released);
+            self.sum = self.look as f64 * self.before;
+        }
+        self.sum += f64::from(released);
+        let slot = i % self.look;
+        self.sum -= if i >= self.look { f64::from(self.ring[slot]) } else { self.before };
+        self.ring[slot] = released;
+        let g = ((self.sum / self.look as f64) as f32).min(1.0);
+        self.gains.push(g);
+        self.stats.add(g);
+        self.made += 1;
+    }
+
+    fn apply(&mut self, out: &mut Planes) {
+        let k = self.gains.len();
+        for (o, h) in out.iter_mut().zip(self.held.iter_mut()) {
+            o.extend(h[..k].iter().zip(&self.gains).map(|(x, g)| x * (self.drive * g) * self.trim));
+            h.drain(..k);
+        }
+        self.gains.clear();
+    }
+}
+
+/// Gain-reduction statistics gathered as the gain streams past: the deepest reduction per
+/// 100 ms block, and a histogram (0.001 dB bins) of every 8th frame's reduction for the
+/// 99.9th percentile.
+struct GainStats {
+    block: usize,
+    in_block: usize,
+    block_min: f32,
+    series: Vec<f32>,
+    index: usize,
+    histogram: DbHistogram,
+}
+
+impl GainStats {
+    fn new(rate: u32) -> Self {
+        Self {
+            block: (rate / 10).max(1) as usize,
+            in_block: 0,
+            block_min: 1.0,
+            series: Vec::new(),
+            index: 0,
+            histogram: DbHistogram::new(0.0, 0.001, 120_000),
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, g: f32) {
+        self.block_min = self.block_min.min(g);
+        self.in_block += 1;
+        if self.in_block == self.block {
+            self.series.push(-20.0 * self.block_min.max(1e-6).log10());
+            self.in_block = 0;
+            self.block_min = 1.0;
+        }
+        if self.index % 8 == 0 {
+            self.histogram.add(-20.0 * f64::from(g.max(1e-6)).log10());
+        }
+        self.index += 1;
+    }
+
+    fn stats(&self) -> LimiterStats {
+        let mut series = self.series.clone();
+        if self.in_block > 0 {
+            series.push(-20.0 * self.block_min.max(1e-6).log10());
+        }
+        let max = series.iter().fold(0f32, |a, &b| a.max(b));
+        let loud = self.histogram.quantile(0.999);
+        LimiterStats {
+            max_gain_reduction_db: f64::from(max),
+            loud_gain_reduction_db: if loud.is_finite() { loud.max(0.0) } else { 0.0 },
+            gain_reduction_series_db: series,
+        }
+    }
+}
+
+/// A histogram of levels in dB with fixed bins, for quantiles of streams too long to sort.
+#[derive(Debug, Clone)]
+pub struct DbHistogram {
+    lo_db: f64,
+    step_db: f64,
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl DbHistogram {
+    /// `bins` bins of `step_db` from `lo_db`; values outside land in the end bins.
+    pub fn new(lo_db: f64, step_db: f64, bins: usize) -> Self {
+        Self { lo_db, step_db, counts: vec![0; bins.max(1)], total: 0 }
+    }
+
+    /// Counts one value (dB; −∞ counts in the lowest bin).
+    #[inline]
+    pub fn add(&mut self, db: f64) {
+        let k = ((db - self.lo_db) / self.step_db).floor();
+        let k = if k.is_nan() || k < 0.0 { 0 } else { (k as usize).min(self.counts.len() - 1) };
+        self.counts[k] += 1;
+        self.total += 1;
+    }
+
+    /// Number of values counted.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The level (dB, the centre of its bin) under which a fraction `q` of the values lie: the
+    /// value a sort would put at index `floor(count × q)`; −∞ when empty.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.total == 0 {
+            return f64::NEG_INFINITY;
+        }
+        let idx = ((self.total as f64 * q) as u64).min(self.total - 1);
+        let mut seen = 0;
+        for (k, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > idx {
+                return self.lo_db + (k as f64 + 0.5) * self.step_db;
+            }
+        }
+        self.lo_db + self.counts.len() as f64 * self.step_db
+    }
+}
+
+/// The 99.9th-percentile level of a true-peak envelope, streamed: maxima of blocks of 8 frames
+/// (counted from the first frame) into a 0.01 dB histogram. Matches
+/// [`crate::dsp::truepeak::envelope_quantile_db`] to within half a bin.
+pub struct EnvelopeQuantile {
+    histogram: DbHistogram,
+    block_max: f32,
+    in_block: usize,
+}
+
+impl Default for EnvelopeQuantile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EnvelopeQuantile {
+    /// An empty accumulator.
+    pub fn new() -> Self {
+        Self { histogram: DbHistogram::new(-200.0, 0.01, 26_000), block_max: 0.0, in_block: 0 }
+    }
+
+    /// Adds envelope values.
+    pub fn push(&mut self, env: &[f32]) {
+        for &e in env {
+            self.block_max = self.block_max.max(e);
+            self.in_block += 1;
+            if self.in_block == 8 {
+                self.histogram.add(20.0 * f64::from(self.block_max.max(1e-10)).log10());
+                self.block_max = 0.0;
+                self.in_block = 0;
+            }
+        }
+    }
+
+    /// The level (dB) that the loudest `1 − q` of the envelope's blocks exceed.
+    pub fn quantile_db(&self, q: f64) -> f64 {
+        let mut h = self.histogram.clone();
+        if self.in_block > 0 {
+            h.add(20.0 * f64::from(self.block_max.max(1e-10)).log10());
+        }
+        h.quantile(q)
+    }
+}
+
+/// The true peak of a stream as the safety trim judges it: the BS.1770 meter (the `ebur128`
+/// crate, as independent tools measure) and a closer 8× meter
+/// ([`crate::dsp::truepeak::precise_true_peak`]'s filter) on the stretches where a sample exceeds
+/// `floor_dbfs`, whichever reads higher.
+pub struct TruePeakMeter {
+    bs1770: Option<ebur128::EbuR128>,
+    channels: usize,
+    os: Oversampler,
+    floor: f32,
+    windowed: Windowed,
+    peak: f32,
+    scratch: Vec<f32>,
+}
+
+impl TruePeakMeter {
+    /// A meter for `channels` at `rate`; the 8× meter looks only where samples exceed
+    /// `floor_dbfs`.
+    pub fn new(rate: u32, channels: usize, floor_dbfs: f64) -> Self {
+        let os = Oversampler::design(0.46, 0.54, 60.0);
+        let halo = os.reach() + 2;
+        Self {
+            bs1770: ebur128::EbuR128::new(channels.max(1) as u32, rate, ebur128::Mode::TRUE_PEAK).ok(),
+            channels,
+            os,
+            floor: db_to_lin(floor_dbfs) as f32,
+            windowed: Windowed::new(channels, halo),
+            peak: 0.0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Measures a chunk.
+    pub fn push(&mut self, chunk: &[&[f32]]) {
+        if chunk.first().is_none_or(|c| c.is_empty()) {
+            return;
+        }
+        if let Some(m) = self.bs1770.as_mut() {
+            let _ = m.add_frames_planar_f32(chunk);
+        }
+        let (os, floor, peak, scratch) = (&self.os, self.floor, &mut self.peak, &mut self.scratch);
+        self.windowed.push(chunk, &mut |w, off, len| precise_window(w, off, len, os, floor, peak, scratch));
+    }
+
+    /// The true peak of everything pushed, dBTP.
+    pub fn true_peak_dbtp(mut self) -> f64 {
+        let (os, floor, peak, scratch) = (&self.os, self.floor, &mut self.peak, &mut self.scratch);
+        self.windowed.finish(&mut |w, off, len| precise_window(w, off, len, os, floor, peak, scratch));
+        let mut tp = f64::from(self.peak);
+        if let Some(m) = self.bs1770.as_ref() {
+            for c in 0..self.channels {
+                if let Ok(p) = m.true_peak(c as u32) {
+                    tp = tp.max(p);
+                }
+            }
+        }
+        20.0 * tp.log10()
+    }
+}
+
+fn precise_window(
+    window: &[&[f32]],
+    off: usize,
+    len: usize,
+    os: &Oversampler,
+    floor: f32,
+    peak: &mut f32,
+    scratch: &mut Vec<f32>,
+) {
+    for ch in window {
+        for i in off..off + len {
+            let x = ch[i].abs();
+            *peak = peak.max(x);
+            if i + 1 < ch.len() && (x > floor || ch[i + 1].abs() > floor) {
+                *peak = peak.max(os.between_peak(ch, i, scratch));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::limiter::gain_curve;
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+                // A loud burst every so often, so the limiter has work.
+                u * if (i / 3000) % 5 == 0 { 3.0 } else { 0.6 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_streamed_limiter_gain_is_the_whole_buffer_gain_whatever_the_chunking() {
+        let x = noise(70_001, 1);
+        let env: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let s = LimiterSettings {
+            enabled: true,
+            drive_db: 6.0,
+            ceiling_dbtp: -1.0,
+            lookahead_ms: 5.0,
+            release_ms: 80.0,
+            target_lufs: -10.0,
+        };
+        let whole = gain_curve(&env, db_to_lin(6.0) as f32, 44_100, &s);
+        let want: Vec<f32> = x.iter().zip(&whole).map(|(x, g)| x * (db_to_lin(6.0) as f32 * g)).collect();
+        for chunk in [1usize, 97, 4096, 70_001] {
+            let mut lim = StreamLimiter::new(44_100, 1, &s, 0.0);
+            let mut out = vec![Vec::new()];
+            for (c, e) in x.chunks(chunk).zip(env.chunks(chunk)) {
+                lim.process(&[c], e, &mut out);
+            }
+            lim.finish(&mut out);
+            assert_eq!(out[0], want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn the_streamed_envelope_and_fir_match_the_whole_buffer_versions() {
+        let x = noise(100_003, 2);
+        let y = noise(100_003, 3);
+        let whole = peak_envelope(&[&x, &y]);
+        let mut stage = EnvelopeStage::new(2);
+        let (mut out, mut env) = (vec![Vec::new(), Vec::new()], Vec::new());
+        for (a, b) in x.chunks(5000).zip(y.chunks(5000)) {
+            stage.process(&[a, b], &mut out, &mut env);
+        }
+        stage.finish(&mut out, &mut env);
+        assert_eq!(env, whole);
+        assert_eq!(out[0], x);
+
+        let taps = design(fir_len(44_100), 44_100, |f| if f < 1000.0 { 6.0 } else { -3.0 });
+        let want = crate::dsp::fir::FirConvolver::new(&taps).convolve_aligned(&x, taps.len() / 2);
+        for chunk in [333usize, 100_003] {
+            let mut conv = StreamConvolver::new(&taps, taps.len() / 2);
+            let mut got = Vec::new();
+            for c in x.chunks(chunk) {
+                conv.process(c, &mut got);
+            }
+            conv.finish(&mut got);
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn histogram_quantiles_land_in_the_right_bin() {
+        let mut h = DbHistogram::new(0.0, 0.01, 1000);
+        for k in 0..1000 {
+            h.add(f64::from(k) * 0.005);
+        }
+        assert!((h.quantile(0.5) - 2.5).abs() <= 0.01);
+        assert!((h.quantile(0.999) - 4.995).abs() <= 0.01);
+    }
+}
