@@ -9,9 +9,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use refmaster::analysis::analyze;
 use refmaster::decode::decode_file;
-use refmaster::master::{master_stream, CollectSink, MasterOptions};
+use refmaster::master::{master_stream, CollectSink, MasterOptions, DEFAULT_MEMORY_BUDGET_BYTES};
 use refmaster::solve::{solve, SolveOptions};
-use refmaster::source::{open_mix, profile_file, MIX_MEMORY_BUDGET_BYTES};
+use refmaster::source::{open_mix, profile_file};
 
 fn looped(src: &str, name: &str, codec: &[&str]) -> PathBuf {
     let dir = std::env::temp_dir().join("refmaster-bench");
@@ -60,7 +60,7 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| {
             let (loaded, rp) = std::thread::scope(|s| {
                 let r = s.spawn(|| profile_file(&ref_path).expect("reference"));
-                let m = open_mix(&mix_path, MIX_MEMORY_BUDGET_BYTES).expect("mix");
+                let m = open_mix(&mix_path, DEFAULT_MEMORY_BUDGET_BYTES / 2).expect("mix");
                 (m, r.join().expect("reference thread"))
             });
             let (source, mp, _) = loaded;

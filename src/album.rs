@@ -168,9 +168,9 @@ fn master_one(
     job: &AlbumJob<'_>,
 ) -> Result<TrackStatus> {
     // Songs master in parallel: each keeps its samples only within its share of the memory budget.
-    let share = crate::source::MIX_MEMORY_BUDGET_BYTES / job.threads.max(1);
-    let (source, _, _) = crate::source::open_mix(mix, share)?;
     let mut opts = job.options.clone();
+    opts.memory_budget_bytes /= job.threads.max(1);
+    let (source, _, _) = crate::source::open_mix(mix, opts.memory_budget_bytes / 2)?;
     opts.solve.target_lufs = Some(target_lufs);
     let m = master_to_file(&source, profile, job.reference, &opts, output, job.bits, &|_| {})?;
     Ok(TrackStatus::Done {

@@ -15,7 +15,7 @@ use refmaster::platform::Platform;
 use refmaster::report_html::WaveformMeter;
 use refmaster::settings::Settings;
 use refmaster::solve::{average_profiles, SolveOptions};
-use refmaster::source::{open_mix, profile_file, read_range, FrameSource, Mix, MIX_MEMORY_BUDGET_BYTES};
+use refmaster::source::{open_mix, profile_file, read_range, FrameSource, Mix};
 use refmaster::{render, report, AudioBuffer};
 
 /// Automatic reference-matching mastering: `refmaster mix.wav --ref favourite.flac`.
@@ -108,6 +108,11 @@ struct AlbumArgs {
     /// Output format: 16, 24 (TPDF dither) or 32f.
     #[arg(long, default_value = "24")]
     bits: BitDepth,
+    /// Most decoded and rendered audio refmaster keeps in memory, MiB: a mix that does not fit
+    /// half of it is decoded again for every pass, and a rendered signal that does not fit the
+    /// rest is rendered again for every read (slower, same master).
+    #[arg(long = "memory-budget", default_value_t = refmaster::master::DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_name = "MIB")]
+    memory_budget_mb: usize,
     /// Songs mastered at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -145,6 +150,11 @@ struct ApplyArgs {
     /// Output format: 16, 24 (TPDF dither) or 32f.
     #[arg(long, default_value = "24")]
     bits: BitDepth,
+    /// Most decoded and rendered audio refmaster keeps in memory, MiB: a mix that does not fit
+    /// half of it is decoded again for every pass, and a rendered signal that does not fit the
+    /// rest is rendered again for every read (slower, same master).
+    #[arg(long = "memory-budget", default_value_t = refmaster::master::DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_name = "MIB")]
+    memory_budget_mb: usize,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -238,6 +248,11 @@ struct MasterArgs {
     /// if the master comes out flattened.
     #[arg(long)]
     allow_crush: bool,
+    /// Most decoded and rendered audio refmaster keeps in memory, MiB: a mix that does not fit
+    /// half of it is decoded again for every pass, and a rendered signal that does not fit the
+    /// rest is rendered again for every read (slower, same master).
+    #[arg(long = "memory-budget", default_value_t = refmaster::master::DEFAULT_MEMORY_BUDGET_BYTES >> 20, value_name = "MIB")]
+    memory_budget_mb: usize,
     /// Deepest limiting allowed, dB of gain reduction at the 99.9th percentile; a louder target
     /// is reported unreachable instead of crushed.
     #[arg(long, default_value_t = refmaster::master::MAX_LIMITING_DB)]
@@ -327,9 +342,9 @@ fn say(pb: &Option<ProgressBar>, msg: &str) {
 }
 
 /// Decodes and analyses a mix in one read, keeping its samples when they fit the memory budget.
-fn load(path: &Path, pb: &Option<ProgressBar>) -> Result<(Mix, Profile)> {
+fn load(path: &Path, keep_bytes: usize, pb: &Option<ProgressBar>) -> Result<(Mix, Profile)> {
     say(pb, &format!("decoding and analysing {}", path.display()));
-    let (mix, profile, _) = open_mix(path, MIX_MEMORY_BUDGET_BYTES)?;
+    let (mix, profile, _) = open_mix(path, keep_bytes)?;
     Ok((mix, profile))
 }
 
@@ -387,7 +402,7 @@ fn run_apply(a: &ApplyArgs) -> Result<()> {
     let pb = spinner(a.quiet);
     stages(&pb, 2);
     say(&pb, "decoding");
-    let (mix, _, _) = open_mix(&a.mix, MIX_MEMORY_BUDGET_BYTES)?;
+    let (mix, _, _) = open_mix(&a.mix, (a.memory_budget_mb << 20) / 2)?;
     render::check_channel_count(mix.channel_count()).with_context(|| a.mix.display().to_string())?;
     say(&pb, "rendering");
     write_wav_stream(&a.output, mix.sample_rate_hz(), mix.channel_count(), a.bits, |w| {
@@ -437,7 +452,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
     // independent; on two cores this nearly halves the time before solving).
     let (loaded_mix, loaded_refs) = std::thread::scope(|scope| {
         let refs = scope.spawn(|| a.references.iter().map(|r| load_reference(r, &pb)).collect::<Result<Vec<_>>>());
-        let mix = load(mix_path, &pb);
+        let mix = load(mix_path, (a.memory_budget_mb << 20) / 2, &pb);
         (mix, refs.join())
     });
     let (mix, mix_profile) = loaded_mix?;
@@ -470,6 +485,7 @@ fn run_master(a: &MasterArgs) -> Result<()> {
         saturation: !a.no_saturation,
         min_plr_db: a.min_plr.clamp(0.0, 30.0),
         allow_crush: a.allow_crush,
+        memory_budget_bytes: a.memory_budget_mb << 20,
     };
     if !(-20.0..=0.0).contains(&ceiling) {
         bail!("--ceiling {ceiling} is outside -20..0 dBTP");
@@ -530,7 +546,20 @@ fn run_master(a: &MasterArgs) -> Result<()> {
     }
     write_extra_outputs(a, &out, &mix, &mix_profile, &target, &mastered, extras)?;
     write_exports(a, exports.as_deref(), &mastered.settings, &out)?;
+    if std::env::var_os("REFMASTER_TIMING").is_some() {
+        if let Some(kib) = peak_memory_kib() {
+            say(&None, &format!("done; peak memory {kib} KiB"));
+        }
+    }
     Ok(())
+}
+
+/// This process's peak resident memory, KiB (Linux: `VmHWM` in /proc/self/status), for
+/// `REFMASTER_TIMING` and the memory tests.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Slices in the report's waveform overviews.
@@ -721,6 +750,7 @@ fn run_album(a: &AlbumArgs, batch: bool) -> Result<()> {
     let reference = average_profiles(&refs).context("no reference profile")?;
     let options = MasterOptions {
         solve: SolveOptions { ceiling_dbtp: a.ceiling, target_lufs: a.lufs, ..SolveOptions::default() },
+        memory_budget_bytes: a.memory_budget_mb << 20,
         ..MasterOptions::default()
     };
     let policy = if batch || a.independent { LoudnessPolicy::Independent } else { LoudnessPolicy::Album };

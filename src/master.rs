@@ -63,6 +63,10 @@ pub struct MasterOptions {
     pub min_plr_db: f64,
     /// Lift the guard and the limiting depth (`--allow-crush`).
     pub allow_crush: bool,
+    /// Bytes of decoded and rendered audio the loop may keep in memory, counting the mix's own
+    /// samples when its source holds them ([`FrameSource::resident_bytes`]); what does not fit
+    /// is rendered again from the mix for every read (`--memory-budget`).
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for MasterOptions {
@@ -74,6 +78,7 @@ impl Default for MasterOptions {
             saturation: true,
             min_plr_db: MIN_PLR_DB,
             allow_crush: false,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
         }
     }
 }
@@ -89,10 +94,11 @@ impl MasterOptions {
     }
 }
 
-/// Bytes the loop may keep in memory between its reads of the rendered signal: the signal
-/// entering the limiter and its true-peak envelope are kept when they fit, and rendered again
-/// from the mix for every read when they do not (a long mix then costs time, not memory).
-pub const CACHE_BUDGET_BYTES: usize = 640 << 20;
+/// Default for [`MasterOptions::memory_budget_bytes`]: 640 MiB. Half of it may hold the mix's
+/// samples ([`crate::source::open_mix`]); the signal entering the limiter and its true-peak
+/// envelope are kept between reads when they fit in what is left, and rendered again from the
+/// mix for every read when they do not (a long mix then costs time, not memory).
+pub const DEFAULT_MEMORY_BUDGET_BYTES: usize = 640 << 20;
 
 /// What [`master_stream`] decided and measured.
 #[derive(Debug, Clone)]
@@ -254,7 +260,8 @@ pub fn master_stream(
         && settings.limiter.target_lufs.is_finite()
         && mix_profile.loudness.plr_db - target_plr > LIMITER_SHARE_DB;
     let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
-    let cache = frames.saturating_mul(channels + 1).saturating_mul(4) <= CACHE_BUDGET_BYTES;
+    let cache = frames.saturating_mul(channels + 1).saturating_mul(4)
+        <= opts.memory_budget_bytes.saturating_sub(source.resident_bytes());
     let mut sat_stats: SaturationStats;
     // (peaks into the clipper, limiter gain reduction) of each pass so far, dB.
     let mut work: Vec<(f64, f64)> = Vec::new();
@@ -411,7 +418,7 @@ pub fn loudness_guard(settings: &mut Settings, mix_plr_db: f64, opts: &MasterOpt
 }
 
 /// The signal entering the limiter in one pass (after EQ, compression and saturation) with its
-/// true-peak envelope: kept in memory when it fits [`CACHE_BUDGET_BYTES`], else rendered again
+/// true-peak envelope: kept in memory when it fits the memory budget, else rendered again
 /// from the mix each time it is read.
 enum Pre<'a> {
     Cached { pre: Planes, env: Vec<f32> },

@@ -23,9 +23,17 @@ pub trait FrameSource: Sync {
     /// Calls `f` with consecutive planar chunks (one slice per channel) from the first frame to
     /// the last.
     fn stream(&self, f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()>;
+    /// Bytes of samples this source holds in memory (0 for one that decodes its file again).
+    fn resident_bytes(&self) -> usize {
+        0
+    }
 }
 
 impl FrameSource for AudioBuffer {
+    fn resident_bytes(&self) -> usize {
+        self.channels.iter().map(|c| c.len() * 4).sum()
+    }
+
     fn sample_rate_hz(&self) -> u32 {
         self.sample_rate_hz
     }
@@ -108,6 +116,13 @@ pub enum Mix {
 }
 
 impl FrameSource for Mix {
+    fn resident_bytes(&self) -> usize {
+        match self {
+            Mix::Memory(a) => a.resident_bytes(),
+            Mix::File(_) => 0,
+        }
+    }
+
     fn sample_rate_hz(&self) -> u32 {
         match self {
             Mix::Memory(a) => a.sample_rate_hz,
@@ -136,10 +151,6 @@ impl FrameSource for Mix {
         }
     }
 }
-
-/// Bytes of decoded samples a mix may keep in memory (beyond this it is read from its file again
-/// for every pass): 512 MiB, 25 minutes of 44.1 kHz stereo.
-pub const MIX_MEMORY_BUDGET_BYTES: usize = 512 << 20;
 
 /// Decodes and analyses the file at `path` in one read, keeping its samples when they fit
 /// `keep_bytes` (0: never). Returns the mix, its profile and what the decoder learned.

@@ -1,0 +1,125 @@
+//! The mastering loop as a stream: where the mix's samples live (memory or its file, decoded
+//! again for every pass) and whether the rendered signal is kept between reads or rendered again
+//! change the memory used, never the master; and memory does not grow with the mix's length.
+
+mod common;
+
+use std::path::Path;
+
+use common::{kellet_pink, temp_dir, write_wav_i16, Rng};
+use refmaster::analysis::analyze;
+use refmaster::master::{master_stream, CollectSink, MasterOptions};
+use refmaster::source::{open_mix, Mix};
+use refmaster::AudioBuffer;
+
+const RATE: u32 = 44_100;
+
+/// A dynamic stereo "song": pink noise with a kick-like envelope, panned differently per channel,
+/// and a quiet bridge, so the loop compresses, saturates and limits.
+fn song(seconds: f64, seed: u64) -> Vec<Vec<f32>> {
+    let n = (seconds * f64::from(RATE)) as usize;
+    let base_l = kellet_pink(seed, n, -20.0);
+    let base_r = kellet_pink(seed + 1, n, -20.0);
+    let mut rng = Rng::new(seed + 2);
+    let beat = (0.5 * f64::from(RATE)) as usize;
+    let accent: Vec<f32> = (0..n / beat + 1).map(|_| (1.0 + 2.5 * rng.unit()) as f32).collect();
+    let shape = |i: usize| {
+        let t = (i % beat) as f32 / beat as f32;
+        let kick = accent[i / beat] * (-t * 12.0).exp();
+        let bridge = if (i / RATE as usize) % 40 >= 30 { 0.3 } else { 1.0 };
+        (0.4 + kick) * bridge
+    };
+    let l = base_l.iter().enumerate().map(|(i, x)| x * shape(i)).collect();
+    let r = base_r.iter().enumerate().map(|(i, x)| 0.7 * x * shape(i)).collect();
+    vec![l, r]
+}
+
+fn master_of(source: &Mix, mix_profile: &refmaster::analysis::Profile, opts: &MasterOptions) -> AudioBuffer {
+    let target = {
+        // A denser, brighter reference: the loop EQs, compresses, saturates and limits.
+        let mut t = song(20.0, 99);
+        for c in t.iter_mut() {
+            let mut prev = 0f32;
+            for x in c.iter_mut() {
+                let y = *x - 0.6 * prev;
+                prev = *x;
+                *x = (y * 2.5).clamp(-0.95, 0.95);
+            }
+        }
+        analyze(&AudioBuffer { sample_rate_hz: RATE, channels: t }, "reference", false)
+    };
+    let mut sink = CollectSink::default();
+    master_stream(source, mix_profile, &target, opts, &|_| {}, &mut sink).expect("masters");
+    sink.audio.expect("the master was written")
+}
+
+#[test]
+fn a_mix_read_again_from_its_file_masters_to_the_same_bits_as_one_held_in_memory() {
+    let dir = temp_dir();
+    let path = dir.path().join("mix.wav");
+    write_wav_i16(&path, RATE, &song(25.0, 1));
+    let (in_memory, profile_a, _) = open_mix(&path, usize::MAX).expect("opens");
+    let (from_file, profile_b, _) = open_mix(&path, 0).expect("opens");
+    assert!(matches!(in_memory, Mix::Memory(_)) && matches!(from_file, Mix::File(_)));
+    assert_eq!(profile_a, profile_b, "the profile does not depend on keeping the samples");
+    let opts = MasterOptions::default();
+    let a = master_of(&in_memory, &profile_a, &opts);
+    let b = master_of(&from_file, &profile_b, &opts);
+    assert_eq!(a.frames(), 25 * RATE as usize);
+    assert!(a == b, "the master differs when the mix is decoded again for every pass");
+}
+
+#[test]
+fn rendering_again_for_every_read_gives_the_master_that_keeping_the_render_gives() {
+    let dir = temp_dir();
+    let path = dir.path().join("mix.wav");
+    write_wav_i16(&path, RATE, &song(25.0, 3));
+    let (mix, profile, _) = open_mix(&path, usize::MAX).expect("opens");
+    let kept = master_of(&mix, &profile, &MasterOptions::default());
+    let rendered_again =
+        master_of(&mix, &profile, &MasterOptions { memory_budget_bytes: 0, ..MasterOptions::default() });
+    assert!(kept == rendered_again, "the master differs when the render is not kept between reads");
+}
+
+/// Peak resident memory (KiB) of `refmaster MIX --ref REF -o OUT --memory-budget 0`, as the
+/// process itself reports it (`REFMASTER_TIMING`: VmHWM, which starts afresh at exec; a parent's
+/// rusage would count the test process's own pages that the child shared before exec).
+fn peak_rss_kib(mix: &Path, reference: &Path, out: &Path) -> i64 {
+    let o = common::refmaster()
+        .env("REFMASTER_TIMING", "1")
+        .arg(mix)
+        .arg("--ref")
+        .arg(reference)
+        .arg("-o")
+        .arg(out)
+        .args(["--memory-budget", "0", "--quiet"])
+        .output()
+        .expect("refmaster runs");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "refmaster failed on {}: {stderr}", mix.display());
+    let line =
+        stderr.lines().find(|l| l.contains("peak memory")).unwrap_or_else(|| panic!("no peak memory line:\n{stderr}"));
+    line.split_whitespace().rev().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("unreadable: {line}"))
+}
+
+#[test]
+fn with_no_memory_budget_peak_memory_does_not_grow_with_the_mix_length() {
+    let dir = temp_dir();
+    let reference = dir.path().join("ref.wav");
+    write_wav_i16(&reference, RATE, &song(30.0, 7));
+    let (short, long) = (dir.path().join("short.wav"), dir.path().join("long.wav"));
+    write_wav_i16(&short, RATE, &song(60.0, 5));
+    write_wav_i16(&long, RATE, &song(240.0, 5));
+    let rss_short = peak_rss_kib(&short, &reference, &dir.path().join("a.wav"));
+    let rss_long = peak_rss_kib(&long, &reference, &dir.path().join("b.wav"));
+    // Three more minutes of decoded stereo f32 is 62 MiB; holding the song (or any whole-length
+    // copy of it) would grow by at least that. Per-block figures (analysis envelopes, the
+    // decimated envelope the drive search aims on) may grow by a fraction of it.
+    let copy_kib = (180 * RATE as i64 * 2 * 4) / 1024;
+    let growth = rss_long - rss_short;
+    eprintln!("peak RSS with --memory-budget 0: 1 min {rss_short} KiB, 4 min {rss_long} KiB");
+    assert!(
+        growth < copy_kib / 3,
+        "peak RSS grew by {growth} KiB from 1 to 4 minutes (one decoded copy of the extra 3 minutes is {copy_kib} KiB); short {rss_short} KiB, long {rss_long} KiB"
+    );
+}
