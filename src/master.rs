@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::render::limiter::{gain_curve, LimiterStats, CEILING_MARGIN_DB};
 use crate::render::saturation::{Quality, SaturationStats};
 use crate::render::stream::{
-    render_pre, slices, EnvelopeQuantile, EnvelopeStage, Planes, PreSink, StreamLimiter, TruePeakMeter,
+    render_pre, slices, DbHistogram, EnvelopeQuantile, EnvelopeStage, Planes, PreSink, StreamLimiter, TruePeakMeter,
 };
 use crate::settings::Settings;
 use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
@@ -286,6 +286,10 @@ pub fn master_stream(
         sat_stats = prepared.saturation.clone();
         let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
         let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, &mut bias, !last)?;
+        // The estimate of what the limiter alone would do anchors the plan's trade curve.
+        if let Some(l) = prepared.limiting_estimate.filter(|l| l.is_finite()) {
+            work.push((0.0, l));
+        }
         work.push((
             if settings.saturation.enabled { sat_stats.peak_drive_db.max(0.0) } else { 0.0 },
             search.stats.loud_gain_reduction_db,
@@ -458,6 +462,8 @@ struct Prepared<'a> {
     channels: usize,
     frames: usize,
     saturation: SaturationStats,
+    /// First pass with saturation: the limiter's estimated depth without it, dB.
+    limiting_estimate: Option<f64>,
 }
 
 /// Most frames of the decimated estimate signals (4 Mi: 16 MB each).
@@ -465,6 +471,8 @@ const ESTIMATE_FRAMES: usize = 1 << 22;
 
 /// Gathers a [`Prepared`]'s measurements from chunks of the signal and its envelope.
 struct Measure {
+    /// Whether to keep the decimated signals (the loudness search's estimate needs them).
+    decimate: bool,
     decimation: usize,
     env_d: Vec<f32>,
     energy_d: Vec<f32>,
@@ -484,9 +492,10 @@ impl Measure {
             decimation *= 2;
         }
         Self {
+            decimate: true,
             decimation,
-            env_d: Vec::with_capacity(frames / decimation + 1),
-            energy_d: Vec::with_capacity(frames / decimation + 1),
+            env_d: Vec::new(),
+            energy_d: Vec::new(),
             block_max: 0.0,
             block_sum: 0.0,
             in_block: 0,
@@ -500,6 +509,9 @@ impl Measure {
     fn push(&mut self, pre: &[&[f32]], env: &[f32]) {
         self.quantile.push(env);
         self.kmeter.push(pre);
+        if !self.decimate {
+            return;
+        }
         let mut energy = std::mem::take(&mut self.energy);
         self.k.energy(pre, &mut energy);
         for (&e, &k) in env.iter().zip(&energy) {
@@ -577,21 +589,27 @@ fn prepare<'a>(
         })
     };
     let mut sat_stats = SaturationStats::default();
+    let mut limiting_estimate = None;
     let mut unsaturated: Option<(Planes, Vec<f32>)> = None;
     if let Some((work, cap)) = saturation {
         // Measure what enters the saturator (kept, when it fits, to saturate without rendering
         // the EQ and compressor again).
-        let mut q = EnvelopeQuantile::new();
-        let mut kmeter = KMeter::new(rate, channels);
+        let mut m0 = Measure::new(rate, channels, frames);
+        // The first pass estimates the limiter's work from the decimated signal; later passes
+        // have measured it.
+        m0.decimate = work.is_empty();
         let mut store = new_store();
         render_pre(source, settings, None, &mut |p, e| {
-            q.push(e);
-            kmeter.push(p);
+            m0.push(p, e);
             keep(&mut store, p, e);
             Ok(())
         })?;
-        let loud_db = q.quantile_db(0.999);
-        plan_saturation(loud_db, kmeter.integrated_lufs(), settings, work, cap);
+        m0.flush();
+        let loud_db = m0.quantile.quantile_db(0.999);
+        let base = m0.kmeter.integrated_lufs();
+        let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, rate, &settings.limiter, base));
+        plan_saturation(loud_db, first_limiting, settings, work, cap);
+        limiting_estimate = first_limiting;
         if settings.saturation.enabled {
             sat_stats.peak_drive_db = loud_db + settings.saturation.drive_db - settings.limiter.ceiling_dbtp;
         }
@@ -685,33 +703,83 @@ fn prepare<'a>(
         channels,
         frames,
         saturation: sat_stats,
+        limiting_estimate,
     })
 }
 
+/// The loudness the limiter's output would have at `drive_db`, estimated on decimated signals:
+/// the K-weighted energy times the limiter's gain (computed on the decimated envelope) squared.
+/// Returns it with that gain.
+fn estimate_lufs(
+    env_d: &[f32],
+    energy_d: &[f32],
+    rate_d: u32,
+    limiter: &crate::settings::LimiterSettings,
+    drive_db: f64,
+) -> (f64, Vec<f32>) {
+    let gain = gain_curve(env_d, db_to_lin(drive_db) as f32, rate_d, limiter);
+    let g2 = db_to_lin(2.0 * drive_db) as f32;
+    (gated_loudness(&block_energies(energy_d, rate_d, |i| gain[i] * gain[i] * g2)), gain)
+}
+
+/// The limiter's gain reduction (99.9th percentile, dB) at the drive that would reach the
+/// target without a saturator, estimated on the decimated signal `m` (loudness `base_lufs`).
+fn estimated_limiting_db(m: &Measure, rate: u32, limiter: &crate::settings::LimiterSettings, base_lufs: f64) -> f64 {
+    let target = limiter.target_lufs;
+    if !base_lufs.is_finite() || !target.is_finite() || m.env_d.is_empty() {
+        return f64::NAN;
+    }
+    let rate_d = (rate / m.decimation as u32).max(1);
+    let estimate = |d: f64| estimate_lufs(&m.env_d, &m.energy_d, rate_d, limiter, d).0;
+    let drive = secant(&estimate, target, (target - base_lufs).clamp(-60.0, 36.0), -60.0, 36.0);
+    let (_, gain) = estimate_lufs(&m.env_d, &m.energy_d, rate_d, limiter, drive);
+    let mut reduction = DbHistogram::new(0.0, 0.001, 120_000);
+    for g in &gain {
+        reduction.add(-20.0 * f64::from(g.max(1e-6)).log10());
+    }
+    reduction.quantile(0.999)
+}
+
 /// Decides the saturator's drive for the signal entering it (after EQ and compression; its
-/// envelope's 99.9th-percentile level `loud_db` and its integrated loudness `base_lufs`): the
-/// limiter keeps up to [`LIMITER_SHARE_DB`] of gain reduction at the 99.9th percentile and the
-/// saturator takes the rest, up to `cap_db` ([`MAX_SATURATION_DB`], or
-/// [`CRUSH_MAX_SATURATION_DB`] with `--allow-crush`). On the first pass the limiter's work is
-/// estimated from the unlimited loudness (a lower bound: limiting costs some loudness); the
-/// second moves the first pass's depth into the clipper by what the limiter did beyond its share;
-/// later ones interpolate between the last two passes (`work`: peaks into the clipper and
-/// limiter gain reduction of each pass, dB), since the clipper buys loudness more cheaply than
-/// the limiter and one dB in the clipper saves more than one in the limiter.
-fn plan_saturation(loud_db: f64, base_lufs: f64, settings: &mut Settings, work: &[(f64, f64)], cap_db: f64) {
+/// envelope's 99.9th-percentile level is `loud_db`): the limiter keeps up to
+/// [`LIMITER_SHARE_DB`] of gain reduction at the 99.9th percentile and the saturator takes the
+/// rest, up to `cap_db` ([`MAX_SATURATION_DB`], or [`CRUSH_MAX_SATURATION_DB`] with
+/// `--allow-crush`). `work` holds (peaks into the clipper, limiter gain reduction) of the passes
+/// so far, dB, anchored by the first pass's estimate of the limiter alone (`first_limiting_db`,
+/// from [`estimated_limiting_db`]: clipper depth 0). The trade is far from one for one and
+/// flattens as the clipper takes over (on quite_roundtrip: 5.4 dB of limiting with no clipping,
+/// 1.5 dB at 1.4 dB into the clipper), so the depth is interpolated between the passes that
+/// bracket the limiter's share, and only stepped (secant, else one for one) while none does.
+fn plan_saturation(
+    loud_db: f64,
+    first_limiting_db: Option<f64>,
+    settings: &mut Settings,
+    work: &[(f64, f64)],
+    cap_db: f64,
+) {
     let l = &settings.limiter;
-    let into_clipper = match work {
+    // Passes whose limiter worked at least its share, and passes whose limiter worked at most
+    // its share: the depth wanted lies between the deepest of the first and the shallowest of
+    // the second, where the trade (limiter depth against clipper depth) is read off directly.
+    // The trade is far from one for one and flattens as the clipper takes over, so stepping by
+    // it from one side (or by a secant through two points on the same side) can overshoot.
+    let over = work.iter().filter(|(_, l)| *l >= LIMITER_SHARE_DB).max_by(|a, b| a.0.total_cmp(&b.0));
+    let under = work.iter().filter(|(_, l)| *l <= LIMITER_SHARE_DB).min_by(|a, b| a.0.total_cmp(&b.0));
+    let into_clipper = match (over, under, work) {
+        (Some(&(i0, l0)), Some(&(i1, l1)), _) if i1 > i0 && l0 > l1 => {
+            i0 + (l0 - LIMITER_SHARE_DB) * (i1 - i0) / (l0 - l1)
+        }
+        (Some(&(i0, _)), Some(&(i1, _)), _) => 0.5 * (i0 + i1),
         // Secant only where the two passes show the expected trade (more clipper, less limiter,
         // at a plausible rate); the intermediate passes' numbers are rough, and a secant
         // through noise can throw the plan anywhere.
-        [.., (i0, l0), (i1, l1)] if (i1 - i0).abs() > 0.1 && (-4.0..=-0.25).contains(&((l1 - l0) / (i1 - i0))) => {
+        (_, _, [.., (i0, l0), (i1, l1)])
+            if (i1 - i0).abs() > 0.1 && (-4.0..=-0.25).contains(&((l1 - l0) / (i1 - i0))) =>
+        {
             i1 + (LIMITER_SHARE_DB - l1) * (i1 - i0) / (l1 - l0)
         }
-        [.., (into, limiter_db)] => into + limiter_db - LIMITER_SHARE_DB,
-        [] => {
-            let limiting_db = l.target_lufs - base_lufs + loud_db - (l.ceiling_dbtp - CEILING_MARGIN_DB);
-            limiting_db - LIMITER_SHARE_DB
-        }
+        (_, _, [.., (into, limiter_db)]) => into + limiter_db - LIMITER_SHARE_DB,
+        (_, _, []) => first_limiting_db.unwrap_or(f64::NAN) - LIMITER_SHARE_DB,
     };
     let s = &mut settings.saturation;
     if !into_clipper.is_finite() || !loud_db.is_finite() || into_clipper <= 0.05 {
@@ -847,11 +915,7 @@ fn loudness_loop(
     let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
     let rate_d = (prepared.rate / prepared.decimation as u32).max(1);
     let limiter = settings.limiter.clone();
-    let estimate = |drive_db: f64| {
-        let gain = gain_curve(&prepared.env_d, db_to_lin(drive_db) as f32, rate_d, &limiter);
-        let g2 = db_to_lin(2.0 * drive_db) as f32;
-        gated_loudness(&block_energies(&prepared.energy_d, rate_d, |i| gain[i] * gain[i] * g2))
-    };
+    let estimate = |drive_db: f64| estimate_lufs(&prepared.env_d, &prepared.energy_d, rate_d, &limiter, drive_db).0;
     let mut aim = target + *bias;
     let mut drive = (target - base).clamp(-60.0, drive_max);
     let mut reading = None;
