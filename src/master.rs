@@ -471,6 +471,7 @@ const ESTIMATE_FRAMES: usize = 1 << 22;
 
 /// Gathers a [`Prepared`]'s measurements from chunks of the signal and its envelope.
 struct Measure {
+    rate: u32,
     /// Whether to keep the decimated signals (the loudness search's estimate needs them).
     decimate: bool,
     decimation: usize,
@@ -480,27 +481,29 @@ struct Measure {
     block_sum: f32,
     in_block: usize,
     quantile: EnvelopeQuantile,
-    kmeter: KMeter,
     k: KEnergy,
     energy: Vec<f32>,
 }
 
 impl Measure {
-    fn new(rate: u32, channels: usize, frames: usize) -> Self {
+    /// A measurement of `frames` frames; `decimate`: keep the decimated signals too (reserved
+    /// at their final length: grown by doubling they would briefly need three times that).
+    fn new(rate: u32, channels: usize, frames: usize, decimate: bool) -> Self {
         let mut decimation = 8;
         while frames / decimation > ESTIMATE_FRAMES {
             decimation *= 2;
         }
+        let reserve = if decimate { frames / decimation + 1 } else { 0 };
         Self {
-            decimate: true,
+            rate,
+            decimate,
             decimation,
-            env_d: Vec::new(),
-            energy_d: Vec::new(),
+            env_d: Vec::with_capacity(reserve),
+            energy_d: Vec::with_capacity(reserve),
             block_max: 0.0,
             block_sum: 0.0,
             in_block: 0,
             quantile: EnvelopeQuantile::new(),
-            kmeter: KMeter::new(rate, channels),
             k: KEnergy::new(rate, channels),
             energy: Vec::new(),
         }
@@ -508,7 +511,6 @@ impl Measure {
 
     fn push(&mut self, pre: &[&[f32]], env: &[f32]) {
         self.quantile.push(env);
-        self.kmeter.push(pre);
         if !self.decimate {
             return;
         }
@@ -523,6 +525,14 @@ impl Measure {
             }
         }
         self.energy = energy;
+    }
+
+    /// Integrated loudness of what was measured, LUFS, from the decimated K-weighted energy
+    /// (block means, so the same 400 ms blocks; −∞ unless decimating). Aims the drive search;
+    /// every drive it finds is verified on the full signal.
+    fn loudness_lufs(&self) -> f64 {
+        let rate_d = (self.rate / self.decimation as u32).max(1);
+        gated_loudness(&block_energies(&self.energy_d, rate_d, |_| 1.0))
     }
 
     fn flush(&mut self) {
@@ -594,10 +604,9 @@ fn prepare<'a>(
     if let Some((work, cap)) = saturation {
         // Measure what enters the saturator (kept, when it fits, to saturate without rendering
         // the EQ and compressor again).
-        let mut m0 = Measure::new(rate, channels, frames);
         // The first pass estimates the limiter's work from the decimated signal; later passes
         // have measured it.
-        m0.decimate = work.is_empty();
+        let mut m0 = Measure::new(rate, channels, frames, work.is_empty());
         let mut store = new_store();
         render_pre(source, settings, None, &mut |p, e| {
             m0.push(p, e);
@@ -606,7 +615,7 @@ fn prepare<'a>(
         })?;
         m0.flush();
         let loud_db = m0.quantile.quantile_db(0.999);
-        let base = m0.kmeter.integrated_lufs();
+        let base = m0.loudness_lufs();
         let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, rate, &settings.limiter, base));
         plan_saturation(loud_db, first_limiting, settings, work, cap);
         limiting_estimate = first_limiting;
@@ -615,7 +624,7 @@ fn prepare<'a>(
         }
         unsaturated = store;
     }
-    let mut m = Measure::new(rate, channels, frames);
+    let mut m = Measure::new(rate, channels, frames, true);
     let store;
     let saturating = settings.saturation.enabled && saturation.is_some();
     match unsaturated {
@@ -695,7 +704,7 @@ fn prepare<'a>(
     Ok(Prepared {
         pre,
         loud_db: m.quantile.quantile_db(0.999),
-        base_lufs: m.kmeter.integrated_lufs(),
+        base_lufs: m.loudness_lufs(),
         env_d: m.env_d,
         energy_d: m.energy_d,
         decimation: m.decimation,

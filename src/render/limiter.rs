@@ -96,59 +96,60 @@ pub fn stats(gain: &[f32], sample_rate_hz: u32) -> LimiterStats {
 }
 
 /// The limiter's gain (linear, ≤ 1) for every sample, for an input whose undriven true-peak
-/// envelope is `envelope`, driven by `drive` (linear).
+/// envelope is `envelope`, driven by `drive` (linear). One vector is allocated (the result): the
+/// sliding minimum keeps its candidates in a deque, and the moving average its window in a ring.
 pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &LimiterSettings) -> Vec<f32> {
     let n = envelope.len();
     let ceiling = 10f64.powf((s.ceiling_dbtp - CEILING_MARGIN_DB) / 20.0) as f32;
     let look = ((s.lookahead_ms * 1e-3 * f64::from(sample_rate_hz)).round() as usize).max(1);
-    // 1. required gain
-    let required: Vec<f32> = envelope
-        .iter()
-        .map(|&p| {
-            let peak = p * drive;
-            if peak > ceiling {
-                ceiling / peak
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    // 2. sliding minimum over [i, i + look − 1] (monotonic deque)
-    let mut minimum = vec![1f32; n];
-    let mut deque: VecDeque<usize> = VecDeque::with_capacity(look + 1);
+    // 1. required gain, 2. sliding minimum over [i, i + look − 1] (monotonic deque)
+    let required = |p: f32| {
+        let peak = p * drive;
+        if peak > ceiling {
+            ceiling / peak
+        } else {
+            1.0
+        }
+    };
+    let mut out = vec![1f32; n];
+    let mut deque: VecDeque<(usize, f32)> = VecDeque::with_capacity(look + 1);
     for j in 0..n + look - 1 {
-        if j < n {
-            while deque.back().is_some_and(|&k| required[k] >= required[j]) {
+        if let Some(&p) = envelope.get(j) {
+            let r = required(p);
+            while deque.back().is_some_and(|&(_, v)| v >= r) {
                 deque.pop_back();
             }
-            deque.push_back(j);
+            deque.push_back((j, r));
         }
         if j + 1 >= look {
             let i = j + 1 - look;
-            while deque.front().is_some_and(|&k| k < i) {
+            while deque.front().is_some_and(|&(k, _)| k < i) {
                 deque.pop_front();
             }
             if i < n {
-                minimum[i] = deque.front().map_or(1.0, |&k| required[k]);
+                out[i] = deque.front().map_or(1.0, |&(_, v)| v);
             }
         }
     }
     // 3. release: instant down, exponential up
     let a = (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(sample_rate_hz))).exp() as f32;
     let mut r = 1f32;
-    for v in minimum.iter_mut() {
+    for v in out.iter_mut() {
         r = if *v < r { *v } else { *v + (r - *v) * a };
         *v = r;
     }
     // 4. moving average over the previous `look` values. Values before the start count as the
     //    first window's minimum, so a peak in the first look-ahead is held too.
-    let mut out = vec![1f32; n];
-    let before = f64::from(minimum.first().copied().unwrap_or(1.0));
+    let before = f64::from(out.first().copied().unwrap_or(1.0));
+    let mut ring = vec![0f32; look];
     let mut sum = look as f64 * before;
-    for i in 0..n {
-        sum += f64::from(minimum[i]);
-        sum -= if i >= look { f64::from(minimum[i - look]) } else { before };
-        out[i] = ((sum / look as f64) as f32).min(1.0);
+    for (i, v) in out.iter_mut().enumerate() {
+        let released = *v;
+        sum += f64::from(released);
+        let slot = i % look;
+        sum -= if i >= look { f64::from(ring[slot]) } else { before };
+        ring[slot] = released;
+        *v = ((sum / look as f64) as f32).min(1.0);
     }
     out
 }

@@ -100,13 +100,16 @@ impl Windowed {
 
 /// The saturator ([`crate::render::saturation`]) as a stream of windows. Its residual at a sample
 /// depends on the 8× interpolation within the oversampler's reach of it, twice (up, then down),
-/// and its spans on the true-peak envelope: the halo covers all of that.
+/// and its spans on the true-peak envelope: the halo covers all of that. Windows are independent
+/// once cut, so they are saturated two at a time on two threads (a hard-driven window is one
+/// long span the saturator cannot split), and handed on in order.
 pub struct SaturatorStage {
     settings: SaturationSettings,
     clip_dbtp: f64,
     quality: Quality,
     windowed: Windowed,
-    scratch: AudioBuffer,
+    /// Cut windows waiting to be saturated: (window, core offset, core length).
+    jobs: Vec<(AudioBuffer, usize, usize)>,
     rate: u32,
 }
 
@@ -119,49 +122,49 @@ impl SaturatorStage {
             clip_dbtp,
             quality,
             windowed: Windowed::new(channels, halo),
-            scratch: AudioBuffer { sample_rate_hz: rate, channels: vec![Vec::new(); channels] },
+            jobs: Vec::new(),
             rate,
         }
     }
 
     /// Saturates `chunk`, appending what is ready to `out`.
     pub fn process(&mut self, chunk: &[&[f32]], out: &mut Planes) {
-        let (settings, clip, quality, scratch, rate) =
-            (&self.settings, self.clip_dbtp, self.quality, &mut self.scratch, self.rate);
-        self.windowed
-            .push(chunk, &mut |w, off, len| saturate_window(w, off, len, settings, clip, quality, scratch, rate, out));
+        let (jobs, rate) = (&mut self.jobs, self.rate);
+        self.windowed.push(chunk, &mut |w, off, len| jobs.push((window_copy(w, rate), off, len)));
+        if self.jobs.len() >= 2 {
+            self.run(out);
+        }
     }
 
     /// Saturates the rest.
     pub fn finish(&mut self, out: &mut Planes) {
-        let (settings, clip, quality, scratch, rate) =
-            (&self.settings, self.clip_dbtp, self.quality, &mut self.scratch, self.rate);
-        self.windowed
-            .finish(&mut |w, off, len| saturate_window(w, off, len, settings, clip, quality, scratch, rate, out));
+        let (jobs, rate) = (&mut self.jobs, self.rate);
+        self.windowed.finish(&mut |w, off, len| jobs.push((window_copy(w, rate), off, len)));
+        self.run(out);
+    }
+
+    fn run(&mut self, out: &mut Planes) {
+        let (settings, clip, quality) = (&self.settings, self.clip_dbtp, self.quality);
+        std::thread::scope(|scope| {
+            let mut jobs = self.jobs.iter_mut();
+            let first = jobs.next();
+            for (w, _, _) in jobs {
+                scope.spawn(move || saturate_with(w, settings, clip, quality));
+            }
+            if let Some((w, _, _)) = first {
+                saturate_with(w, settings, clip, quality);
+            }
+        });
+        for (w, off, len) in self.jobs.drain(..) {
+            for (o, s) in out.iter_mut().zip(&w.channels) {
+                o.extend_from_slice(&s[off..off + len]);
+            }
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn saturate_window(
-    window: &[&[f32]],
-    off: usize,
-    len: usize,
-    settings: &SaturationSettings,
-    clip_dbtp: f64,
-    quality: Quality,
-    scratch: &mut AudioBuffer,
-    rate: u32,
-    out: &mut Planes,
-) {
-    scratch.sample_rate_hz = rate;
-    for (s, w) in scratch.channels.iter_mut().zip(window) {
-        s.clear();
-        s.extend_from_slice(w);
-    }
-    saturate_with(scratch, settings, clip_dbtp, quality);
-    for (o, s) in out.iter_mut().zip(&scratch.channels) {
-        o.extend_from_slice(&s[off..off + len]);
-    }
+fn window_copy(window: &[&[f32]], rate: u32) -> AudioBuffer {
+    AudioBuffer { sample_rate_hz: rate, channels: window.iter().map(|w| w.to_vec()).collect() }
 }
 
 /// Adds the 4× true-peak envelope ([`peak_envelope`]) to a stream: hands on the samples with
