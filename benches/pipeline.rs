@@ -52,6 +52,18 @@ fn pipeline(c: &mut Criterion) {
     let rp = analyze(&reference, "ref", true);
     g.bench_function("solve", |b| b.iter(|| solve(&mp, &rp, &SolveOptions::default())));
     let (settings, _) = solve(&mp, &rp, &SolveOptions::default());
+    // The parametric approximation of the solved EQ (10 peaking bands and shelves), for export.
+    g.bench_function("parametric_fit", |b| {
+        b.iter(|| {
+            refmaster::solve::parametric::fit(
+                &settings.eq.frequencies_hz,
+                &settings.eq.mid_gain_db,
+                20_000.0,
+                10,
+                44_100.0,
+            )
+        })
+    });
     g.bench_function("render_pre_limiter", |b| b.iter(|| refmaster::render::render_pre_limiter(&mix, &settings)));
     g.bench_function("render_full_chain", |b| b.iter(|| refmaster::render::render(&mix, &settings)));
     // What `refmaster MIX --ref REF` does, minus the WAV writing: decode and analyse both files
