@@ -894,7 +894,8 @@ fn loudness_loop(
     let target = settings.limiter.target_lufs;
     let base = prepared.base_lufs;
     let frames = prepared.frames;
-    let window_of = |r: &Reading| loudest_window(&r.sub_blocks, prepared.rate, frames);
+    let window_of =
+        |r: &Reading| crate::preview::loudest_window_of(&r.sub_blocks, prepared.rate, frames, PREVIEW_WINDOW_S);
     let finish = |r: Reading, trim_db: f64, short: Option<(f64, f64)>| Search {
         loudest_window: window_of(&r),
         stats: r.stats,
@@ -984,33 +985,6 @@ fn loudness_loop(
     settings.limiter.drive_db = drive;
     let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
     Ok(finish(r, trim_db, short))
-}
-
-/// The loudest stretch of [`PREVIEW_WINDOW_S`] of a signal of `frames` frames whose K-weighted
-/// energy per 100 ms block is `sub_blocks` (first frame, frames), in 100 ms steps; all of a
-/// shorter signal. Ties go to the earliest window.
-pub fn loudest_window(sub_blocks: &[f64], rate: u32, frames: usize) -> (usize, usize) {
-    let hop = (rate / 10).max(1) as usize;
-    let len = ((PREVIEW_WINDOW_S * f64::from(rate)).round() as usize).min(frames);
-    if len >= frames {
-        return (0, frames);
-    }
-    let blocks = len / hop;
-    let mut prefix = Vec::with_capacity(sub_blocks.len() + 1);
-    prefix.push(0f64);
-    for e in sub_blocks {
-        prefix.push(prefix[prefix.len() - 1] + e);
-    }
-    let mut best = (0usize, f64::NEG_INFINITY);
-    let mut b = 0;
-    while b * hop + len <= frames && b + blocks < prefix.len() {
-        let e = prefix[b + blocks] - prefix[b];
-        if e > best.1 {
-            best = (b, e);
-        }
-        b += 1;
-    }
-    (best.0 * hop, len)
 }
 
 /// Mid and side Welch spectra of an L/R (or mono) stream: the closed loop's measurement of its

@@ -46,20 +46,24 @@ pub fn preview_paths(out: &Path) -> (PathBuf, PathBuf) {
 /// The loudest window of `seconds` in `audio`, as (first frame, frame count), in 100 ms steps;
 /// the whole buffer when it is shorter. Ties go to the earliest window.
 pub fn loudest_window(audio: &AudioBuffer, seconds: f64) -> (usize, usize) {
-    let frames = audio.frames();
-    let rate = audio.sample_rate_hz.max(1) as usize;
-    let len = ((seconds * rate as f64).round() as usize).min(frames);
+    let hop = (audio.sample_rate_hz.max(1) / 10).max(1) as usize;
+    let energy = k_weighted_energy(audio);
+    let blocks: Vec<f64> = energy.chunks(hop).map(|c| c.iter().map(|&e| f64::from(e)).sum::<f64>()).collect();
+    loudest_window_of(&blocks, audio.sample_rate_hz, audio.frames(), seconds)
+}
+
+/// [`loudest_window`] of a signal of `frames` frames at `rate` given its K-weighted energy summed
+/// per 100 ms block (`block_energy`, from the first frame; what the loop's loudness meter keeps).
+pub fn loudest_window_of(block_energy: &[f64], rate: u32, frames: usize, seconds: f64) -> (usize, usize) {
+    let hop = (rate.max(1) / 10).max(1) as usize;
+    let len = ((seconds * f64::from(rate.max(1))).round() as usize).min(frames);
     if len >= frames {
         return (0, frames);
     }
-    let hop = (rate / 10).max(1);
-    let energy = k_weighted_energy(audio);
-    let mut prefix = Vec::with_capacity(frames / hop + 2);
+    let mut prefix = Vec::with_capacity(block_energy.len() + 1);
     prefix.push(0f64);
-    let mut acc = 0f64;
-    for c in energy.chunks(hop) {
-        acc += c.iter().map(|&e| f64::from(e)).sum::<f64>();
-        prefix.push(acc);
+    for e in block_energy {
+        prefix.push(prefix[prefix.len() - 1] + e);
     }
     let blocks = len / hop;
     let mut best = (0usize, f64::NEG_INFINITY);
