@@ -10,7 +10,7 @@ use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
 use crate::dsp::biquad::Biquad;
 use crate::error::{Error, Result};
-use crate::render::limiter::{gain_curve, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::limiter::{gain_curve, safety_meter_floor_dbfs, safety_trim_db, LimiterStats, CEILING_MARGIN_DB};
 use crate::render::saturation::{Quality, SaturationStats};
 use crate::render::stream::{
     render_pre, slices, DbHistogram, EnvelopeQuantile, EnvelopeStage, Planes, PreSink, StreamLimiter, TruePeakMeter,
@@ -835,7 +835,7 @@ fn read_limited(
     let (rate, channels) = (prepared.rate, prepared.channels);
     let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
     let mut kmeter = KMeter::new(rate, channels);
-    let mut tp = true_peak.then(|| TruePeakMeter::new(rate, channels, limiter.ceiling_dbtp - 0.05 - 2.0));
+    let mut tp = true_peak.then(|| TruePeakMeter::new(rate, channels, safety_meter_floor_dbfs(limiter.ceiling_dbtp)));
     let frames = prepared.frames;
     let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames));
     let mut out: Planes = vec![Vec::new(); channels];
@@ -903,14 +903,7 @@ fn loudness_loop(
         short,
         spectra: r.spectra,
     };
-    let trim_of = |r: &Reading| {
-        let limit = settings.limiter.ceiling_dbtp - 0.05;
-        if r.true_peak_dbtp.is_finite() && r.true_peak_dbtp > limit {
-            limit - r.true_peak_dbtp
-        } else {
-            0.0
-        }
-    };
+    let trim_of = |r: &Reading| safety_trim_db(settings.limiter.ceiling_dbtp, r.true_peak_dbtp);
     if !base.is_finite() || !target.is_finite() || !settings.limiter.enabled {
         settings.limiter.drive_db =
             if base.is_finite() && target.is_finite() { (target - base).clamp(-60.0, 36.0) } else { 0.0 };

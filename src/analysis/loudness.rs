@@ -338,8 +338,8 @@ where
 }
 
 /// Integrated loudness (LUFS) of `channels` multiplied sample by sample by `scale × gain[i]`,
-/// without materialising the product: the loudness loop measures each candidate limiter gain
-/// this way instead of rendering a copy of the song per try.
+/// without materialising the product, over the whole buffer: the reference [`KMeter`] is tested
+/// against (the mastering loop verifies its drives with a `KMeter` on the streamed output).
 pub fn integrated_lufs_scaled(channels: &[&[f32]], sample_rate_hz: u32, scale: f32, gain: &[f32]) -> f64 {
     let [shelf, hp] = k_weighting(sample_rate_hz);
     let weights = channel_weights(channels.len());

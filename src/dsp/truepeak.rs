@@ -82,29 +82,6 @@ pub fn true_peak_db(channels: &[&[f32]]) -> f64 {
     20.0 * f64::from(peak).log10()
 }
 
-/// Largest true peak of `channels`, linear, measured closely: 8× interpolation with a filter
-/// flat to 0.46·fs, 60 dB stopband (a 4× meter with a 16-tap interpolator, like the limiter's detector or
-/// BS.1770's reference design, under-reads full-band content near Nyquist by up to about half a
-/// dB). Only the stretches where a sample exceeds `floor` (linear) or comes within 6 dB of the
-/// largest sample are interpolated: an inter-sample peak more than 6 dB over both neighbours
-/// needs content this meter's filter cannot pass anyway.
-pub fn precise_true_peak(channels: &[&[f32]], floor: f32) -> f32 {
-    let os = super::oversample::Oversampler::design(0.46, 0.54, 60.0);
-    let mut peak = 0f32;
-    let mut window = Vec::new();
-    for ch in channels {
-        let sample_peak = ch.iter().fold(0f32, |a, &b| a.max(b.abs()));
-        peak = peak.max(sample_peak);
-        let floor = floor.max(sample_peak * 0.5);
-        for i in 0..ch.len().saturating_sub(1) {
-            if ch[i].abs() > floor || ch[i + 1].abs() > floor {
-                peak = peak.max(os.between_peak(ch, i, &mut window));
-            }
-        }
-    }
-    peak
-}
-
 /// The level (dB) that the loudest `1 − q` of a true-peak envelope exceeds, taken over blocks of
 /// 8 frames (each block's maximum) so one transient counts once; −∞ for an empty envelope. The
 /// limiting depth and the saturator's drive are both judged at `q = 0.999`.

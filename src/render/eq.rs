@@ -1,7 +1,7 @@
 //! Mid/side matching EQ rendered as two linear-phase FIR filters; the width stage's per-band
 //! side gains are folded into the side filter (both are linear, so one convolution does both).
 
-use crate::dsp::fir::{design, fir_len, FirConvolver};
+use crate::dsp::fir::{design, fir_len};
 use crate::settings::{EqSettings, WidthSettings};
 
 /// Gain in dB at `freq_hz` of a curve given at ascending `grid` points: linear in dB over log
@@ -48,15 +48,11 @@ pub fn side_curve_db(eq: &EqSettings, width: &WidthSettings, freq_hz: f64) -> f6
     e + width_at(width, freq_hz)
 }
 
-/// Filters `signal` by `curve` (dB at a frequency); returns it unchanged (no copy of the filter
-/// delay) when the curve is flat.
-pub fn apply_curve(signal: &[f32], sample_rate_hz: u32, curve: impl Fn(f64) -> f64) -> Option<Vec<f32>> {
+/// The linear-phase FIR taps (delay: half their length) that render `curve` (dB at a frequency)
+/// at `sample_rate_hz`, or None when the curve is flat and the filter can be left out.
+pub fn curve_taps(sample_rate_hz: u32, curve: &dyn Fn(f64) -> f64) -> Option<Vec<f32>> {
     let len = fir_len(sample_rate_hz);
     let nyquist = f64::from(sample_rate_hz) / 2.0;
     let flat = (0..=200).all(|k| curve(20.0 * (nyquist / 20.0).powf(f64::from(k) / 200.0)).abs() < 1e-9);
-    if flat {
-        return None;
-    }
-    let taps = design(len, sample_rate_hz, curve);
-    Some(FirConvolver::new(&taps).convolve_aligned(signal, len / 2))
+    (!flat).then(|| design(len, sample_rate_hz, curve))
 }

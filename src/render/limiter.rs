@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 
-use crate::audio::AudioBuffer;
 use crate::settings::LimiterSettings;
 
 /// Safety margin below the ceiling the limiter aims at, dB: covers the difference between this
@@ -26,73 +25,6 @@ pub struct LimiterStats {
     pub loud_gain_reduction_db: f64,
     /// Largest gain reduction in each 100 ms block, dB, for plots.
     pub gain_reduction_series_db: Vec<f32>,
-}
-
-/// Applies drive and limiting to `audio` in place, then the [`safety_trim`]. `envelope` is the
-/// true-peak envelope of the undriven input ([`crate::dsp::truepeak::peak_envelope`]).
-pub fn limit(audio: &mut AudioBuffer, envelope: &[f32], s: &LimiterSettings) -> LimiterStats {
-    let drive = 10f64.powf(s.drive_db / 20.0) as f32;
-    let rate = audio.sample_rate_hz;
-    if !s.enabled {
-        for ch in audio.channels.iter_mut() {
-            ch.iter_mut().for_each(|x| *x *= drive);
-        }
-        let block = (rate / 10).max(1) as usize;
-        return LimiterStats {
-            max_gain_reduction_db: 0.0,
-            loud_gain_reduction_db: 0.0,
-            gain_reduction_series_db: vec![0.0; envelope.len().div_ceil(block)],
-        };
-    }
-    let gain = gain_curve(envelope, drive, rate, s);
-    let _trim_db = finish(audio, drive, &gain, s);
-    stats(&gain, rate)
-}
-
-/// The limiter's output stage for an already computed gain curve: `drive × gain[i]` on every
-/// channel, then the [`safety_trim`]. [`limit`] and the loudness loop both end here, so a
-/// re-render reproduces the loop's master bit for bit.
-/// Returns the safety trim applied, dB (≤ 0).
-pub fn finish(audio: &mut AudioBuffer, drive: f32, gain: &[f32], s: &LimiterSettings) -> f64 {
-    apply_gain(&mut audio.channels, drive, gain);
-    safety_trim(audio, s.ceiling_dbtp)
-}
-
-/// [`finish`] without the safety trim, for the closed loop's intermediate passes: they are only
-/// measured (spectrum), never written, and the trim's 8× meter is the slowest step of the stage.
-pub fn finish_untrimmed(audio: &mut AudioBuffer, drive: f32, gain: &[f32]) {
-    apply_gain(&mut audio.channels, drive, gain);
-}
-
-/// Multiplies every channel by `drive × gain[i]` (the limiter's output stage).
-fn apply_gain(channels: &mut [Vec<f32>], drive: f32, gain: &[f32]) {
-    for ch in channels.iter_mut() {
-        for (x, g) in ch.iter_mut().zip(gain) {
-            *x *= drive * g;
-        }
-    }
-}
-
-/// Gain-reduction statistics of a gain curve.
-pub fn stats(gain: &[f32], sample_rate_hz: u32) -> LimiterStats {
-    let block = (sample_rate_hz / 10).max(1) as usize;
-    let series: Vec<f32> =
-        gain.chunks(block).map(|c| -20.0 * c.iter().fold(1f32, |a, &b| a.min(b)).max(1e-6).log10()).collect();
-    let max = series.iter().fold(0f32, |a, &b| a.max(b));
-    // The 0.1 % quantile of the gain, on every 8th sample (the curve moves over milliseconds).
-    let mut sub: Vec<f32> = gain.iter().step_by(8).copied().collect();
-    let loud = if sub.is_empty() {
-        0.0
-    } else {
-        let idx = (((sub.len() as f64) * 0.001) as usize).min(sub.len() - 1);
-        let (_, g, _) = sub.select_nth_unstable_by(idx, f32::total_cmp);
-        -20.0 * f64::from(g.max(1e-6)).log10()
-    };
-    LimiterStats {
-        max_gain_reduction_db: f64::from(max),
-        loud_gain_reduction_db: loud.max(0.0),
-        gain_reduction_series_db: series,
-    }
 }
 
 /// The limiter's gain (linear, ≤ 1) for every sample, for an input whose undriven true-peak
@@ -154,29 +86,26 @@ pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &Limiter
     out
 }
 
-/// Last line of defence for the ceiling: measures the output's true peak with the BS.1770 meter
-/// (the `ebur128` crate, as independent tools do) and with a closer 8× meter
-/// ([`crate::dsp::truepeak::precise_true_peak`], which agrees with sox's 8× resampling and with
-/// ffmpeg where 4× meters under-read) and, if either is over `ceiling_dbtp - 0.05`, scales the
-/// whole output down by the excess. Real music rarely needs it (the limiter aims 0.25 dB under);
-/// full-band noise right up to Nyquist can overshoot the limiter's own 4x detector by a few
-/// tenths of a dB. Deterministic, so a re-render reproduces it. Returns the
-/// trim applied in dB (0 when none).
-pub fn safety_trim(audio: &mut AudioBuffer, ceiling_dbtp: f64) -> f64 {
-    let limit = ceiling_dbtp - 0.05;
-    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
-    // Inter-sample overs of more than 2 dB above both neighbouring samples need strong content
-    // near Nyquist; the stretches below that floor are left to the BS.1770 meter.
-    let floor = 10f64.powf((limit - 2.0) / 20.0) as f32;
-    let precise = 20.0 * f64::from(crate::dsp::truepeak::precise_true_peak(&planes, floor)).log10();
-    let tp = crate::analysis::loudness::true_peak_dbtp(audio).max(precise);
-    if !tp.is_finite() || tp <= limit {
-        return 0.0;
+/// How far under the ceiling the safety trim holds the master's measured true peak, dB.
+const SAFETY_MARGIN_DB: f64 = 0.05;
+
+/// The level above which the close 8× meter of the safety trim interpolates, dBFS: inter-sample
+/// overs of more than 2 dB above both neighbouring samples need strong content near Nyquist, so
+/// the stretches below it are left to the BS.1770 meter.
+pub fn safety_meter_floor_dbfs(ceiling_dbtp: f64) -> f64 {
+    ceiling_dbtp - SAFETY_MARGIN_DB - 2.0
+}
+
+/// Last line of defence for the ceiling: the gain (dB, ≤ 0) that brings a limited output whose
+/// true peak measured `true_peak_dbtp` (the BS.1770 meter and a closer 8× meter, whichever reads
+/// higher: [`crate::render::stream::TruePeakMeter`]) to `SAFETY_MARGIN_DB` under `ceiling_dbtp`.
+/// Real music rarely needs it (the limiter aims 0.25 dB under); full-band noise right up to
+/// Nyquist can overshoot the limiter's own 4× detector by a few tenths of a dB.
+pub fn safety_trim_db(ceiling_dbtp: f64, true_peak_dbtp: f64) -> f64 {
+    let limit = ceiling_dbtp - SAFETY_MARGIN_DB;
+    if true_peak_dbtp.is_finite() && true_peak_dbtp > limit {
+        limit - true_peak_dbtp
+    } else {
+        0.0
     }
-    let trim_db = limit - tp;
-    let g = 10f64.powf(trim_db / 20.0) as f32;
-    for ch in audio.channels.iter_mut() {
-        ch.iter_mut().for_each(|x| *x *= g);
-    }
-    trim_db
 }
