@@ -271,6 +271,7 @@ pub fn master_stream(
     let want = |m: &[f64], t: &[f64]| -> Vec<f64> { m.iter().zip(t).map(|(m, t)| m + amount * (t - m)).collect() };
     let want_mid = want(&mix_profile.spectrum.mid_db, &target.spectrum.mid_db);
     let want_side = want(&mix_profile.spectrum.side_db, &target.spectrum.side_db);
+    let mix_side_to_mid = crate::solve::difference(&mix_profile.spectrum.side_db, &mix_profile.spectrum.mid_db);
     let cutoff = follow_limit_hz(mix_profile, target);
     let mut loop_opts = opts.solve.clone();
     loop_opts.amount = 1.0;
@@ -309,6 +310,18 @@ pub fn master_stream(
         let mut e_side = vec![0.0; grid.len()];
         if channels == 2 && settings.eq.side_gain_db.iter().any(|g| *g != 0.0) {
             e_side = match_curve(&grid, &crate::solve::difference(&want_side, &out_side), cutoff, &loop_opts);
+            // The bass is never made wider than the mix had it: there the side may rise no more
+            // than the mid does, plus what the master (as measured) lost of the mix's own
+            // side-to-mid ratio. Measured, not summed from the gains, so that what the clipper
+            // and the limiter narrow is restored, and no more.
+            for (i, f) in grid.iter().enumerate() {
+                if *f <= crate::solve::NO_WIDENING_BELOW_HZ {
+                    let lost = mix_side_to_mid[i] - (out_side[i] - out_mid[i]);
+                    if lost.is_finite() {
+                        e_side[i] = e_side[i].min(e_mid[i] + lost);
+                    }
+                }
+            }
             for (g, e) in settings.eq.side_gain_db.iter_mut().zip(&e_side) {
                 *g = (*g + e).clamp(-max, max);
             }

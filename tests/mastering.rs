@@ -102,6 +102,58 @@ fn master_moves_a_dull_narrow_mix_onto_the_references_tone_width_and_loudness() 
     assert!(width_err.abs() < 1.0, "side/mid off by {width_err:.2} dB");
 }
 
+/// Side-to-mid ratio of `p` per grid band at and below `hz`, dB, with the band centres.
+fn bass_side_to_mid_db(p: &Profile, hz: f64) -> Vec<(f64, f64)> {
+    let s = &p.spectrum;
+    s.frequencies_hz
+        .iter()
+        .zip(s.side_db.iter().zip(&s.mid_db))
+        .filter(|(f, _)| (40.0..=hz).contains(*f))
+        .map(|(f, (side, mid))| (*f, side - mid))
+        .collect()
+}
+
+#[test]
+fn the_bass_is_never_made_wider_than_the_mix_even_when_the_reference_is_wider_there() {
+    // The reference is 4 dB wider than the mix at every frequency, bass included. Above 120 Hz the
+    // master follows it; at and below 120 Hz it keeps the mix's own side-to-mid ratio (the
+    // side EQ matches the side's shape, so without a hold it would widen the bass by the back
+    // door). Both spectra come from the same noise, so their difference is not estimation noise
+    // but what the chain did: the limiter's gain moves mid and side alike, and the FIR's
+    // transition from 120 Hz up is a fraction of a band wide.
+    let mix = dull_narrow_mix(44_100, 20.0);
+    let reference = bright_wide_reference(44_100, 20.0);
+    let mp = analyze(&mix, "mix", false);
+    let rp = analyze(&reference, "ref", false);
+    let (m, _) = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters");
+    let before = bass_side_to_mid_db(&mp, 120.0);
+    let after = bass_side_to_mid_db(&m.profile, 120.0);
+    let wanted = bass_side_to_mid_db(&rp, 120.0);
+    for (((f, b), (_, a)), (_, w)) in before.iter().zip(&after).zip(&wanted) {
+        println!("{f:6.0} Hz: mix {b:+.2} master {a:+.2} reference {w:+.2} dB");
+    }
+    for (((f, b), (_, a)), (_, w)) in before.iter().zip(&after).zip(&wanted) {
+        assert!(w - b > 3.0, "the reference should be wider than the mix at {f:.0} Hz");
+        assert!(a - b <= 0.5, "bass widened at {f:.0} Hz: side/mid {b:.2} -> {a:.2} dB");
+    }
+    let mean = |v: &[(f64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    assert!(mean(&after) - mean(&before) <= 0.25, "bass widened on average");
+    // Above 120 Hz the width still follows the reference.
+    let upper = |p: &Profile| {
+        let s = &p.spectrum;
+        let v: Vec<f64> = s
+            .frequencies_hz
+            .iter()
+            .zip(s.side_db.iter().zip(&s.mid_db))
+            .filter(|(f, _)| (300.0..=10_000.0).contains(*f))
+            .map(|(_, (side, mid))| side - mid)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let gap = upper(&m.profile) - upper(&rp);
+    assert!(gap.abs() < 0.5, "side/mid above 300 Hz off the reference's by {gap:.2} dB");
+}
+
 #[test]
 fn a_width_gap_beyond_the_bound_is_reported_not_chased() {
     let mix = dull_narrow_mix(44_100, 8.0);

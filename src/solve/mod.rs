@@ -93,8 +93,11 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
         let wanted = difference(&width_difference(mix, target), &eq_sm);
         let gains = width_curve(&grid, &wanted, cutoff, opts);
         report_width_bound(&grid, &wanted, cutoff, opts, &mut notes);
+        report_bass_width_held(&grid, &width_difference(mix, target), &mut notes);
+        hold_bass_width(&grid, &mid_gain, &mut side_gain, &gains);
         grid.iter().zip(&gains).map(|(&f, &g)| band_gain(f, g)).collect()
     } else {
+        hold_bass_width(&grid, &mid_gain, &mut side_gain, &[]);
         if opts.width && !stereo {
             notes.push("mix is mono: width left alone (mono stays mono)".into());
         } else if opts.width && !has_side(mix) {
@@ -305,6 +308,22 @@ pub fn width_difference(mix: &Profile, target: &Profile) -> Vec<f64> {
     d
 }
 
+/// Keeps the whole chain from widening the bass: at and below [`NO_WIDENING_BELOW_HZ`] the side
+/// EQ may not raise the side more than the mid EQ raises the mid, less any narrowing the width
+/// stage does there (`width_db`, per grid point; empty when there is no width stage). The width
+/// stage alone never widens down there ([`width_curve`]); without this the side EQ would, since
+/// it matches the side's own shape: a reference whose bass is wider than the mix's would get the
+/// mix's bass widened by the back door. Bass kept as mono as the mix had it is what survives
+/// mono playback, vinyl and club systems.
+pub fn hold_bass_width(grid: &[f64], mid_db: &[f64], side_db: &mut [f64], width_db: &[f64]) {
+    for (i, (&f, s)) in grid.iter().zip(side_db.iter_mut()).enumerate() {
+        if f <= NO_WIDENING_BELOW_HZ {
+            let w = width_db.get(i).copied().unwrap_or(0.0).min(0.0);
+            *s = s.min(mid_db[i] - w);
+        }
+    }
+}
+
 /// Turns a wanted side-to-mid change into per-band side gains: smoothed like the EQ, bounded by
 /// the width bound, never wider below [`NO_WIDENING_BELOW_HZ`], held beyond the followed range.
 pub fn width_curve(grid: &[f64], wanted: &[f64], cutoff_hz: f64, opts: &SolveOptions) -> Vec<f64> {
@@ -345,6 +364,28 @@ fn report_width_bound(grid: &[f64], wanted: &[f64], cutoff: f64, opts: &SolveOpt
             opts.max_width_db,
             fmt_wanted_db(worst),
             over.len()
+        ));
+    }
+}
+
+/// Says so when the reference's bass (40 Hz to [`NO_WIDENING_BELOW_HZ`]) is wider than the
+/// mix's by more than 1 dB on average (`wanted`: the side-to-mid change per grid band, dB): the
+/// master keeps the mix's bass width, so its side there stays that far under the reference's.
+fn report_bass_width_held(grid: &[f64], wanted: &[f64], notes: &mut Vec<String>) {
+    let bass: Vec<f64> = grid
+        .iter()
+        .zip(wanted)
+        .filter(|(f, d)| (40.0..=NO_WIDENING_BELOW_HZ).contains(*f) && d.is_finite())
+        .map(|(_, d)| *d)
+        .collect();
+    if bass.is_empty() {
+        return;
+    }
+    let mean = bass.iter().sum::<f64>() / bass.len() as f64;
+    if mean > 1.0 {
+        notes.push(format!(
+            "bass width kept: below {NO_WIDENING_BELOW_HZ:.0} Hz the reference is {} wider (side/mid) than the mix; the master never widens the bass, so its side stays that much under the reference's there",
+            fmt_wanted_db(mean)
         ));
     }
 }
