@@ -110,7 +110,7 @@ fn material_below_the_knee_passes_the_saturator_bit_identical() {
 }
 
 #[test]
-fn with_a_loud_reference_saturation_lowers_the_limiters_work_at_the_same_loudness_and_ceiling() {
+fn with_a_loud_reference_saturation_lowers_the_limiters_work_and_keeps_the_tonal_and_width_match() {
     let mix = AudioBuffer { sample_rate_hz: RATE, channels: dynamic_mix(20.0) };
     let reference = AudioBuffer { sample_rate_hz: RATE, channels: loud_reference(20.0) };
     let mp = analyze(&mix, "mix", false);
@@ -141,6 +141,47 @@ fn with_a_loud_reference_saturation_lowers_the_limiters_work_at_the_same_loudnes
         on.limiter.loud_gain_reduction_db,
         off.limiter.loud_gain_reduction_db
     );
+    // And it buys that without giving up the tonal and width match: at most a tenth of a dB more
+    // shape error on any measure, a level step under the smallest audible one. Both masters come
+    // from the same mix, so the spectra's estimation noise is common to them. Measured (mid,
+    // side, width): on 0.17/0.23/0.22 dB, off 0.10/0.20/0.14 dB, from the mix's 1.32/0.15/1.67.
+    // (On the corpus pairs the scorecard finds it equal or better: see the issue notes.)
+    let top_hz = refmaster::solve::follow_limit_hz(&mp, &rp);
+    let start = shape_errors_db(&mp, &rp, top_hz);
+    let (with, without) = (shape_errors_db(&on.profile, &rp, top_hz), shape_errors_db(&off.profile, &rp, top_hz));
+    println!("shape error mid/side/width (dB): mix {start:.2?}, saturation on {with:.2?}, off {without:.2?}");
+    for (k, name) in ["mid", "side", "width"].iter().enumerate() {
+        assert!(with[k] <= without[k] + 0.1, "{name}: {:.2} dB with saturation, {:.2} dB without", with[k], without[k]);
+    }
+}
+
+/// Mean |difference| of `a` and `b` over the grid bands from 40 Hz to 16 kHz, median offset
+/// removed (shape, not level), for mid and side; and of their side-to-mid ratios from 100 Hz to
+/// 10 kHz (width): the scorecard's measures on refmaster's grid, dB; all only up to `top_hz`,
+/// the highest frequency the EQ follows (above it nothing is matched, by design).
+fn shape_errors_db(a: &refmaster::analysis::Profile, b: &refmaster::analysis::Profile, top_hz: f64) -> [f64; 3] {
+    let (sa, sb) = (&a.spectrum, &b.spectrum);
+    let shape = |x: &[f64], y: &[f64]| {
+        let d: Vec<f64> = sa
+            .frequencies_hz
+            .iter()
+            .zip(x.iter().zip(y))
+            .filter(|(f, _)| (40.0..=16_000.0f64.min(top_hz)).contains(*f))
+            .map(|(_, (p, q))| p - q)
+            .collect();
+        let mut sorted = d.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        d.iter().map(|v| (v - median).abs()).sum::<f64>() / d.len() as f64
+    };
+    let width: Vec<f64> = sa
+        .frequencies_hz
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| (100.0..=10_000.0f64.min(top_hz)).contains(*f))
+        .map(|(i, _)| ((sa.side_db[i] - sa.mid_db[i]) - (sb.side_db[i] - sb.mid_db[i])).abs())
+        .collect();
+    [shape(&sa.mid_db, &sb.mid_db), shape(&sa.side_db, &sb.side_db), width.iter().sum::<f64>() / width.len() as f64]
 }
 
 #[test]
