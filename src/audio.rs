@@ -55,6 +55,16 @@ impl AudioBuffer {
     }
 }
 
+/// Splits a stereo chunk into mid `(L + R) / 2` and side `(L − R) / 2`, replacing what `mid`
+/// and `side` held. The one definition the analysis, the renderer and the closed loop share, so
+/// that the loop measures its output exactly as the analysis measured the mix and the reference.
+pub fn split_mid_side(left: &[f32], right: &[f32], mid: &mut Vec<f32>, side: &mut Vec<f32>) {
+    mid.clear();
+    side.clear();
+    mid.extend(left.iter().zip(right).map(|(a, b)| 0.5 * (a + b)));
+    side.extend(left.iter().zip(right).map(|(a, b)| 0.5 * (a - b)));
+}
+
 /// Converts a linear amplitude to dB (−inf for 0).
 #[inline]
 pub fn lin_to_db(x: f64) -> f64 {

@@ -3,12 +3,11 @@
 //! loudness within 0.05 LU of the target (re-measuring the limited output, never assuming), then
 //! measures the master's spectrum and corrects the EQ for what compression and limiting changed.
 
-use crate::analysis::loudness::{block_energies, channel_weights, gated_loudness, k_weighting, KMeter};
+use crate::analysis::loudness::{block_energies, gated_loudness, KMeter, KWeightedEnergy};
 use crate::analysis::spectrum::{band_levels_db, PowerSpectrum, Welch};
 use crate::analysis::{Analyzer, Profile};
 use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
-use crate::dsp::biquad::Biquad;
 use crate::error::{Error, Result};
 use crate::render::limiter::{gain_curve, safety_meter_floor_dbfs, safety_trim_db, LimiterStats, CEILING_MARGIN_DB};
 use crate::render::saturation::{Quality, SaturationStats};
@@ -498,7 +497,7 @@ struct Measure {
     block_sum: f32,
     in_block: usize,
     quantile: EnvelopeQuantile,
-    k: KEnergy,
+    k: KWeightedEnergy,
     energy: Vec<f32>,
 }
 
@@ -521,7 +520,7 @@ impl Measure {
             block_sum: 0.0,
             in_block: 0,
             quantile: EnvelopeQuantile::new(),
-            k: KEnergy::new(rate, channels),
+            k: KWeightedEnergy::new(rate, channels),
             energy: Vec::new(),
         }
     }
@@ -532,7 +531,7 @@ impl Measure {
             return;
         }
         let mut energy = std::mem::take(&mut self.energy);
-        self.k.energy(pre, &mut energy);
+        self.k.push(pre, &mut energy);
         for (&e, &k) in env.iter().zip(&energy) {
             self.block_max = self.block_max.max(e);
             self.block_sum += k;
@@ -558,37 +557,6 @@ impl Measure {
             self.energy_d.push(self.block_sum / self.in_block as f32);
         }
         (self.block_max, self.block_sum, self.in_block) = (0.0, 0.0, 0);
-    }
-}
-
-/// Per-sample K-weighted energy summed over channels with their BS.1770 weights, as a stream
-/// (what [`crate::analysis::loudness::k_weighted_energy`] computes for a whole buffer).
-struct KEnergy {
-    filters: Vec<(Biquad, Biquad)>,
-    weights: Vec<f64>,
-}
-
-impl KEnergy {
-    fn new(rate: u32, channels: usize) -> Self {
-        let [shelf, hp] = k_weighting(rate);
-        Self {
-            filters: (0..channels).map(|_| (Biquad::new(shelf), Biquad::new(hp))).collect(),
-            weights: channel_weights(channels),
-        }
-    }
-
-    fn energy(&mut self, chunk: &[&[f32]], out: &mut Vec<f32>) {
-        out.clear();
-        out.resize(chunk.first().map_or(0, |c| c.len()), 0.0);
-        for ((c, (a, b)), &w) in chunk.iter().zip(self.filters.iter_mut()).zip(&self.weights) {
-            if w == 0.0 {
-                continue;
-            }
-            for (o, &x) in out.iter_mut().zip(c.iter()) {
-                let y = b.process(a.process(f64::from(x)));
-                *o += (w * y * y) as f32;
-            }
-        }
     }
 }
 
@@ -1014,10 +982,7 @@ impl SpectrumMeter {
         self.mid.clear();
         self.side.clear();
         match chunk {
-            [l, r, ..] => {
-                self.mid.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a + b)));
-                self.side.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a - b)));
-            }
+            [l, r, ..] => crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side),
             [m] => {
                 self.mid.extend_from_slice(m);
                 self.side.resize(m.len(), 0.0);

@@ -293,25 +293,46 @@ pub fn k_weighting(sample_rate_hz: u32) -> [BiquadCoeffs; 2] {
     [shelf, highpass]
 }
 
-/// Per-sample K-weighted energy summed over channels (channel weights 1, as for mono/stereo).
+/// Per-sample K-weighted energy summed over channels with their BS.1770 weights, for a whole
+/// buffer.
 pub fn k_weighted_energy(audio: &AudioBuffer) -> Vec<f32> {
-    let [shelf, hp] = k_weighting(audio.sample_rate_hz);
-    let weights = channel_weights(audio.channel_count());
-    let filtered = |ch: &[f32], w: f64| -> Vec<f32> {
-        let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
-        ch.iter()
-            .map(|&x| {
-                let y = b.process(a.process(f64::from(x)));
-                (w * y * y) as f32
-            })
-            .collect()
-    };
     let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
-    let mut energy = sum_weighted_channels(&planes, &weights, filtered);
-    if energy.is_empty() {
-        energy = vec![0f32; audio.frames()];
-    }
+    let mut energy = Vec::new();
+    KWeightedEnergy::new(audio.sample_rate_hz, audio.channel_count()).push(&planes, &mut energy);
     energy
+}
+
+/// Per-sample K-weighted energy summed over channels with their BS.1770 weights, as a stream:
+/// the filters carry their state from chunk to chunk, so chunks give what one buffer gives.
+pub struct KWeightedEnergy {
+    filters: Vec<(Biquad, Biquad)>,
+    weights: Vec<f64>,
+}
+
+impl KWeightedEnergy {
+    /// Filters for `channels` channels at `sample_rate_hz`.
+    pub fn new(sample_rate_hz: u32, channels: usize) -> Self {
+        let [shelf, hp] = k_weighting(sample_rate_hz);
+        Self {
+            filters: (0..channels).map(|_| (Biquad::new(shelf), Biquad::new(hp))).collect(),
+            weights: channel_weights(channels),
+        }
+    }
+
+    /// Replaces `out` with the energy of each frame of `chunk` (planar, one slice a channel).
+    pub fn push(&mut self, chunk: &[&[f32]], out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(chunk.first().map_or(0, |c| c.len()), 0.0);
+        for ((c, (a, b)), &w) in chunk.iter().zip(self.filters.iter_mut()).zip(&self.weights) {
+            if w == 0.0 {
+                continue;
+            }
+            for (o, &x) in out.iter_mut().zip(c.iter()) {
+                let y = b.process(a.process(f64::from(x)));
+                *o += (w * y * y) as f32;
+            }
+        }
+    }
 }
 
 /// Runs `per_channel(samples, weight)` for every channel with a non-zero BS.1770 weight, one

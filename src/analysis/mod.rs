@@ -287,10 +287,7 @@ impl SignalMeters {
                 mono
             }
             [l, r, ..] => {
-                self.mid.clear();
-                self.side.clear();
-                self.mid.extend(l.iter().zip(*r).map(|(a, b)| 0.5 * (a + b)));
-                self.side.extend(l.iter().zip(*r).map(|(a, b)| 0.5 * (a - b)));
+                crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side);
                 &self.mid
             }
         };

@@ -28,62 +28,102 @@ pub struct LimiterStats {
 }
 
 /// The limiter's gain (linear, ≤ 1) for every sample, for an input whose undriven true-peak
-/// envelope is `envelope`, driven by `drive` (linear). One vector is allocated (the result): the
-/// sliding minimum keeps its candidates in a deque, and the moving average its window in a ring.
+/// envelope is `envelope`, driven by `drive` (linear): [`GainComputer`] over the whole buffer.
 pub fn gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &LimiterSettings) -> Vec<f32> {
-    let n = envelope.len();
-    let ceiling = 10f64.powf((s.ceiling_dbtp - CEILING_MARGIN_DB) / 20.0) as f32;
-    let look = ((s.lookahead_ms * 1e-3 * f64::from(sample_rate_hz)).round() as usize).max(1);
-    // 1. required gain, 2. sliding minimum over [i, i + look − 1] (monotonic deque)
-    let required = |p: f32| {
-        let peak = p * drive;
-        if peak > ceiling {
-            ceiling / peak
-        } else {
-            1.0
+    let mut gains = Vec::with_capacity(envelope.len());
+    let mut computer = GainComputer::new(sample_rate_hz, s, drive);
+    computer.push(envelope, &mut gains);
+    computer.finish(&mut gains);
+    gains
+}
+
+/// The limiter's gain computer, frame by frame: the gain needed to keep the driven envelope
+/// under the ceiling, its minimum over the look-ahead window (a monotonic deque of candidates),
+/// an instant-down exponential-up release, and a moving average over the look-ahead (a ring).
+/// A frame's gain is ready once its look-ahead window has been seen, so it comes out `look`
+/// frames after its envelope value went in; the state carries across calls, so any chunking
+/// gives the same gains as one call over the whole envelope.
+pub struct GainComputer {
+    drive: f32,
+    ceiling: f32,
+    look: usize,
+    release: f32,
+    /// (index, required gain) candidates for the sliding minimum.
+    deque: VecDeque<(usize, f32)>,
+    pushed: usize,
+    made: usize,
+    /// Released gain of the last `look` frames, by index modulo `look`.
+    ring: Vec<f32>,
+    released: f32,
+    sum: f64,
+    /// The first frame's released gain, standing in for the frames before the start, so a peak
+    /// in the first look-ahead is held too.
+    before: f64,
+}
+
+impl GainComputer {
+    /// A gain computer for `s` at `sample_rate_hz`, with the envelope driven by `drive` (linear).
+    pub fn new(sample_rate_hz: u32, s: &LimiterSettings, drive: f32) -> Self {
+        let look = ((s.lookahead_ms * 1e-3 * f64::from(sample_rate_hz)).round() as usize).max(1);
+        Self {
+            drive,
+            ceiling: 10f64.powf((s.ceiling_dbtp - CEILING_MARGIN_DB) / 20.0) as f32,
+            look,
+            release: (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(sample_rate_hz))).exp() as f32,
+            deque: VecDeque::with_capacity(look + 1),
+            pushed: 0,
+            made: 0,
+            ring: vec![1.0; look],
+            released: 1.0,
+            sum: 0.0,
+            before: 1.0,
         }
-    };
-    let mut out = vec![1f32; n];
-    let mut deque: VecDeque<(usize, f32)> = VecDeque::with_capacity(look + 1);
-    for j in 0..n + look - 1 {
-        if let Some(&p) = envelope.get(j) {
-            let r = required(p);
-            while deque.back().is_some_and(|&(_, v)| v >= r) {
-                deque.pop_back();
+    }
+
+    /// Takes the next frames' undriven envelope values and appends every gain now ready.
+    pub fn push(&mut self, envelope: &[f32], gains: &mut Vec<f32>) {
+        for &p in envelope {
+            let peak = p * self.drive;
+            let required = if peak > self.ceiling { self.ceiling / peak } else { 1.0 };
+            while self.deque.back().is_some_and(|&(_, v)| v >= required) {
+                self.deque.pop_back();
             }
-            deque.push_back((j, r));
-        }
-        if j + 1 >= look {
-            let i = j + 1 - look;
-            while deque.front().is_some_and(|&(k, _)| k < i) {
-                deque.pop_front();
-            }
-            if i < n {
-                out[i] = deque.front().map_or(1.0, |&(_, v)| v);
+            self.deque.push_back((self.pushed, required));
+            self.pushed += 1;
+            if self.pushed >= self.look {
+                gains.push(self.produce());
             }
         }
     }
-    // 3. release: instant down, exponential up
-    let a = (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(sample_rate_hz))).exp() as f32;
-    let mut r = 1f32;
-    for v in out.iter_mut() {
-        r = if *v < r { *v } else { *v + (r - *v) * a };
-        *v = r;
+
+    /// The envelope has ended: appends the gains of the frames still waiting.
+    pub fn finish(&mut self, gains: &mut Vec<f32>) {
+        while self.made < self.pushed {
+            gains.push(self.produce());
+        }
     }
-    // 4. moving average over the previous `look` values. Values before the start count as the
-    //    first window's minimum, so a peak in the first look-ahead is held too.
-    let before = f64::from(out.first().copied().unwrap_or(1.0));
-    let mut ring = vec![0f32; look];
-    let mut sum = look as f64 * before;
-    for (i, v) in out.iter_mut().enumerate() {
-        let released = *v;
-        sum += f64::from(released);
-        let slot = i % look;
-        sum -= if i >= look { f64::from(ring[slot]) } else { before };
-        ring[slot] = released;
-        *v = ((sum / look as f64) as f32).min(1.0);
+
+    /// The gain of frame `self.made`, whose look-ahead window is complete (or ends the signal).
+    fn produce(&mut self) -> f32 {
+        let i = self.made;
+        while self.deque.front().is_some_and(|&(k, _)| k < i) {
+            self.deque.pop_front();
+        }
+        let minimum = self.deque.front().map_or(1.0, |&(_, v)| v);
+        self.released =
+            if minimum < self.released { minimum } else { minimum + (self.released - minimum) * self.release };
+        let released = self.released;
+        if i == 0 {
+            self.before = f64::from(released);
+            self.sum = self.look as f64 * self.before;
+        }
+        self.sum += f64::from(released);
+        let slot = i % self.look;
+        self.sum -= if i >= self.look { f64::from(self.ring[slot]) } else { self.before };
+        self.ring[slot] = released;
+        self.made += 1;
+        ((self.sum / self.look as f64) as f32).min(1.0)
     }
-    out
 }
 
 /// How far under the ceiling the safety trim holds the master's measured true peak, dB.

@@ -8,8 +8,6 @@
 //! windows and keep the middle. Chunk boundaries come from the source and do not change the
 //! result: every stage works internally in blocks counted from the first sample.
 
-use std::collections::VecDeque;
-
 use crate::audio::{db_to_lin, AudioBuffer};
 use crate::dsp::fir::StreamConvolver;
 use crate::dsp::oversample::Oversampler;
@@ -17,7 +15,7 @@ use crate::dsp::truepeak::peak_envelope;
 use crate::error::Result;
 use crate::render::dynamics::Compressor;
 use crate::render::eq;
-use crate::render::limiter::{safety_meter_floor_dbfs, safety_trim_db, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::limiter::{safety_meter_floor_dbfs, safety_trim_db, GainComputer, LimiterStats};
 use crate::render::saturation::{saturate_with, Quality};
 use crate::settings::{LimiterSettings, SaturationSettings, Settings};
 use crate::source::FrameSource;
@@ -249,10 +247,7 @@ impl PreChain {
         self.mid.clear();
         self.side.clear();
         match chunk {
-            [l, r, ..] if self.stereo => {
-                self.mid.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a + b)));
-                self.side.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a - b)));
-            }
+            [l, r, ..] if self.stereo => crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side),
             [m, ..] => self.mid.extend_from_slice(m),
             [] => return,
         }
@@ -391,26 +386,15 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     Ok(lim.stats())
 }
 
-/// The true-peak limiter ([`crate::render::limiter::gain_curve`]) as a stream: the same four
-/// steps (required gain, sliding minimum over the look-ahead, release, moving average), each
-/// carried across chunks, so its gain is the whole-buffer gain sample for sample. The samples
-/// wait `look-ahead` frames for their gain; the output is `sample × (drive × gain) × trim`.
+/// The true-peak limiter as a stream: the gain comes from [`GainComputer`] (the one the loop's
+/// decimated estimates use through [`crate::render::limiter::gain_curve`]), whose state carries
+/// across chunks, so the gain is the whole-buffer gain sample for sample. The samples wait
+/// `look-ahead` frames for their gain; the output is `sample × (drive × gain) × trim`.
 pub struct StreamLimiter {
     enabled: bool,
     drive: f32,
     trim: f32,
-    ceiling: f32,
-    look: usize,
-    release: f32,
-    /// (index, required gain) candidates for the sliding minimum.
-    deque: VecDeque<(usize, f32)>,
-    pushed: usize,
-    made: usize,
-    /// Released gain of the last `look` frames, by index modulo `look`.
-    ring: Vec<f32>,
-    r: f32,
-    sum: f64,
-    before: f64,
+    gain: GainComputer,
     held: Planes,
     gains: Vec<f32>,
     stats: GainStats,
@@ -420,21 +404,12 @@ impl StreamLimiter {
     /// A limiter for `s` at `rate`, driven by `s.drive_db`, its output scaled by `trim_db` (the
     /// safety trim, ≤ 0).
     pub fn new(rate: u32, channels: usize, s: &LimiterSettings, trim_db: f64) -> Self {
-        let look = ((s.lookahead_ms * 1e-3 * f64::from(rate)).round() as usize).max(1);
+        let drive = db_to_lin(s.drive_db) as f32;
         Self {
             enabled: s.enabled,
-            drive: db_to_lin(s.drive_db) as f32,
+            drive,
             trim: db_to_lin(trim_db) as f32,
-            ceiling: db_to_lin(s.ceiling_dbtp - CEILING_MARGIN_DB) as f32,
-            look,
-            release: (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(rate))).exp() as f32,
-            deque: VecDeque::with_capacity(look + 1),
-            pushed: 0,
-            made: 0,
-            ring: vec![1.0; look],
-            r: 1.0,
-            sum: 0.0,
-            before: 1.0,
+            gain: GainComputer::new(rate, s, drive),
             held: vec![Vec::new(); channels],
             gains: Vec::new(),
             stats: GainStats::new(rate),
@@ -453,19 +428,7 @@ impl StreamLimiter {
         for (h, p) in self.held.iter_mut().zip(pre) {
             h.extend_from_slice(p);
         }
-        for &p in env {
-            let peak = p * self.drive;
-            let required = if peak > self.ceiling { self.ceiling / peak } else { 1.0 };
-            let j = self.pushed;
-            while self.deque.back().is_some_and(|&(_, v)| v >= required) {
-                self.deque.pop_back();
-            }
-            self.deque.push_back((j, required));
-            self.pushed += 1;
-            if self.pushed >= self.look {
-                self.produce();
-            }
-        }
+        self.gain.push(env, &mut self.gains);
         self.apply(out);
     }
 
@@ -474,9 +437,7 @@ impl StreamLimiter {
         if !self.enabled {
             return;
         }
-        while self.made < self.pushed {
-            self.produce();
-        }
+        self.gain.finish(&mut self.gains);
         self.apply(out);
     }
 
@@ -485,31 +446,11 @@ impl StreamLimiter {
         self.stats.stats()
     }
 
-    /// The gain of frame `self.made`, whose look-ahead window is complete (or ends the signal).
-    fn produce(&mut self) {
-        let i = self.made;
-        while self.deque.front().is_some_and(|&(k, _)| k < i) {
-            self.deque.pop_front();
-        }
-        let minimum = self.deque.front().map_or(1.0, |&(_, v)| v);
-        self.r = if minimum < self.r { minimum } else { minimum + (self.r - minimum) * self.release };
-        let released = self.r;
-        if i == 0 {
-            self.before = f64::from(released);
-            self.sum = self.look as f64 * self.before;
-        }
-        self.sum += f64::from(released);
-        let slot = i % self.look;
-        self.sum -= if i >= self.look { f64::from(self.ring[slot]) } else { self.before };
-        self.ring[slot] = released;
-        let g = ((self.sum / self.look as f64) as f32).min(1.0);
-        self.gains.push(g);
-        self.stats.add(g);
-        self.made += 1;
-    }
-
     fn apply(&mut self, out: &mut Planes) {
         let k = self.gains.len();
+        for &g in &self.gains {
+            self.stats.add(g);
+        }
         for (o, h) in out.iter_mut().zip(self.held.iter_mut()) {
             o.extend(h[..k].iter().zip(&self.gains).map(|(x, g)| x * (self.drive * g) * self.trim));
             h.drain(..k);
@@ -747,7 +688,66 @@ fn precise_window(
 mod tests {
     use super::*;
     use crate::dsp::fir::{design, fir_len};
-    use crate::render::limiter::gain_curve;
+    use crate::render::limiter::CEILING_MARGIN_DB;
+    use std::collections::VecDeque;
+
+    /// The limiter's gain as first written, for a whole buffer in three passes (sliding minimum,
+    /// release, moving average): the specification the streamed gain computer is held to.
+    fn three_pass_gain_curve(envelope: &[f32], drive: f32, sample_rate_hz: u32, s: &LimiterSettings) -> Vec<f32> {
+        let n = envelope.len();
+        let ceiling = 10f64.powf((s.ceiling_dbtp - CEILING_MARGIN_DB) / 20.0) as f32;
+        let look = ((s.lookahead_ms * 1e-3 * f64::from(sample_rate_hz)).round() as usize).max(1);
+        // 1. required gain, 2. sliding minimum over [i, i + look − 1] (monotonic deque)
+        let required = |p: f32| {
+            let peak = p * drive;
+            if peak > ceiling {
+                ceiling / peak
+            } else {
+                1.0
+            }
+        };
+        let mut out = vec![1f32; n];
+        let mut deque: VecDeque<(usize, f32)> = VecDeque::with_capacity(look + 1);
+        for j in 0..n + look - 1 {
+            if let Some(&p) = envelope.get(j) {
+                let r = required(p);
+                while deque.back().is_some_and(|&(_, v)| v >= r) {
+                    deque.pop_back();
+                }
+                deque.push_back((j, r));
+            }
+            if j + 1 >= look {
+                let i = j + 1 - look;
+                while deque.front().is_some_and(|&(k, _)| k < i) {
+                    deque.pop_front();
+                }
+                if i < n {
+                    out[i] = deque.front().map_or(1.0, |&(_, v)| v);
+                }
+            }
+        }
+        // 3. release: instant down, exponential up
+        let a = (-1.0 / (s.release_ms.max(1.0) * 1e-3 * f64::from(sample_rate_hz))).exp() as f32;
+        let mut r = 1f32;
+        for v in out.iter_mut() {
+            r = if *v < r { *v } else { *v + (r - *v) * a };
+            *v = r;
+        }
+        // 4. moving average over the previous `look` values. Values before the start count as the
+        //    first window's minimum, so a peak in the first look-ahead is held too.
+        let before = f64::from(out.first().copied().unwrap_or(1.0));
+        let mut ring = vec![0f32; look];
+        let mut sum = look as f64 * before;
+        for (i, v) in out.iter_mut().enumerate() {
+            let released = *v;
+            sum += f64::from(released);
+            let slot = i % look;
+            sum -= if i >= look { f64::from(ring[slot]) } else { before };
+            ring[slot] = released;
+            *v = ((sum / look as f64) as f32).min(1.0);
+        }
+        out
+    }
 
     fn noise(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -773,7 +773,7 @@ mod tests {
             release_ms: 80.0,
             target_lufs: -10.0,
         };
-        let whole = gain_curve(&env, db_to_lin(6.0) as f32, 44_100, &s);
+        let whole = three_pass_gain_curve(&env, db_to_lin(6.0) as f32, 44_100, &s);
         let want: Vec<f32> = x.iter().zip(&whole).map(|(x, g)| x * (db_to_lin(6.0) as f32 * g)).collect();
         for chunk in [1usize, 97, 4096, 70_001] {
             let mut lim = StreamLimiter::new(44_100, 1, &s, 0.0);
