@@ -12,13 +12,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
-use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
 
 use crate::audio::{AudioBuffer, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ};
 use crate::error::{Error, Result};
@@ -43,9 +42,9 @@ pub struct SourceInfo {
 /// Decodes the whole file at `path` into memory: [`StreamDecoder`] read to its end into one
 /// buffer, so the two give the same samples and the same errors.
 ///
-/// A demuxer or codec that panics on malformed data (symphonia 0.5 does, e.g. on some broken
-/// Matroska headers) gives a clean error naming the file, not a crash: the panic is caught here
-/// and its message kept out of the terminal.
+/// A demuxer or codec that panics on malformed data (symphonia 0.5 did, e.g. on some broken
+/// Matroska headers; the guard stays for 0.6) gives a clean error naming the file, not a crash:
+/// the panic is caught here and its message kept out of the terminal.
 pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
     // The rate is checked at the end, as it always was (after "no audio" and "truncated"), so a
     // file wrong in two ways keeps giving the same error.
@@ -73,7 +72,7 @@ pub fn decode_file(path: &Path) -> Result<(AudioBuffer, SourceInfo)> {
 pub struct StreamDecoder {
     path: PathBuf,
     format: Box<dyn FormatReader>,
-    decoder: Box<dyn Decoder>,
+    decoder: Box<dyn AudioDecoder>,
     track_id: u32,
     /// Hz: the codec parameters' rate, else the first decoded packet's (always known after open).
     rate: Option<u32>,
@@ -85,10 +84,10 @@ pub struct StreamDecoder {
     /// padding).
     frames_hint: Option<u64>,
     truncation_slack: u64,
-    /// Reused for every packet (grown only when a packet is larger than any before it).
-    sample_buf: Option<SampleBuffer<f32>>,
-    /// Frames of the last decoded packet still waiting in `sample_buf`: the packet `open` decodes
-    /// to learn the layout, handed out by the first read.
+    /// The last decoded packet as f32, one plane per channel (reused for every packet).
+    planes: Vec<Vec<f32>>,
+    /// Frames of the last decoded packet still waiting in `planes`: the packet `open` decodes to
+    /// learn the layout, handed out by the first read.
     pending: usize,
     /// Frames decoded so far (handed out, pending or, after a non-finite sample, only counted).
     decoded: u64,
@@ -168,23 +167,27 @@ impl StreamDecoder {
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
-        let probed = symphonia::default::get_probe()
-            .format(&hint, mss, &FormatOptions::default(), &MetadataOptions::default())
+        let format = symphonia::default::get_probe()
+            .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
             .map_err(|e| Error::input(path, format!("not a readable audio file ({})", short_sym(&e))))?;
-        let format = probed.format;
+        // The first audio track with a known codec (as symphonia 0.5's "codec is not null" did).
         let track = format
-            .tracks()
-            .iter()
-            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .first_track_known_codec(TrackType::Audio)
             .ok_or_else(|| Error::input(path, "no audio track found"))?;
         let track_id = track.id;
-        let params = track.codec_params.clone();
+        let frames_hint = track.num_frames;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .cloned()
+            .ok_or_else(|| Error::input(path, "no audio track found"))?;
         let codec_name = symphonia::default::get_codecs()
-            .get_codec(params.codec)
-            .map_or_else(|| "unknown".to_string(), |d| d.short_name.to_string());
+            .get_audio_decoder(params.codec)
+            .map_or_else(|| "unknown".to_string(), |d| d.codec.info.short_name.to_string());
         let lossy = matches!(codec_name.as_str(), "mp3" | "mp2" | "mp1" | "vorbis" | "aac" | "opus");
         let decoder = symphonia::default::get_codecs()
-            .make(&params, &DecoderOptions::default())
+            .make_audio_decoder(&params, &AudioDecoderOptions::default())
             .map_err(|e| Error::input(path, format!("unsupported codec `{codec_name}` ({})", short_sym(&e))))?;
 
         let mut stream = StreamDecoder {
@@ -194,9 +197,9 @@ impl StreamDecoder {
             track_id,
             rate: params.sample_rate,
             layout: 0,
-            frames_hint: params.n_frames,
+            frames_hint,
             truncation_slack: params.max_frames_per_packet.unwrap_or(4096).max(4096),
-            sample_buf: None,
+            planes: Vec::new(),
             pending: 0,
             decoded: 0,
             source_done: false,
@@ -301,16 +304,18 @@ impl StreamDecoder {
     /// non-finite sample on, only counts its non-finite samples (returns 0).
     fn take_pending(&mut self, out: &mut [Vec<f32>]) -> usize {
         let frames = std::mem::take(&mut self.pending);
-        let Some(buf) = self.sample_buf.as_ref().filter(|_| frames > 0) else { return 0 };
-        let data = buf.samples();
-        if let Some(found) = self.non_finite.as_mut() {
-            found.count += data.iter().filter(|x| !x.is_finite()).count();
+        if frames == 0 {
             return 0;
         }
-        if !data.iter().all(|x| x.is_finite()) {
+        let data = || self.planes.iter().flatten();
+        if let Some(found) = self.non_finite.as_mut() {
+            found.count += data().filter(|x| !x.is_finite()).count();
+            return 0;
+        }
+        if !data().all(|x| x.is_finite()) {
             // The packet's planes are `frames` long; its first frame is `decoded - frames`.
             let mut first: Option<(usize, usize)> = None;
-            for (ch, plane) in data.chunks_exact(frames).enumerate() {
+            for (ch, plane) in self.planes.iter().enumerate() {
                 if let Some(i) = plane.iter().position(|x| !x.is_finite()) {
                     if first.is_none_or(|(f, _)| i < f) {
                         first = Some((i, ch));
@@ -318,23 +323,24 @@ impl StreamDecoder {
                 }
             }
             let (i, channel) = first.unwrap_or((0, 0));
-            let count = data.iter().filter(|x| !x.is_finite()).count();
+            let count = data().filter(|x| !x.is_finite()).count();
             self.non_finite = Some(NonFinite { count, frame: self.decoded - frames as u64 + i as u64, channel });
             return 0;
         }
-        for (dest, plane) in out.iter_mut().zip(data.chunks_exact(frames)) {
+        for (dest, plane) in out.iter_mut().zip(&self.planes) {
             dest.extend_from_slice(plane);
         }
         frames
     }
 
     /// Decodes packets until one holds frames in the stream's layout and leaves them in
-    /// `sample_buf`, returning how many (`None` at the end of the file). The first packet holding
+    /// `planes`, returning how many (`None` at the end of the file). The first packet holding
     /// frames fixes the layout (and, when the codec parameters lack it, the rate).
     fn decode_packet(&mut self) -> Result<Option<usize>> {
         while !self.source_done {
             let packet = match self.format.next_packet() {
-                Ok(p) => p,
+                Ok(Some(p)) => p,
+                Ok(None) => break,
                 Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(SymError::ResetRequired) => break,
                 Err(e) => {
@@ -344,7 +350,7 @@ impl StreamDecoder {
                     ))
                 }
             };
-            if packet.track_id() != self.track_id {
+            if packet.track_id != self.track_id {
                 continue;
             }
             let decoded = match self.decoder.decode(&packet) {
@@ -355,10 +361,9 @@ impl StreamDecoder {
                     return Err(Error::input(&self.path, format!("corrupt audio at {at:.2} s ({})", short_sym(&e))));
                 }
             };
-            let spec = *decoded.spec();
-            let n_ch = spec.channels.count();
+            let n_ch = decoded.spec().channels().count();
             if self.rate.is_none() {
-                self.rate = Some(spec.rate);
+                self.rate = Some(decoded.spec().rate());
             }
             if n_ch != self.layout {
                 if self.decoded > 0 {
@@ -370,13 +375,8 @@ impl StreamDecoder {
             if frames == 0 || n_ch == 0 {
                 continue;
             }
-            let needs_new = self.sample_buf.as_ref().is_none_or(|b| b.capacity() < frames * n_ch);
-            if needs_new {
-                self.sample_buf = Some(SampleBuffer::<f32>::new(decoded.capacity().max(frames) as u64, spec));
-            }
-            if let Some(buf) = self.sample_buf.as_mut() {
-                buf.copy_planar_ref(decoded);
-            }
+            // One plane per channel, each `frames` long (allocations reused across packets).
+            decoded.copy_to_vecs_planar(&mut self.planes);
             self.decoded += frames as u64;
             return Ok(Some(frames));
         }
@@ -461,7 +461,7 @@ fn quiet_decoder_panics() {
 /// How far symphonia's probe looks for a format marker, bytes.
 const PROBE_SEARCH_LIMIT: u64 = 1 << 20;
 
-/// Checks the container structures symphonia 0.5 trusts before it allocates (see
+/// Checks the container structures symphonia 0.5 trusted before it allocated (see
 /// [`check_mp4_tables`] and [`check_flac_metadata`]), finding each format's marker in one read of
 /// the part of the file the probe searches. Leaves `file` rewound.
 fn check_containers(file: &mut File, len: u64) -> std::result::Result<(), String> {
@@ -475,11 +475,12 @@ fn check_containers(file: &mut File, len: u64) -> std::result::Result<(), String
 }
 
 /// Refuses MP4/M4A files whose sample tables cannot fit in the file. symphonia 0.5's MP4 reader
-/// sizes its `stsc`, `stco`, `co64`, `stts` and `stsz` tables from the entry count in the file
-/// before reading a single entry, so a corrupt count asks for up to 64 GB at once, and a failed
+/// sized its `stsc`, `stco`, `co64`, `stts` and `stsz` tables from the entry count in the file
+/// before reading a single entry, so a corrupt count asked for up to 64 GB at once, and a failed
 /// allocation aborts the whole process (it cannot be caught). The boxes are walked from the
 /// first `ftyp` marker in `head` (where the probe would start) through moov/trak/mdia/minf/stbl;
-/// every table must fit in what is left of its box. Other formats pass untouched.
+/// every table must fit in what is left of its box. Other formats pass untouched. (symphonia 0.6
+/// caps those first allocations, but the check stays: it names the bad table in one line.)
 fn check_mp4_tables(file: &mut File, len: u64, head: &[u8]) -> std::result::Result<(), String> {
     let start = head.windows(4).position(|w| w == b"ftyp").filter(|&p| p >= 4).map(|p| (p - 4) as u64);
     match start {
@@ -488,8 +489,8 @@ fn check_mp4_tables(file: &mut File, len: u64, head: &[u8]) -> std::result::Resu
     }
 }
 
-/// Refuses FLAC files whose metadata claims more bytes than its block holds. symphonia 0.5 reads
-/// a Vorbis comment's or a picture's length from the file and allocates that much (up to 4 GB)
+/// Refuses FLAC files whose metadata claims more bytes than its block holds. symphonia 0.5 read
+/// a Vorbis comment's or a picture's length from the file and allocated that much (up to 4 GB)
 /// before reading it (found by fuzzing: a 61 kB file asked for 2.7 GB). Every FLAC metadata block
 /// is at most 16 MB, so each inner length is checked against what is left of its block. The
 /// stream starts at the first `fLaC` marker in `head`; other formats pass untouched.

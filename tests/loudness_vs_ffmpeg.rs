@@ -210,7 +210,6 @@ fn shipped_demo_mix_flac_agrees_with_ffmpeg() {
 }
 
 #[test]
-#[ignore = "known gap: symphonia 0.5 clamps decoded Vorbis/MP3 to ±1.0 (fixed upstream in 0.6), so demo_ref.ogg reads +0.30 dBTP where ffmpeg reads +0.6; run with --ignored"]
 fn shipped_demo_reference_ogg_agrees_with_ffmpeg() {
     // Decoded separately by each tool (symphonia vs ffmpeg's Vorbis decoder), so this also
     // checks the decode.
@@ -218,7 +217,6 @@ fn shipped_demo_reference_ogg_agrees_with_ffmpeg() {
 }
 
 #[test]
-#[ignore = "known gap: symphonia 0.5 clamps decoded Vorbis/MP3 to ±1.0 (fixed upstream in 0.6), so demo_ref.ogg reads +0.30 dBTP where ffmpeg reads +0.6; run with --ignored"]
 fn decoded_ogg_keeps_its_samples_above_full_scale_like_ffmpeg() {
     // A loud lossy master decodes to samples beyond ±1.0 (demo_ref.ogg: +0.6 dBFS). They are
     // part of the signal: clipping them at decode under-reads the true peak and distorts the
