@@ -167,6 +167,8 @@ impl StreamDecoder {
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
+        // FormatOptions::default() trims the encoder delay and padding an MP3 declares (gapless
+        // playback), so an MP3 decodes to the same frames, aligned the same, as ffmpeg gives.
         let format = symphonia::default::get_probe()
             .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
             .map_err(|e| Error::input(path, format!("not a readable audio file ({})", short_sym(&e))))?;
