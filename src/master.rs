@@ -485,6 +485,11 @@ struct Prepared<'a> {
 /// Most frames of the decimated estimate signals (4 Mi: 16 MB each).
 const ESTIMATE_FRAMES: usize = 1 << 22;
 
+/// The sample rate of the decimated estimate signals (one value per `decimation` frames), Hz.
+fn decimated_rate(rate: u32, decimation: usize) -> u32 {
+    (rate / decimation as u32).max(1)
+}
+
 /// Gathers a [`Prepared`]'s measurements from chunks of the signal and its envelope.
 struct Measure {
     rate: u32,
@@ -547,8 +552,7 @@ impl Measure {
     /// (block means, so the same 400 ms blocks; −∞ unless decimating). Aims the drive search;
     /// every drive it finds is verified on the full signal.
     fn loudness_lufs(&self) -> f64 {
-        let rate_d = (self.rate / self.decimation as u32).max(1);
-        gated_loudness(&block_energies(&self.energy_d, rate_d, |_| 1.0))
+        gated_loudness(&block_energies(&self.energy_d, decimated_rate(self.rate, self.decimation), |_| 1.0))
     }
 
     fn flush(&mut self) {
@@ -601,7 +605,7 @@ fn prepare<'a>(
         m0.flush();
         let loud_db = m0.quantile.quantile_db(0.999);
         let base = m0.loudness_lufs();
-        let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, rate, &settings.limiter, base));
+        let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, &settings.limiter, base));
         plan_saturation(loud_db, first_limiting, settings, work, cap);
         limiting_estimate = first_limiting;
         if settings.saturation.enabled {
@@ -718,12 +722,12 @@ fn estimate_lufs(
 
 /// The limiter's gain reduction (99.9th percentile, dB) at the drive that would reach the
 /// target without a saturator, estimated on the decimated signal `m` (loudness `base_lufs`).
-fn estimated_limiting_db(m: &Measure, rate: u32, limiter: &crate::settings::LimiterSettings, base_lufs: f64) -> f64 {
+fn estimated_limiting_db(m: &Measure, limiter: &crate::settings::LimiterSettings, base_lufs: f64) -> f64 {
     let target = limiter.target_lufs;
     if !base_lufs.is_finite() || !target.is_finite() || m.env_d.is_empty() {
         return f64::NAN;
     }
-    let rate_d = (rate / m.decimation as u32).max(1);
+    let rate_d = decimated_rate(m.rate, m.decimation);
     let estimate = |d: f64| estimate_lufs(&m.env_d, &m.energy_d, rate_d, limiter, d).0;
     let drive = secant(&estimate, target, (target - base_lufs).clamp(-60.0, 36.0), -60.0, 36.0);
     let (_, gain) = estimate_lufs(&m.env_d, &m.energy_d, rate_d, limiter, drive);
@@ -901,7 +905,7 @@ fn loudness_loop(
     // reduction that more than 0.1 % of the music receives. A lone transient may go deeper.
     let loud_db = if prepared.loud_db.is_finite() { prepared.loud_db } else { 0.0 };
     let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
-    let rate_d = (prepared.rate / prepared.decimation as u32).max(1);
+    let rate_d = decimated_rate(prepared.rate, prepared.decimation);
     let limiter = settings.limiter.clone();
     let estimate = |drive_db: f64| estimate_lufs(&prepared.env_d, &prepared.energy_d, rate_d, &limiter, drive_db).0;
     let mut aim = target + *bias;

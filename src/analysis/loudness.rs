@@ -127,7 +127,7 @@ fn energy_to_lufs(mean_energy: f64) -> f64 {
 }
 
 /// BS.1770 K-weighted 100 ms sub-block energies of audio pushed chunk by chunk (our own
-/// K-weighting, same formulas as [`integrated_lufs_scaled`]), channel weights as
+/// K-weighting, [`k_weighting`]), channel weights as
 /// [`channel_weights`]. Holds one f64 per 100 ms of audio, never the signal, so the mastering
 /// loop can verify a rendered master without storing it.
 #[derive(Debug, Clone)]
@@ -208,8 +208,8 @@ impl KMeter {
     }
 
     /// Gated integrated loudness (LUFS, −inf for silence) of everything pushed so far: 400 ms
-    /// blocks with a 100 ms hop over the complete sub-blocks, as [`integrated_lufs_scaled`]
-    /// computes it (the same value for the same audio, bit for bit).
+    /// blocks with a 100 ms hop over the complete sub-blocks (the tests hold it bit for bit to a
+    /// whole-buffer computation of the same).
     pub fn integrated_lufs(&self) -> f64 {
         gated_loudness(&gating_blocks(&self.sub_blocks, self.hop))
     }
@@ -236,7 +236,7 @@ impl KMeter {
         self.frames
     }
 
-    /// Σ weight × Σ y² over the channels, in channel order (as [`integrated_lufs_scaled`] adds).
+    /// Σ weight × Σ y² over the channels, in channel order.
     fn weighted_sum(&self) -> f64 {
         self.channels.iter().map(|c| c.sum * c.weight).sum()
     }
@@ -333,57 +333,6 @@ impl KWeightedEnergy {
             }
         }
     }
-}
-
-/// Runs `per_channel(samples, weight)` for every channel with a non-zero BS.1770 weight, one
-/// thread each (stereo uses both cores), and adds the results element by element.
-fn sum_weighted_channels<T, F>(channels: &[&[f32]], weights: &[f64], per_channel: F) -> Vec<T>
-where
-    T: Copy + Send + std::ops::AddAssign,
-    F: Fn(&[f32], f64) -> Vec<T> + Sync,
-{
-    let results: Vec<Vec<T>> = std::thread::scope(|s| {
-        let f = &per_channel;
-        let jobs: Vec<_> =
-            channels.iter().zip(weights).filter(|(_, w)| **w > 0.0).map(|(ch, &w)| s.spawn(move || f(ch, w))).collect();
-        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
-    });
-    let mut iter = results.into_iter();
-    let mut total = iter.next().unwrap_or_default();
-    for other in iter {
-        for (t, o) in total.iter_mut().zip(other) {
-            *t += o;
-        }
-    }
-    total
-}
-
-/// Integrated loudness (LUFS) of `channels` multiplied sample by sample by `scale × gain[i]`,
-/// without materialising the product, over the whole buffer: the reference [`KMeter`] is tested
-/// against (the mastering loop verifies its drives with a `KMeter` on the streamed output).
-pub fn integrated_lufs_scaled(channels: &[&[f32]], sample_rate_hz: u32, scale: f32, gain: &[f32]) -> f64 {
-    let [shelf, hp] = k_weighting(sample_rate_hz);
-    let weights = channel_weights(channels.len());
-    let hop = (sample_rate_hz / 10).max(1) as usize;
-    let sub_blocks = |ch: &[f32], w: f64| -> Vec<f64> {
-        let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
-        ch.chunks(hop)
-            .zip(gain.chunks(hop))
-            .filter(|(c, _)| c.len() == hop)
-            .map(|(c, g)| {
-                c.iter()
-                    .zip(g)
-                    .map(|(&x, &g)| {
-                        let y = b.process(a.process(f64::from(x * scale * g)));
-                        y * y
-                    })
-                    .sum::<f64>()
-                    * w
-            })
-            .collect()
-    };
-    let sums = sum_weighted_channels(channels, &weights, sub_blocks);
-    gated_loudness(&gating_blocks(&sums, hop))
 }
 
 /// BS.1770 channel weights in the `ebur128` crate's default layout: L, R (C) weight 1,
@@ -497,6 +446,62 @@ pub(crate) fn silent_loudness() -> Loudness {
 mod tests {
     use super::*;
     use crate::analysis::test_audio::music;
+
+    /// Runs `per_channel(samples, weight)` for every channel with a non-zero BS.1770 weight, one
+    /// thread each (stereo uses both cores), and adds the results element by element.
+    fn sum_weighted_channels<T, F>(channels: &[&[f32]], weights: &[f64], per_channel: F) -> Vec<T>
+    where
+        T: Copy + Send + std::ops::AddAssign,
+        F: Fn(&[f32], f64) -> Vec<T> + Sync,
+    {
+        let results: Vec<Vec<T>> = std::thread::scope(|s| {
+            let f = &per_channel;
+            let jobs: Vec<_> = channels
+                .iter()
+                .zip(weights)
+                .filter(|(_, w)| **w > 0.0)
+                .map(|(ch, &w)| s.spawn(move || f(ch, w)))
+                .collect();
+            jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+        });
+        let mut iter = results.into_iter();
+        let mut total = iter.next().unwrap_or_default();
+        for other in iter {
+            for (t, o) in total.iter_mut().zip(other) {
+                *t += o;
+            }
+        }
+        total
+    }
+
+    /// Integrated loudness (LUFS) of `channels` multiplied sample by sample by `scale × gain[i]`,
+    /// without materialising the product, over the whole buffer, one thread a channel: the
+    /// whole-buffer form of [`KMeter`]'s loudness, kept here as the specification the meter is
+    /// held to (the product measures on the stream and no longer calls it).
+    fn integrated_lufs_scaled(channels: &[&[f32]], sample_rate_hz: u32, scale: f32, gain: &[f32]) -> f64 {
+        let [shelf, hp] = k_weighting(sample_rate_hz);
+        let weights = channel_weights(channels.len());
+        let hop = (sample_rate_hz / 10).max(1) as usize;
+        let sub_blocks = |ch: &[f32], w: f64| -> Vec<f64> {
+            let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
+            ch.chunks(hop)
+                .zip(gain.chunks(hop))
+                .filter(|(c, _)| c.len() == hop)
+                .map(|(c, g)| {
+                    c.iter()
+                        .zip(g)
+                        .map(|(&x, &g)| {
+                            let y = b.process(a.process(f64::from(x * scale * g)));
+                            y * y
+                        })
+                        .sum::<f64>()
+                        * w
+                })
+                .collect()
+        };
+        let sums = sum_weighted_channels(channels, &weights, sub_blocks);
+        gated_loudness(&gating_blocks(&sums, hop))
+    }
 
     /// `audio` through a [`KMeter`] in chunks of `chunk` frames.
     fn metered(audio: &AudioBuffer, chunk: usize) -> KMeter {

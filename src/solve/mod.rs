@@ -90,10 +90,11 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
     }
     let width_bands = if opts.width && stereo && has_side(mix) && has_side(target) {
         let eq_sm = difference(&side_gain, &mid_gain);
-        let wanted = difference(&width_difference(mix, target), &eq_sm);
+        let gap = width_difference(mix, target);
+        let wanted = difference(&gap, &eq_sm);
         let gains = width_curve(&grid, &wanted, cutoff, opts);
         report_width_bound(&grid, &wanted, cutoff, opts, &mut notes);
-        report_bass_width_held(&grid, &width_difference(mix, target), &mut notes);
+        report_bass_width_held(&grid, &gap, &mut notes);
         hold_bass_width(&grid, &mid_gain, &mut side_gain, &gains);
         grid.iter().zip(&gains).map(|(&f, &g)| band_gain(f, g)).collect()
     } else {
