@@ -102,13 +102,13 @@ fn master_moves_a_dull_narrow_mix_onto_the_references_tone_width_and_loudness() 
     assert!(width_err.abs() < 1.0, "side/mid off by {width_err:.2} dB");
 }
 
-/// Side-to-mid ratio of `p` per grid band at and below `hz`, dB, with the band centres.
-fn bass_side_to_mid_db(p: &Profile, hz: f64) -> Vec<(f64, f64)> {
+/// Side-to-mid ratio of `p` per grid band from `lo_hz` to `hi_hz`, dB, with the band centres.
+fn side_to_mid_db(p: &Profile, lo_hz: f64, hi_hz: f64) -> Vec<(f64, f64)> {
     let s = &p.spectrum;
     s.frequencies_hz
         .iter()
         .zip(s.side_db.iter().zip(&s.mid_db))
-        .filter(|(f, _)| (40.0..=hz).contains(*f))
+        .filter(|(f, _)| (lo_hz..=hi_hz).contains(*f))
         .map(|(f, (side, mid))| (*f, side - mid))
         .collect()
 }
@@ -126,9 +126,9 @@ fn the_bass_is_never_made_wider_than_the_mix_even_when_the_reference_is_wider_th
     let mp = analyze(&mix, "mix", false);
     let rp = analyze(&reference, "ref", false);
     let (m, _) = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters");
-    let before = bass_side_to_mid_db(&mp, 120.0);
-    let after = bass_side_to_mid_db(&m.profile, 120.0);
-    let wanted = bass_side_to_mid_db(&rp, 120.0);
+    let before = side_to_mid_db(&mp, 40.0, 120.0);
+    let after = side_to_mid_db(&m.profile, 40.0, 120.0);
+    let wanted = side_to_mid_db(&rp, 40.0, 120.0);
     for (((f, b), (_, a)), (_, w)) in before.iter().zip(&after).zip(&wanted) {
         println!("{f:6.0} Hz: mix {b:+.2} master {a:+.2} reference {w:+.2} dB");
     }
@@ -139,17 +139,7 @@ fn the_bass_is_never_made_wider_than_the_mix_even_when_the_reference_is_wider_th
     let mean = |v: &[(f64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
     assert!(mean(&after) - mean(&before) <= 0.25, "bass widened on average");
     // Above 120 Hz the width still follows the reference.
-    let upper = |p: &Profile| {
-        let s = &p.spectrum;
-        let v: Vec<f64> = s
-            .frequencies_hz
-            .iter()
-            .zip(s.side_db.iter().zip(&s.mid_db))
-            .filter(|(f, _)| (300.0..=10_000.0).contains(*f))
-            .map(|(_, (side, mid))| side - mid)
-            .collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
+    let upper = |p: &Profile| mean(&side_to_mid_db(p, 300.0, 10_000.0));
     let gap = upper(&m.profile) - upper(&rp);
     assert!(gap.abs() < 0.5, "side/mid above 300 Hz off the reference's by {gap:.2} dB");
 }
