@@ -21,6 +21,8 @@ use std::path::Path;
 
 /// Loudness tolerance of the drive search, LU.
 pub const LOUDNESS_TOLERANCE_LU: f64 = 0.05;
+/// How far the measured limiting depth may exceed the limit before the drive is lowered, dB.
+const DEPTH_TOLERANCE_DB: f64 = 0.04;
 /// Deepest limiting refmaster applies by default, dB of gain reduction at the 99.9th percentile
 /// (what more than 0.1 % of the music receives). Past this a loud target is reported
 /// unreachable rather than crushed.
@@ -275,6 +277,7 @@ pub fn master_stream(
     let mut loop_opts = opts.solve.clone();
     loop_opts.amount = 1.0;
     let mut bias = 0.0;
+    let mut depth = 0.0;
     let mut pass = 0;
     let (pre, search) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
@@ -289,7 +292,7 @@ pub fn master_stream(
         let prepared = prepare(source, &mut settings, plan, quality, cache)?;
         sat_stats = prepared.saturation.clone();
         let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
-        let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, &mut bias, !last)?;
+        let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
         if let Some(l) = prepared.limiting_estimate.filter(|l| l.is_finite()) {
             work.push((0.0, l));
@@ -871,14 +874,18 @@ fn read_limited(
 /// `intermediate`: one verified read, which also measures the spectra; else up to
 /// `rounds.search` reads, each with the true peak, then the loudness the safety trim takes won
 /// back (up to 4 more reads) when `rounds.trim_compensation`.
+///
+/// `learned` carries what one pass teaches the next: the loudness estimate's bias, LU, and how
+/// far under the estimate's drive limit the limiter's measured depth puts the real one, dB.
 fn loudness_loop(
     prepared: &Prepared,
     settings: &mut Settings,
     max_limiting_db: f64,
     rounds: LoopRounds,
-    bias: &mut f64,
+    learned: (&mut f64, &mut f64),
     intermediate: bool,
 ) -> Result<Search> {
+    let (bias, depth) = learned;
     let LoopRounds { search: rounds, trim_compensation } = rounds;
     let target = settings.limiter.target_lufs;
     let base = prepared.base_lufs;
@@ -901,10 +908,22 @@ fn loudness_loop(
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };
         return Ok(finish(r, trim_db, None));
     }
-    // Limiting depth is judged at the 99.9th percentile of the true-peak envelope: the gain
-    // reduction that more than 0.1 % of the music receives. A lone transient may go deeper.
+    // Limiting depth is the gain reduction that more than 0.1 % of the music receives (a lone
+    // transient may go deeper). The envelope's 99.9th percentile sets a first limit on the
+    // drive; the limiter's gain, held through its release, reaches deeper than the envelope,
+    // so every verified reading measures the real depth and lowers the limit by any excess.
     let loud_db = if prepared.loud_db.is_finite() { prepared.loud_db } else { 0.0 };
-    let drive_max = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
+    let drive_cap = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
+    let mut drive_max = drive_cap - *depth;
+    let mut too_deep = |r: &Reading, drive: f64, drive_max: &mut f64| -> bool {
+        let over = r.stats.loud_gain_reduction_db - max_limiting_db;
+        if over <= DEPTH_TOLERANCE_DB {
+            return false;
+        }
+        *drive_max = drive_max.min(drive - over);
+        *depth = drive_cap - *drive_max;
+        true
+    };
     let rate_d = decimated_rate(prepared.rate, prepared.decimation);
     let limiter = settings.limiter.clone();
     let estimate = |drive_db: f64| estimate_lufs(&prepared.env_d, &prepared.energy_d, rate_d, &limiter, drive_db).0;
@@ -912,13 +931,21 @@ fn loudness_loop(
     let mut drive = (target - base).clamp(-60.0, drive_max);
     let mut reading = None;
     let mut reached = f64::NEG_INFINITY;
-    for _ in 0..rounds.max(1) {
+    // Final passes get up to two more reads when the last one went too deep.
+    let extra = if intermediate { 0 } else { 2 };
+    let mut round = 0;
+    while round < rounds.max(1) + extra {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
         let r = read_limited(prepared, &settings.limiter, !intermediate, intermediate)?;
         reached = r.lufs;
+        let deep = too_deep(&r, drive, &mut drive_max);
         reading = Some(r);
-        if (reached - target).abs() <= LOUDNESS_TOLERANCE_LU || drive >= drive_max - 1e-9 {
+        round += 1;
+        if deep {
+            continue;
+        }
+        if (reached - target).abs() <= LOUDNESS_TOLERANCE_LU || drive >= drive_max - 1e-9 || round >= rounds.max(1) {
             break;
         }
         aim += target - reached;

@@ -265,6 +265,43 @@ fn mastering_a_finished_track_against_itself_touches_only_its_peaks() {
 }
 
 #[test]
+fn an_unreachable_target_stops_at_the_limiting_depth_and_the_limiter_measures_no_deeper() {
+    // A mix with a drum-like burst every 0.4 s, 15 dB over its bed, pushed 14 dB louder with no
+    // saturator and the depth limit lowered to 6 dB: the limiter alone cannot get there. The
+    // limit is on the gain reduction that 0.1 % of the samples receive; the limiter's gain is
+    // held through its release around every hit, so that depth is deeper than the peaks'
+    // envelope suggests, and the search must measure it rather than trust the envelope.
+    let rate = 44_100;
+    let mut mix = dull_narrow_mix(rate, 12.0);
+    let mut rng = Rng::new(5);
+    let hit = (0.4 * f64::from(rate)) as usize;
+    for i in 0..mix.frames() {
+        let t = (i % hit) as f64 / f64::from(rate);
+        let burst = (rng.gaussian() * 0.1 * (-t / 0.02).exp()) as f32;
+        mix.channels[0][i] += burst;
+        mix.channels[1][i] += burst;
+    }
+    let mp = analyze(&mix, "mix", false);
+    let target_lufs = mp.loudness.integrated_lufs + 14.0;
+    let limit_db = 6.0;
+    let opts = MasterOptions {
+        solve: SolveOptions { target_lufs: Some(target_lufs), ..SolveOptions::default() },
+        saturation: false,
+        max_limiting_db: limit_db,
+        ..MasterOptions::default()
+    };
+    let (m, _) = master(&mix, &mp, &mp, &opts, &quiet).expect("masters");
+    let depth = m.limiter.loud_gain_reduction_db;
+    let reached = m.profile.loudness.integrated_lufs;
+    println!("mix {:.1} LUFS {:.1} dBTP; target {target_lufs:.1} LUFS, reached {reached:.1}: limiter {depth:.2} dB at the 99.9th percentile (limit {limit_db})", mp.loudness.integrated_lufs, mp.loudness.true_peak_dbtp);
+    assert!(reached < target_lufs - 1.0, "the target should be out of reach: {reached:.1} LUFS for {target_lufs:.1}");
+    assert!(depth <= limit_db + 0.05, "the limiter went {depth:.2} dB deep, past the {limit_db} dB limit");
+    assert!(depth >= limit_db - 0.5, "it stopped well short of the limit: {depth:.2} dB");
+    let note = m.notes.iter().find(|n| n.contains("not reachable")).expect("says the target is out of reach");
+    assert!(note.contains(&format!("{limit_db:.0} dB of limiting")), "{note}");
+}
+
+#[test]
 fn cli_master_hits_the_loudness_target_under_the_ceiling_as_ffmpeg_measures_it() {
     let dir = temp_dir();
     let out = in_dir(&dir, "master.wav");

@@ -206,11 +206,6 @@ fn a_reference_louder_than_the_guard_allows_is_not_chased_unless_crush_is_allowe
     let reason = stdout.lines().find(|l| l.contains("loudness guard")).expect("the guard says why it stopped");
     let g = common::ffmpeg_ebur128(&guarded);
     let plr = g.true_peak_dbtp - g.integrated_lufs;
-    let keep = std::path::Path::new("/tmp/guarded-debug");
-    let _ = std::fs::create_dir_all(keep);
-    let _ = std::fs::copy(&guarded, keep.join("guarded.wav"));
-    let _ = std::fs::copy(&mix, keep.join("mix.wav"));
-    let _ = std::fs::copy(&reference, keep.join("reference.wav"));
     println!(
         "guarded: {:.1} LUFS, {:.1} dBTP, PLR {plr:.1} dB (reference {:.1} LUFS): {reason}",
         g.integrated_lufs, g.true_peak_dbtp, r.integrated_lufs
