@@ -23,6 +23,9 @@ use std::path::Path;
 pub const LOUDNESS_TOLERANCE_LU: f64 = 0.05;
 /// How far the measured limiting depth may exceed the limit before the drive is lowered, dB.
 const DEPTH_TOLERANCE_DB: f64 = 0.04;
+/// How far under the limit a reading at the drive limit may stay, short of its target, before
+/// the limit is raised again, dB.
+const DEPTH_SLACK_DB: f64 = 0.25;
 /// Deepest limiting refmaster applies by default, dB of gain reduction at the 99.9th percentile
 /// (what more than 0.1 % of the music receives). Past this a loud target is reported
 /// unreachable rather than crushed.
@@ -915,14 +918,22 @@ fn loudness_loop(
     let loud_db = if prepared.loud_db.is_finite() { prepared.loud_db } else { 0.0 };
     let drive_cap = (settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB + max_limiting_db - loud_db).min(36.0);
     let mut drive_max = drive_cap - *depth;
-    let mut too_deep = |r: &Reading, drive: f64, drive_max: &mut f64| -> bool {
+    // Moves the drive limit to where the measured depth says it is: down when a reading went
+    // too deep, back up (never past the envelope's limit) when one at the limit fell short of
+    // both the depth and the target, as after a pass that changed the saturator or the EQ.
+    // True when the limit moved enough to search again.
+    let mut correct_limit = |r: &Reading, drive: f64, drive_max: &mut f64| -> bool {
         let over = r.stats.loud_gain_reduction_db - max_limiting_db;
-        if over <= DEPTH_TOLERANCE_DB {
+        let at_limit = drive >= *drive_max - 1e-9;
+        let short = r.lufs < target - LOUDNESS_TOLERANCE_LU;
+        if !(over > DEPTH_TOLERANCE_DB || (at_limit && short && over < -DEPTH_SLACK_DB)) {
             return false;
         }
-        *drive_max = drive_max.min(drive - over);
-        *depth = drive_cap - *drive_max;
-        true
+        let moved = (drive - over).min(drive_cap);
+        let changed = (moved - *drive_max).abs() > 0.02;
+        *drive_max = moved;
+        *depth = drive_cap - moved;
+        changed
     };
     let rate_d = decimated_rate(prepared.rate, prepared.decimation);
     let limiter = settings.limiter.clone();
@@ -931,7 +942,7 @@ fn loudness_loop(
     let mut drive = (target - base).clamp(-60.0, drive_max);
     let mut reading = None;
     let mut reached = f64::NEG_INFINITY;
-    // Final passes get up to two more reads when the last one went too deep.
+    // Final passes get up to two more reads when the drive limit moved.
     let extra = if intermediate { 0 } else { 2 };
     let mut round = 0;
     while round < rounds.max(1) + extra {
@@ -939,10 +950,10 @@ fn loudness_loop(
         settings.limiter.drive_db = drive;
         let r = read_limited(prepared, &settings.limiter, !intermediate, intermediate)?;
         reached = r.lufs;
-        let deep = too_deep(&r, drive, &mut drive_max);
+        let moved = correct_limit(&r, drive, &mut drive_max);
         reading = Some(r);
         round += 1;
-        if deep {
+        if moved {
             continue;
         }
         if (reached - target).abs() <= LOUDNESS_TOLERANCE_LU || drive >= drive_max - 1e-9 || round >= rounds.max(1) {
