@@ -291,7 +291,13 @@ pub fn master_stream(
         // there, the correction missed what the 8x clipper does differently, and saturation
         // cost up to 0.01-0.02 dB of spectral distance (scorecard) against --no-saturation.
         let quality = if pass + 1 >= opts.closed_loop_passes || last { Quality::Oversampled } else { Quality::Draft };
-        let plan = if use_saturation { Some((work.as_slice(), cap)) } else { None };
+        // The master keeps the saturator drive the last intermediate pass was measured with:
+        // planned again, the drive moved (the plan's trade curve is read off passes with
+        // different EQs) and the EQ and width corrections, measured on the old drive, no
+        // longer fitted (strict_vs_quite at equal loudness: width 1.40 dB planned again, 1.25
+        // kept; --no-saturation 1.27).
+        let replan = !last || work.is_empty();
+        let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
         let prepared = prepare(source, &mut settings, plan, quality, cache)?;
         sat_stats = prepared.saturation.clone();
         let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
@@ -570,12 +576,22 @@ impl Measure {
     }
 }
 
-/// Renders one pass's pre-limiter signal and measures it; with `saturation` (the plan: the
-/// passes so far and the cap), first measures the signal before the saturator to set its drive.
+/// How [`prepare`] sets the saturator.
+struct SaturationPlan<'w> {
+    /// (peaks into the clipper, limiter gain reduction) of the passes so far, dB.
+    work: &'w [(f64, f64)],
+    /// Deepest drive into the clipper, dB.
+    cap_db: f64,
+    /// Plan the drive again (false: keep the one in the settings).
+    replan: bool,
+}
+
+/// Renders one pass's pre-limiter signal and measures it; with `saturation` (the plan),
+/// first measures the signal before the saturator to set its drive.
 fn prepare<'a>(
     source: &'a dyn FrameSource,
     settings: &mut Settings,
-    saturation: Option<(&[(f64, f64)], f64)>,
+    saturation: Option<SaturationPlan<'_>>,
     quality: Quality,
     cache: bool,
 ) -> Result<Prepared<'a>> {
@@ -596,7 +612,7 @@ fn prepare<'a>(
     let mut sat_stats = SaturationStats::default();
     let mut limiting_estimate = None;
     let mut unsaturated: Option<(Planes, Vec<f32>)> = None;
-    if let Some((work, cap)) = saturation {
+    if let Some(SaturationPlan { work, cap_db, replan }) = saturation {
         // Measure what enters the saturator (kept, when it fits, to saturate without rendering
         // the EQ and compressor again).
         // The first pass estimates the limiter's work from the decimated signal; later passes
@@ -612,7 +628,9 @@ fn prepare<'a>(
         let loud_db = m0.quantile.quantile_db(0.999);
         let base = m0.loudness_lufs();
         let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, &settings.limiter, base));
-        plan_saturation(loud_db, first_limiting, settings, work, cap);
+        if replan {
+            plan_saturation(loud_db, first_limiting, settings, work, cap_db);
+        }
         limiting_estimate = first_limiting;
         if settings.saturation.enabled {
             sat_stats.peak_drive_db = loud_db + settings.saturation.drive_db - settings.limiter.ceiling_dbtp;

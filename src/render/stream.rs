@@ -114,7 +114,7 @@ pub struct SaturatorStage {
 impl SaturatorStage {
     /// A saturator for `settings` clipping at `clip_dbtp` (the limiter ceiling).
     pub fn new(rate: u32, channels: usize, settings: &SaturationSettings, clip_dbtp: f64, quality: Quality) -> Self {
-        let halo = 4 * Oversampler::new().reach() + 64;
+        let halo = 4 * Oversampler::new().reach() + 64 + 2 * crate::render::saturation::side_smoothing_reach(rate);
         Self {
             settings: settings.clone(),
             clip_dbtp,
