@@ -144,8 +144,8 @@ fn with_a_loud_reference_saturation_lowers_the_limiters_work_and_keeps_the_tonal
     // And it buys that without giving up the tonal and width match: at most a tenth of a dB more
     // shape error on any measure, a level step under the smallest audible one. Both masters come
     // from the same mix, so the spectra's estimation noise is common to them. Measured (mid,
-    // side, width): on 0.17/0.23/0.22 dB, off 0.10/0.20/0.14 dB, from the mix's 1.32/0.15/1.67.
-    // (On the corpus pairs the scorecard finds it equal or better: see the issue notes.)
+    // side, width): on 0.11/0.21/0.16 dB, off 0.10/0.20/0.14 dB, from the mix's 1.32/0.15/1.67.
+    // (The corpus pairs, scored at equal loudness, are in the issue notes.)
     let top_hz = refmaster::solve::follow_limit_hz(&mp, &rp);
     let start = shape_errors_db(&mp, &rp, top_hz);
     let (with, without) = (shape_errors_db(&on.profile, &rp, top_hz), shape_errors_db(&off.profile, &rp, top_hz));

@@ -9,10 +9,10 @@
 //!
 //! The gain is linked across channels (computed from the larger of them at each instant), so
 //! saturation leaves the stereo image as it was. In stereo the mid takes that gain as it is and
-//! the side takes the mid's energy change over the surrounding millisecond (`SideGain`): turned
+//! the side takes the mid's energy change over the surrounding millisecond (at its own rate: the gain is smooth): turned
 //! down with the peaks as much, but not multiplied with every clipped sample's gain, which would
 //! spray a centred drum's broadband clipping over whatever is wide (tests/saturation.rs: a
-//! wide pad's treble at -24.5 dB re the side with the gain per sample, -64 dB smoothed;
+//! wide pad's treble at -24.5 dB re the side with the gain per sample, -63 dB smoothed;
 //! strict_vs_quite: +2.5 dB of side at 16 kHz). The curve is linear up to a knee (`knee_db`
 //! under the clip level), then a tanh that approaches
 //! the clip level: value, slope and curvature are continuous at the knee, so the harmonics it
@@ -22,7 +22,7 @@
 //! never filtered and comes out bit-identical.
 
 use crate::audio::{db_to_lin, AudioBuffer};
-use crate::dsp::oversample::Oversampler;
+use crate::dsp::oversample::{Oversampler, FACTOR};
 use crate::dsp::truepeak::{envelope_quantile_db, peak_envelope};
 use crate::settings::SaturationSettings;
 
@@ -136,121 +136,150 @@ pub fn saturate_with(
     let knee = db_to_lin(-s.knee_db) as f32;
     let detect = knee * clip * db_to_lin(-DETECTION_MARGIN_DB) as f32;
     let os = Oversampler::new();
-    let mut spans = active_spans(&env, detect, 2 * os.reach() + 2);
-    let stereo = audio.channels.len() == 2;
-    if stereo {
-        // The side's smoothed gain reaches past the samples that reach the knee.
-        spans = widen_spans(&spans, side_smoothing_reach(audio.sample_rate_hz), env.len(), 2 * os.reach() + 2);
-    }
+    let spans = active_spans(&env, detect, 2 * os.reach() + 2);
     let active: usize = spans.iter().map(|(a, b)| b - a).sum();
     let mix = s.mix.clamp(0.0, 1.0) as f32;
-    let box_len = |factor: usize| {
-        let n = (2.0 * SIDE_SMOOTHING_S / 3.0 * f64::from(audio.sample_rate_hz) * factor as f64).round() as usize;
-        n.max(1) | 1
-    };
-    let side_box = stereo.then(|| (box_len(1), box_len(crate::dsp::oversample::FACTOR)));
-    let curve = Curve { inv_clip: 1.0 / f64::from(clip), knee: f64::from(knee), mix, side_box };
+    let stereo = audio.channels.len() == 2;
+    let curve = Curve { inv_clip: 1.0 / f64::from(clip), knee: f64::from(knee), mix, stereo };
     let stats = SaturationStats {
         active_fraction: if env.is_empty() { 0.0 } else { active as f64 / env.len() as f64 },
         peak_drive_db: envelope_quantile_db(&env, 0.999) - clip_dbtp,
     };
-    if quality == Quality::Draft {
+    let energies = if quality == Quality::Draft {
         let mut all: Vec<&mut [f32]> = audio.channels.iter_mut().map(Vec::as_mut_slice).collect();
-        saturate_at_own_rate(&mut all, &spans, &curve);
-        return stats;
-    }
-    // Two threads, each on its own half of the spans: the halves are cut in a gap between two
-    // spans, wider than the filters reach, so neither half reads or writes the other's samples.
-    let reach = os.reach();
-    let half_work = active / 2;
-    let mut done = 0;
-    let cut = spans.iter().position(|(a, b)| {
-        done += b - a;
-        done >= half_work
-    });
-    match cut {
-        Some(k) if k + 1 < spans.len() && active > 1 << 15 => {
-            let at = spans[k].1 + reach + 1;
-            let (mut first, mut second): (Vec<&mut [f32]>, Vec<&mut [f32]>) =
-                audio.channels.iter_mut().map(|c| c.split_at_mut(at)).unzip();
-            let (os, curve) = (&os, &curve);
-            std::thread::scope(|scope| {
-                scope.spawn(|| saturate_spans(&mut first, &spans[..=k], 0, os, curve));
-                saturate_spans(&mut second, &spans[k + 1..], at, os, curve);
-            });
+        saturate_at_own_rate(&mut all, &spans, &curve)
+    } else {
+        // Two threads, each on its own half of the spans: the halves are cut in a gap between
+        // two spans, wider than the filters reach, so neither half reads or writes the other's
+        // samples.
+        let reach = os.reach();
+        let half_work = active / 2;
+        let mut done = 0;
+        let cut = spans.iter().position(|(a, b)| {
+            done += b - a;
+            done >= half_work
+        });
+        match cut {
+            Some(k) if k + 1 < spans.len() && active > 1 << 15 => {
+                let at = spans[k].1 + reach + 1;
+                let (mut first, mut second): (Vec<&mut [f32]>, Vec<&mut [f32]>) =
+                    audio.channels.iter_mut().map(|c| c.split_at_mut(at)).unzip();
+                let (os, curve) = (&os, &curve);
+                let (mut a, b) = std::thread::scope(|scope| {
+                    let a = scope.spawn(|| saturate_spans(&mut first, &spans[..=k], 0, os, curve));
+                    let b = saturate_spans(&mut second, &spans[k + 1..], at, os, curve);
+                    (a.join().unwrap_or_default(), b)
+                });
+                a.extend(b);
+                a
+            }
+            _ => {
+                let mut all: Vec<&mut [f32]> = audio.channels.iter_mut().map(Vec::as_mut_slice).collect();
+                saturate_spans(&mut all, &spans, 0, &os, &curve)
+            }
         }
-        _ => {
-            let mut all: Vec<&mut [f32]> = audio.channels.iter_mut().map(Vec::as_mut_slice).collect();
-            saturate_spans(&mut all, &spans, 0, &os, &curve);
-        }
+    };
+    if let [l, r] = audio.channels.as_mut_slice() {
+        turn_side_down(l, r, &energies, audio.sample_rate_hz, mix);
     }
     stats
 }
 
+/// The mid's energy before and after the clipper at each sample of one span (means over the
+/// oversampled points), for the side's gain.
+#[derive(Debug, Default)]
+struct SpanEnergy {
+    /// First sample of the span in the signal.
+    start: usize,
+    before: Vec<f32>,
+    after: Vec<f32>,
+}
+
+/// Gives the side the mid's energy change over the surrounding millisecond,
+/// `sqrt(smooth(after) / smooth(before))`, at the signal's own rate (the gain is smooth: it
+/// needs no oversampling). The side is turned down with the peaks as much as the mid, so the
+/// image stays as it was; but a side gain that followed every clipped sample would multiply
+/// whatever is wide (a pad, a reverb) with the clipper's broadband gain movements, spraying them
+/// over the side's treble. Outside the spans the mid's energy is read from the signal and is
+/// the same before and after.
+fn turn_side_down(l: &mut [f32], r: &mut [f32], spans: &[SpanEnergy], rate_hz: u32, mix: f32) {
+    let n = l.len().min(r.len());
+    let pad = side_smoothing_reach(rate_hz);
+    let box_len = ((2.0 * SIDE_SMOOTHING_S / 3.0 * f64::from(rate_hz)).round() as usize).max(1) | 1;
+    let (mut before, mut after, mut tmp) = (Vec::new(), Vec::new(), Vec::new());
+    let mut k = 0;
+    while k < spans.len() {
+        // A region: consecutive spans whose smoothing reaches overlap, with the reach around.
+        let first = k;
+        let mut end = spans[k].start + spans[k].before.len();
+        while k + 1 < spans.len() && spans[k + 1].start < end + 2 * pad {
+            k += 1;
+            end = spans[k].start + spans[k].before.len();
+        }
+        let (ra, rb) = (spans[first].start.saturating_sub(pad), (end + pad).min(n));
+        k += 1;
+        before.clear();
+        before.extend((ra..rb).map(|i| {
+            let m = 0.5 * (l[i] + r[i]);
+            m * m
+        }));
+        after.clear();
+        after.extend_from_slice(&before);
+        for span in &spans[first..k] {
+            let at = span.start - ra;
+            let len = span.before.len().min(rb - span.start);
+            before[at..at + len].copy_from_slice(&span.before[..len]);
+            after[at..at + len].copy_from_slice(&span.after[..len]);
+        }
+        smooth(&mut before, box_len, &mut tmp);
+        smooth(&mut after, box_len, &mut tmp);
+        for (i, (b, a)) in (ra..rb).zip(before.iter().zip(&after)) {
+            if *b <= 1e-20 {
+                continue;
+            }
+            let change = (a / b).max(0.0).sqrt() - 1.0;
+            let ds = mix * change * 0.5 * (l[i] - r[i]);
+            l[i] += ds;
+            r[i] -= ds;
+        }
+    }
+}
+
 /// [`Quality::Draft`]: the linked curve with antiderivative anti-aliasing on the samples
-/// themselves.
-fn saturate_at_own_rate(channels: &mut [&mut [f32]], spans: &[(usize, usize)], c: &Curve) {
-    let mut ratio: Vec<f32> = Vec::new();
-    let mut side_gain = SideGain::default();
+/// themselves. In stereo the mid takes it (the side: [`turn_side_down`], from the energies
+/// returned).
+fn saturate_at_own_rate(channels: &mut [&mut [f32]], spans: &[(usize, usize)], c: &Curve) -> Vec<SpanEnergy> {
+    let mut energies = Vec::new();
     for &(a, b) in spans {
         let value = |chs: &[&mut [f32]], i: usize| {
             chs.iter().fold(0f32, |acc, x| if x[i].abs() > acc.abs() { x[i] } else { acc })
         };
         let mut state = AntiAliased::new(f64::from(value(channels, a)) * c.inv_clip, c.knee);
-        ratio.clear();
-        ratio.extend((a..b).map(|i| state.step(f64::from(value(channels, i)) * c.inv_clip).unwrap_or(0.0)));
-        match (&mut *channels, c.side_box) {
-            ([l, r], Some((side_box, _))) => {
-                let soft = side_gain.ratios(&ratio, (a..b).map(|i| 0.5 * (l[i] + r[i])), side_box);
-                for ((i, rm), rs) in (a..b).zip(&ratio).zip(soft) {
-                    let (mid, side) = (0.5 * (l[i] + r[i]), 0.5 * (l[i] - r[i]));
-                    let (dm, ds) = (c.mix * rm * mid, c.mix * rs * side);
-                    l[i] += dm + ds;
-                    r[i] += dm - ds;
+        let mut energy = SpanEnergy { start: a, ..SpanEnergy::default() };
+        for i in a..b {
+            let ratio = state.step(f64::from(value(channels, i)) * c.inv_clip).unwrap_or(0.0);
+            match &mut *channels {
+                [l, r] if c.stereo => {
+                    let mid = 0.5 * (l[i] + r[i]);
+                    let dm = c.mix * ratio * mid;
+                    l[i] += dm;
+                    r[i] += dm;
+                    energy.before.push(mid * mid);
+                    energy.after.push((1.0 + ratio) * (1.0 + ratio) * mid * mid);
                 }
-            }
-            _ => {
-                for (i, rm) in (a..b).zip(&ratio) {
-                    let gain = 1.0 + c.mix * rm;
+                _ => {
+                    let gain = 1.0 + c.mix * ratio;
                     for ch in channels.iter_mut() {
                         ch[i] *= gain;
                     }
                 }
             }
         }
-    }
-}
-
-/// The side's gain change for a span: the change in the mid's energy over the surrounding
-/// millisecond, `sqrt(smooth((1 + r)² m²) / smooth(m²)) − 1`. The side is turned down with the
-/// peaks as much as the mid, so the image stays as it was; but a side gain that followed every
-/// clipped sample would multiply whatever is wide (a pad, a reverb) with the clipper's
-/// broadband gain movements, spraying them over the side's treble.
-#[derive(Default)]
-struct SideGain {
-    energy_out: Vec<f32>,
-    energy_in: Vec<f32>,
-    tmp: Vec<f32>,
-}
-
-impl SideGain {
-    /// `ratio`: the mid's gain changes; `mid`: the mid at the same points; `len`: the moving
-    /// averages' length (odd). Returns the side's gain changes.
-    fn ratios(&mut self, ratio: &[f32], mid: impl Iterator<Item = f32>, len: usize) -> &[f32] {
-        self.energy_out.clear();
-        self.energy_in.clear();
-        for (r, m) in ratio.iter().zip(mid) {
-            let e = m * m;
-            self.energy_in.push(e);
-            self.energy_out.push((1.0 + r) * (1.0 + r) * e);
+        if c.stereo {
+            energies.push(energy);
         }
-        smooth(&mut self.energy_out, len, &mut self.tmp);
-        smooth(&mut self.energy_in, len, &mut self.tmp);
-        for (out, e) in self.energy_out.iter_mut().zip(&self.energy_in) {
-            *out = if *e > 1e-20 { (*out / e).max(0.0).sqrt() - 1.0 } else { 0.0 };
-        }
-        &self.energy_out
     }
+    energies
 }
 
 /// `x` through three cascaded centred moving averages of `len` (odd) points, zero outside it:
@@ -306,18 +335,24 @@ struct Curve {
     inv_clip: f64,
     knee: f64,
     mix: f32,
-    /// Stereo: the side smoothing's moving-average length at the own rate and oversampled.
-    side_box: Option<(usize, usize)>,
+    /// Two channels: the mid takes the curve's gain and the side [`turn_side_down`]'s.
+    stereo: bool,
 }
 
 /// Saturates `spans` (sample positions in the whole signal) of `channels`, slices that start at
 /// sample `offset` of it. Linked across channels: one gain curve, from the larger channel at each
 /// oversampled point, drives every channel (as a linked limiter does), so the stereo image is
-/// not changed; in stereo the side takes it smoothed (`SideGain`).
-fn saturate_spans(channels: &mut [&mut [f32]], spans: &[(usize, usize)], offset: usize, os: &Oversampler, c: &Curve) {
+/// not changed; in stereo the side takes it smoothed ([`turn_side_down`]).
+fn saturate_spans(
+    channels: &mut [&mut [f32]],
+    spans: &[(usize, usize)],
+    offset: usize,
+    os: &Oversampler,
+    c: &Curve,
+) -> Vec<SpanEnergy> {
     let mut ups: Vec<Vec<f32>> = vec![Vec::new(); channels.len()];
     let mut ratio: Vec<f32> = Vec::new();
-    let mut side_gain = SideGain::default();
+    let mut energies = Vec::new();
     for &(a, b) in spans {
         let (a, b) = (a - offset, b - offset);
         for (ch, up) in channels.iter().zip(ups.iter_mut()) {
@@ -342,34 +377,38 @@ fn saturate_spans(channels: &mut [&mut [f32]], spans: &[(usize, usize)], offset:
         if !any {
             continue;
         }
-        match (ups.as_mut_slice(), c.side_box) {
-            ([l, r], Some((_, side_box))) => {
-                let soft = side_gain.ratios(&ratio, l.iter().zip(r.iter()).map(|(x, y)| 0.5 * (x + y)), side_box);
-                for (((x, y), rm), rs) in l.iter_mut().zip(r.iter_mut()).zip(&ratio).zip(soft) {
-                    let (dm, ds) = (rm * 0.5 * (*x + *y), rs * 0.5 * (*x - *y));
-                    (*x, *y) = (dm + ds, dm - ds);
+        match ups.as_mut_slice() {
+            [l, r] if c.stereo => {
+                // The mid's correction, the same in both channels; the mid's energy before and
+                // after, per sample, for the side.
+                let mut energy = SpanEnergy { start: a + offset, ..SpanEnergy::default() };
+                let scale = 1.0 / FACTOR as f32;
+                let points = l.chunks_exact_mut(FACTOR).zip(r.chunks_exact(FACTOR)).zip(ratio.chunks_exact(FACTOR));
+                for ((lc, rc), gc) in points {
+                    let (mut before, mut after) = (0f32, 0f32);
+                    for ((x, y), g) in lc.iter_mut().zip(rc).zip(gc) {
+                        let mid = 0.5 * (*x + *y);
+                        before += mid * mid;
+                        after += (1.0 + g) * (1.0 + g) * mid * mid;
+                        *x = g * mid;
+                    }
+                    energy.before.push(before * scale);
+                    energy.after.push(after * scale);
+                }
+                for ch in channels.iter_mut() {
+                    os.decimate_add_span(l, a, c.mix, ch);
+                }
+                energies.push(energy);
+            }
+            _ => {
+                for (ch, up) in channels.iter_mut().zip(ups.iter_mut()) {
+                    up.iter_mut().zip(&ratio).for_each(|(v, r)| *v *= r);
+                    os.decimate_add_span(up, a, c.mix, ch);
                 }
             }
-            _ => ups.iter_mut().for_each(|up| up.iter_mut().zip(&ratio).for_each(|(v, r)| *v *= r)),
-        }
-        for (ch, up) in channels.iter_mut().zip(ups.iter_mut()) {
-            os.decimate_add_span(up, a, c.mix, ch);
         }
     }
-}
-
-/// `spans` each widened by `pad` on both sides (within `0..len`), merged where they come closer
-/// than `min_gap`.
-fn widen_spans(spans: &[(usize, usize)], pad: usize, len: usize, min_gap: usize) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
-    for &(a, b) in spans {
-        let (a, b) = (a.saturating_sub(pad), (b + pad).min(len));
-        match out.last_mut() {
-            Some(last) if a < last.1 + min_gap => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
+    energies
 }
 
 /// Spans `[start, end)` where `env` exceeds `threshold`, merged when closer than `min_gap`
