@@ -9,12 +9,13 @@
 //!
 //! The gain is linked across channels (computed from the larger of them at each instant), so
 //! saturation leaves the stereo image as it was. In stereo the mid takes that gain as it is and
-//! the side takes the mid's energy change over the surrounding millisecond (at its own rate: the gain is smooth): turned
-//! down with the peaks as much, but not multiplied with every clipped sample's gain, which would
-//! spray a centred drum's broadband clipping over whatever is wide (tests/saturation.rs: a
-//! wide pad's treble at -24.5 dB re the side with the gain per sample, -63 dB smoothed;
-//! strict_vs_quite: +2.5 dB of side at 16 kHz). The curve is linear up to a knee (`knee_db`
-//! under the clip level), then a tanh that approaches
+//! the side takes the mid's energy change over the surrounding millisecond, at its own rate
+//! (that gain is smooth): turned down with the peaks as much, but not multiplied with every
+//! clipped sample's gain, which would spray a centred drum's broadband clipping over whatever is
+//! wide (tests/saturation.rs: a wide pad's treble at -24.5 dB re the side with the gain per
+//! sample, -63 dB smoothed; strict_vs_quite: +2.5 dB of side at 16 kHz).
+//!
+//! The curve is linear up to a knee (`knee_db` under the clip level), then a tanh that approaches
 //! the clip level: value, slope and curvature are continuous at the knee, so the harmonics it
 //! makes fall off fast (as 1/n⁴) and quiet material passes untouched. It runs 8× oversampled
 //! ([`crate::dsp::oversample`]) with first-order antiderivative anti-aliasing on the residual
