@@ -294,8 +294,8 @@ pub fn master_stream(
         // The master keeps the saturator drive the last intermediate pass was measured with:
         // planned again, the drive moved (the plan's trade curve is read off passes with
         // different EQs) and the EQ and width corrections, measured on the old drive, no
-        // longer fitted (strict_vs_quite at equal loudness: width 1.40 dB planned again, 1.25
-        // kept; --no-saturation 1.27).
+        // longer fitted (strict_vs_quite at equal loudness, scorecard width: 1.40 dB planned
+        // again, 1.27 kept, as with --no-saturation).
         let replan = !last || work.is_empty();
         let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
         let prepared = prepare(source, &mut settings, plan, quality, cache)?;
