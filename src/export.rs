@@ -746,6 +746,7 @@ fn ffmpeg_script(settings: &Settings) -> String {
         "refmaster's crossover tree and soft knee exactly (ffmpeg: cascaded LR4 splits, Hermite knee)",
         "the TPDF dither (ffmpeg rounds to the output format)",
         "the saturator's straight line below its knee (asoftclip's tanh bends from zero, about 0.7 dB at the knee)",
+        "the saturator's stereo link (asoftclip clips each channel on its own, so a clipped source panned off centre moves toward it; refmaster's mid takes one gain and its side that gain smoothed)",
     ];
     if !settings.saturation.enabled {
         cannot.retain(|c| !c.starts_with("the saturator"));
