@@ -630,6 +630,10 @@ fn prepare<'a>(
         let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, &settings.limiter, base));
         if replan {
             plan_saturation(loud_db, first_limiting, settings, work, cap_db);
+        } else if settings.saturation.enabled {
+            // Kept, but never past the cap: the EQ correction may have raised the peaks.
+            let most = cap_db + settings.limiter.ceiling_dbtp - loud_db;
+            settings.saturation.drive_db = settings.saturation.drive_db.min(most);
         }
         limiting_estimate = first_limiting;
         if settings.saturation.enabled {
@@ -1021,7 +1025,7 @@ fn loudness_loop(
     }
     *bias = aim - target;
     settings.limiter.drive_db = drive;
-    let short = (reached < target - 0.1 && drive >= drive_max - 1e-6).then_some((reached, target));
+    let short = (reached < target - LOUDNESS_TOLERANCE_LU && drive >= drive_max - 1e-6).then_some((reached, target));
     Ok(finish(r, trim_db, short))
 }
 
