@@ -169,7 +169,7 @@ pub fn saturate_with(
                 let (mut a, b) = std::thread::scope(|scope| {
                     let a = scope.spawn(|| saturate_spans(&mut first, &spans[..=k], 0, os, curve));
                     let b = saturate_spans(&mut second, &spans[k + 1..], at, os, curve);
-                    (a.join().unwrap_or_default(), b)
+                    (a.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), b)
                 });
                 a.extend(b);
                 a
@@ -353,6 +353,7 @@ fn saturate_spans(
 ) -> Vec<SpanEnergy> {
     let mut ups: Vec<Vec<f32>> = vec![Vec::new(); channels.len()];
     let mut ratio: Vec<f32> = Vec::new();
+    let mut delta: Vec<f32> = Vec::new();
     let mut energies = Vec::new();
     for &(a, b) in spans {
         let (a, b) = (a - offset, b - offset);
@@ -396,8 +397,20 @@ fn saturate_spans(
                     energy.before.push(before * scale);
                     energy.after.push(after * scale);
                 }
+                // Filtered once (into `delta`, which covers the filters' reach on both sides),
+                // added to both channels.
+                let reach = os.reach();
+                delta.clear();
+                delta.resize(b - a + 2 * reach, 0.0);
+                os.decimate_add_span(l, reach, c.mix, &mut delta);
                 for ch in channels.iter_mut() {
-                    os.decimate_add_span(l, a, c.mix, ch);
+                    let first = a.saturating_sub(reach);
+                    let skip = first + reach - a;
+                    for (y, d) in ch[first..].iter_mut().zip(&delta[skip..]) {
+                        if *d != 0.0 {
+                            *y += d;
+                        }
+                    }
                 }
                 energies.push(energy);
             }
