@@ -237,10 +237,14 @@ fn a_reference_louder_than_the_guard_allows_is_not_chased_unless_crush_is_allowe
     assert!(c.true_peak_dbtp <= -1.0);
 }
 
+/// Sum of squares of `x`.
+fn energy(x: &[f32]) -> f64 {
+    x.iter().map(|v| f64::from(*v).powi(2)).sum()
+}
+
 /// Level of `l` over `r` in each 10 ms block where `before` (the input's left) reaches `level`, dB.
 fn block_pans_db(l: &[f32], r: &[f32], before: &[f32], level: f32) -> Vec<f64> {
     let block = (RATE / 100) as usize;
-    let energy = |x: &[f32]| x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
     (0..l.len() / block)
         .map(|b| b * block..(b + 1) * block)
         .filter(|span| before[span.clone()].iter().any(|v| v.abs() >= level))
@@ -279,7 +283,6 @@ fn saturation_is_linked_across_channels_so_a_panned_source_stays_where_it_was() 
         let clipped = block_pans_db(l, r, &left, knee);
         let unlinked = block_pans_db(&alone[0], &alone[1], &left, knee);
         let whole = block_pans_db(l, r, &left, 0.0);
-        let energy = |x: &[f32]| x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
         let overall = 10.0 * (energy(l) / energy(r)).log10() - pan_db;
         println!(
             "panned source (+{pan_db:.2} dB), drive {drive_db} dB, {} of {} 10 ms blocks clipped: pan moves by up to \
@@ -302,8 +305,9 @@ fn saturation_is_linked_across_channels_so_a_panned_source_stays_where_it_was() 
 
 #[test]
 fn a_centred_drum_driving_the_clipper_puts_no_high_treble_into_a_wide_mixs_side() {
-    // A centred drum (a 55 Hz kick and a noise-burst snare) every half second drives the clipper
-    // 6 dB deep; a wide 200 Hz pad lives only in the side, with nothing above it. The side must be
+    // A centred drum (a 55 Hz kick and a noise-burst snare) every half second, driven 6 dB into
+    // a clipper its loudest peaks already reach (13 dB deep in all); a wide 200 Hz pad lives
+    // only in the side, with nothing above it. The side must be
     // turned down with the drum's peaks, but a side gain that follows every clipped sample
     // carries the drum's broadband clipping onto the pad: pad times gain, sprayed over the
     // side's treble, where the mix has nothing.
@@ -327,24 +331,23 @@ fn a_centred_drum_driving_the_clipper_puts_no_high_treble_into_a_wide_mixs_side(
     let stats = saturate(&mut audio, &s, -1.0);
     let side: Vec<f64> =
         audio.channels[0].iter().zip(&audio.channels[1]).map(|(l, r)| 0.5 * f64::from(l - r)).collect();
-    let band_power = |x: &[f64], lo: f64, hi: f64| -> f64 {
+    // Power per FFT bin, and its sum over a band.
+    let power = |x: &[f64]| -> Vec<f64> {
         let mut planner = RealFftPlanner::<f64>::new();
         let fft = planner.plan_fft_forward(x.len());
         let mut buf = x.to_vec();
         let mut spectrum = fft.make_output_vec();
         fft.process(&mut buf, &mut spectrum).expect("fft");
-        let bin_hz = f64::from(RATE) / x.len() as f64;
-        spectrum
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| (lo..hi).contains(&(*k as f64 * bin_hz)))
-            .map(|(_, c)| c.norm_sqr())
-            .sum()
+        spectrum.iter().map(|c| c.norm_sqr()).collect()
     };
-    let treble_db = 10.0 * (band_power(&side, 4_000.0, 20_000.0) / band_power(&side, 0.0, 22_050.0)).log10();
+    let bin_hz = f64::from(RATE) / n as f64;
+    let band = |p: &[f64], lo: f64, hi: f64| -> f64 {
+        p.iter().enumerate().filter(|(k, _)| (lo..hi).contains(&(*k as f64 * bin_hz))).map(|(_, v)| v).sum()
+    };
+    let (out, input) = (power(&side), power(&input_side));
+    let treble_db = 10.0 * (band(&out, 4_000.0, 20_000.0) / band(&out, 0.0, 22_050.0)).log10();
     // The saturator's drive raises everything by drive_db before the clipper.
-    let level_db =
-        10.0 * (band_power(&side, 0.0, 22_050.0) / band_power(&input_side, 0.0, 22_050.0)).log10() - s.drive_db;
+    let level_db = 10.0 * (band(&out, 0.0, 22_050.0) / band(&input, 0.0, 22_050.0)).log10() - s.drive_db;
     println!(
         "drum {:.1} dB into the clipper: the side's treble (4-20 kHz) {treble_db:.1} dB re the whole side; the side {level_db:+.2} dB",
         stats.peak_drive_db
