@@ -632,7 +632,7 @@ fn prepare<'a>(
             plan_saturation(loud_db, first_limiting, settings, work, cap_db);
         } else if settings.saturation.enabled {
             // Kept, but never past the cap: the EQ correction may have raised the peaks.
-            let most = cap_db + settings.limiter.ceiling_dbtp - loud_db;
+            let most = clipper_drive_db(cap_db, settings.limiter.ceiling_dbtp, loud_db);
             settings.saturation.drive_db = settings.saturation.drive_db.min(most);
         }
         limiting_estimate = first_limiting;
@@ -814,9 +814,15 @@ fn plan_saturation(
     }
     let into_clipper = into_clipper.min(cap_db);
     s.enabled = true;
-    s.drive_db = (into_clipper + l.ceiling_dbtp - loud_db)
-        .clamp(crate::settings::limits::DRIVE_DB.0, crate::settings::limits::DRIVE_DB.1);
+    s.drive_db = clipper_drive_db(into_clipper, l.ceiling_dbtp, loud_db);
     s.mix = 1.0;
+}
+
+/// The saturator drive that takes peaks at `loud_db` (dBFS, before the drive) `into_clipper_db`
+/// past the clip level (the ceiling, dBTP), within the settings' drive range, dB.
+fn clipper_drive_db(into_clipper_db: f64, ceiling_dbtp: f64, loud_db: f64) -> f64 {
+    (into_clipper_db + ceiling_dbtp - loud_db)
+        .clamp(crate::settings::limits::DRIVE_DB.0, crate::settings::limits::DRIVE_DB.1)
 }
 
 /// What [`loudness_loop`] found.
