@@ -699,6 +699,11 @@ fn non_finite_error(path: &Path, found: NonFinite, rate_hz: u32) -> Error {
     )
 }
 
+/// A reading error in words ("no such file", "permission denied").
+pub fn io_reason(e: &std::io::Error) -> String {
+    describe_io(e)
+}
+
 fn describe_io(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".into(),

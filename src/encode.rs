@@ -83,8 +83,48 @@ pub fn refuse_overwriting_inputs(output: &Path, inputs: &[&Path]) -> Result<()> 
     Ok(())
 }
 
+/// Refuses an output that cannot be replaced by a new file safely: a folder, a device, a pipe
+/// or a socket (or a symbolic link to one). Writing goes through a temporary file renamed into
+/// place, which would turn `/dev/null` or a FIFO into a regular file. The output's folder must
+/// exist.
+pub fn check_output_path(path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::output(path, "empty output path"));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(Error::output(path, "is a folder"));
+        }
+        if !meta.is_file() {
+            return Err(Error::output(
+                path,
+                "is not a regular file (a device, pipe or socket); refusing to replace it",
+            ));
+        }
+    }
+    let dir = parent_dir(path);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::output(path, format!("{} is not a folder", dir.display()))),
+        Err(_) => Err(Error::output(path, format!("folder {} does not exist", dir.display()))),
+    }
+}
+
+/// Refuses an audio output whose name asks for a format refmaster does not write: it writes WAV
+/// (RIFF) only, and a FLAC or MP3 name over WAV data would mislead every player and tagger.
+pub fn check_wav_name(path: &Path) -> Result<()> {
+    match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()) {
+        Some(e) if e == "wav" || e == "wave" => Ok(()),
+        Some(e) => Err(Error::output(
+            path,
+            format!("refmaster writes WAV only, not .{e}: name the output .wav (and convert it afterwards, e.g. with ffmpeg or flac)"),
+        )),
+        None => Err(Error::output(path, "has no extension: name the output .wav")),
+    }
+}
+
 /// The absolute path `path` would have once written (its folder resolved, the name kept).
-fn canonical_target(path: &Path) -> PathBuf {
+pub fn canonical_target(path: &Path) -> PathBuf {
     if let Ok(p) = std::fs::canonicalize(path) {
         return p;
     }
@@ -108,18 +148,17 @@ pub fn write_atomically<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 {
+    check_output_path(path)?;
+    // A symbolic link to a regular file: write the file it points to and keep the link (a rename
+    // onto the link's own name would replace the link).
+    let resolved;
+    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = std::fs::canonicalize(path).map_err(|e| Error::output(path, io_reason(&e)))?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let dir = parent_dir(path);
-    if !dir.is_dir() {
-        let reason = if dir.exists() {
-            format!("{} is not a folder", dir.display())
-        } else {
-            format!("folder {} does not exist", dir.display())
-        };
-        return Err(Error::output(path, reason));
-    }
-    if path.is_dir() {
-        return Err(Error::output(path, "is a directory"));
-    }
     ignore_file_size_signal();
     let mut write = Some(write);
     #[cfg(target_os = "linux")]

@@ -15,6 +15,10 @@ pub enum Error {
     /// A settings file (or in-memory settings) has a bad field.
     #[error("{source_name}: field `{field}`: {reason}")]
     Settings { source_name: String, field: String, reason: String },
+    /// An option (of the command line, or its JSON form) is out of range or not a number; named
+    /// as the command line spells it.
+    #[error("--{option}: {reason}")]
+    Option { option: String, reason: String },
     /// A request the engine cannot honour (e.g. more than two channels to master).
     #[error("{0}")]
     Unsupported(String),
@@ -28,6 +32,10 @@ impl Error {
     /// Shorthand for [`Error::Output`].
     pub fn output(path: &Path, reason: impl Into<String>) -> Self {
         Error::Output { path: path.to_path_buf(), reason: reason.into() }
+    }
+    /// Shorthand for [`Error::Option`]; `option` without its leading dashes.
+    pub fn option(option: &str, reason: impl Into<String>) -> Self {
+        Error::Option { option: option.to_string(), reason: reason.into() }
     }
     /// Shorthand for [`Error::Settings`].
     pub fn settings(source_name: &str, field: impl Into<String>, reason: impl Into<String>) -> Self {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::{analyze, Profile};
 use crate::decode::decode_file;
 use crate::error::{Error, Result};
-use crate::solve::{average_profiles, shape_offset, SHAPE_RANGE_HZ};
+use crate::solve::{average_profiles, average_profiles_weighted, shape_offset, SHAPE_RANGE_HZ};
 
 /// Version of the targets file's JSON schema; bumped on any incompatible change.
 pub const TARGETS_SCHEMA_VERSION: u32 = 1;
@@ -784,7 +784,26 @@ impl TargetModel {
         if m.targets.is_empty() {
             return Err(Error::input(path, "targets file holds no targets"));
         }
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite() && x.abs() < 1e6);
+        if !finite(&m.feature_means) || !finite(&m.feature_stds) || m.feature_stds.iter().any(|s| *s <= 0.0) {
+            return Err(Error::input(path, "targets file has non-finite feature means or non-positive spreads"));
+        }
         for t in &m.targets {
+            if t.size == 0 || t.size > m.trained_on || t.size != t.members.len() {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "target {}: size {} does not match its {} members (of {} tracks trained on)",
+                        t.name,
+                        t.size,
+                        t.members.len(),
+                        m.trained_on
+                    ),
+                ));
+            }
+            if !finite(&t.centroid) {
+                return Err(Error::input(path, format!("target {}: centroid holds non-finite values", t.name)));
+            }
             if t.centroid.len() != d {
                 return Err(Error::input(
                     path,
@@ -829,9 +848,8 @@ impl TargetModel {
     /// The average of all targets, each weighted by its size: the one target a model without
     /// clusters would have.
     pub fn average_target(&self) -> Option<Profile> {
-        let all: Vec<Profile> =
-            self.targets.iter().flat_map(|t| std::iter::repeat_n(t.profile.clone(), t.size.max(1))).collect();
-        average_profiles(&all)
+        let weighted: Vec<(&Profile, f64)> = self.targets.iter().map(|t| (&t.profile, t.size.max(1) as f64)).collect();
+        average_profiles_weighted(&weighted)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod dsp;
 pub mod encode;
 pub mod error;
 pub mod export;
+pub mod job;
 pub mod learn;
 pub mod master;
 pub mod platform;

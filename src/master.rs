@@ -364,7 +364,12 @@ pub fn master_stream(
     let side_total: Vec<f64> =
         grid.iter().map(|&f| crate::render::eq::side_curve_db(&settings.eq, &settings.width, f)).collect();
     settings.eq.parametric_side = crate::solve::parametric::fit(&grid, &side_total, fit_max, 10, rate_f);
-    if let Some((reached, wanted)) = search.short {
+    if let (Some((reached, wanted)), false) = (search.short, settings.limiter.enabled) {
+        notes.push(format!(
+            "without the limiter the peaks set the level: target {wanted:.1} LUFS would take the true peak over the {:.1} dBTP ceiling, so the master was mastered to {reached:.1} LUFS instead (nothing clipped)",
+            settings.limiter.ceiling_dbtp
+        ));
+    } else if let Some((reached, wanted)) = search.short {
         notes.push(format!(
             "target {wanted:.1} LUFS is not reachable under the {:.1} dBTP ceiling without more than {:.0} dB of limiting; mastered to {reached:.1} LUFS instead",
             settings.limiter.ceiling_dbtp, max_limiting_db
@@ -931,9 +936,26 @@ fn loudness_loop(
         spectra: r.spectra,
     };
     let trim_of = |r: &Reading| safety_trim_db(settings.limiter.ceiling_dbtp, r.true_peak_dbtp);
-    if !base.is_finite() || !target.is_finite() || !settings.limiter.enabled {
-        settings.limiter.drive_db =
-            if base.is_finite() && target.is_finite() { (target - base).clamp(-60.0, 36.0) } else { 0.0 };
+    if !settings.limiter.enabled && base.is_finite() && target.is_finite() {
+        // Without a limiter nothing holds the peaks: the drive is the loudness target's, lowered
+        // as far as the true peak needs to stay under the ceiling (aimed at with the limiter's
+        // own margin). Nothing is clipped; a target given up for it is said.
+        let aim_dbtp = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB;
+        settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
+        let mut r = read_limited(prepared, &settings.limiter, true, intermediate)?;
+        for _ in 0..3 {
+            let over_db = r.true_peak_dbtp - aim_dbtp;
+            if over_db.is_nan() || over_db <= 0.0 {
+                break;
+            }
+            settings.limiter.drive_db = (settings.limiter.drive_db - over_db - 0.01).clamp(-60.0, 36.0);
+            r = read_limited(prepared, &settings.limiter, true, intermediate)?;
+        }
+        let short = (r.lufs < target - LOUDNESS_TOLERANCE_LU).then_some((r.lufs, target));
+        return Ok(finish(r, 0.0, short));
+    }
+    if !base.is_finite() || !target.is_finite() {
+        settings.limiter.drive_db = 0.0;
         let enabled = settings.limiter.enabled;
         let r = read_limited(prepared, &settings.limiter, enabled && !intermediate, intermediate)?;
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };

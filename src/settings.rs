@@ -43,6 +43,7 @@ pub mod limits {
 
 /// The whole mastering chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Schema version ([`SETTINGS_VERSION`]).
     pub version: u32,
@@ -65,6 +66,7 @@ pub struct Settings {
 /// Matching EQ: gain curves for mid and side on a log-frequency grid, rendered as linear-phase
 /// FIR filters (interpolated linearly in dB over log frequency, held flat beyond the ends).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EqSettings {
     /// Stage on/off.
     pub enabled: bool,
@@ -83,6 +85,7 @@ pub struct EqSettings {
 /// Multiband compressor: four bands split by LR4 crossovers, detector on the mid signal of each
 /// band, the same gain applied to the band's mid and side so the image does not shift.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DynamicsSettings {
     /// Stage on/off.
     pub enabled: bool,
@@ -94,6 +97,7 @@ pub struct DynamicsSettings {
 
 /// One band's compressor (feed-forward, RMS detector, soft knee).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompressorBand {
     /// Threshold in dBFS (RMS of the band's mid signal).
     pub threshold_dbfs: f64,
@@ -118,6 +122,7 @@ impl CompressorBand {
 
 /// Per-band side gain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WidthSettings {
     /// Stage on/off.
     pub enabled: bool,
@@ -127,6 +132,7 @@ pub struct WidthSettings {
 
 /// Side gain of one band.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WidthBandGain {
     /// Lower edge, Hz.
     pub low_hz: f64,
@@ -140,6 +146,7 @@ pub struct WidthBandGain {
 /// signal is multiplied by `drive_db`, then rounded off toward the limiter's ceiling by a curve
 /// that is linear up to `knee_db` under it. The limiter's own drive follows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SaturationSettings {
     /// Stage on/off (off: no gain, no saturation).
     pub enabled: bool,
@@ -159,6 +166,7 @@ impl Default for SaturationSettings {
 
 /// Drive into a true-peak limiter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimiterSettings {
     /// Stage on/off (off: the drive still applies, nothing stops overs).
     pub enabled: bool,
@@ -244,6 +252,18 @@ impl Settings {
         }
         for (i, b) in self.width.bands.iter().enumerate() {
             let p = format!("width.bands[{i}]");
+            // Contiguous bands computed on a log grid meet within rounding: allow 1 ppm.
+            if i > 0 && b.low_hz < self.width.bands[i - 1].high_hz * (1.0 - 1e-6) {
+                return Err(Error::settings(
+                    src,
+                    format!("{p}.low_hz"),
+                    format!(
+                        "{} Hz starts below the previous band's upper edge {} Hz: width bands must ascend without overlapping",
+                        b.low_hz,
+                        self.width.bands[i - 1].high_hz
+                    ),
+                ));
+            }
             check_range(src, &format!("{p}.low_hz"), b.low_hz, (0.0, 100_000.0))?;
             check_range(src, &format!("{p}.high_hz"), b.high_hz, (b.low_hz, 100_000.0))?;
             check_range(
@@ -285,10 +305,8 @@ impl Settings {
         // serde_path_to_error gives the full path of a mistyped or missing field
         // ("limiter.release_ms"), which plain serde_json does not.
         let settings: Settings = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
             let msg = e.inner().to_string();
-            let field = if path == "." { field_from_serde(&msg) } else { path };
-            Error::settings(src, field, msg)
+            Error::settings(src, field_of_error(&e.path().to_string(), &msg), crate::job::with_did_you_mean(&msg))
         })?;
         settings.validate(src)?;
         Ok(settings)
@@ -300,6 +318,34 @@ impl Settings {
     }
 }
 
-fn field_from_serde(msg: &str) -> String {
-    msg.split('`').nth(1).map_or_else(|| "(structure)".to_string(), str::to_string)
+/// The field a serde error is about: its path, or at the top level the name serde quotes.
+pub fn field_of_error(path: &str, msg: &str) -> String {
+    if path == "." {
+        msg.split('`').nth(1).map_or_else(|| "(structure)".to_string(), str::to_string)
+    } else {
+        path.to_string()
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if it is close enough to be a typo (at most
+/// a third of the name's letters differ).
+pub fn nearest_name<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let (best, d) = candidates.iter().map(|c| (*c, edit_distance(name, c))).min_by_key(|&(_, d)| d)?;
+    (d <= name.chars().count().div_ceil(3).max(1)).then_some(best)
+}
+
+/// Levenshtein distance over characters, ASCII case ignored.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
+    let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }

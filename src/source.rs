@@ -187,6 +187,12 @@ pub fn open_mix(path: &Path, keep_bytes: usize) -> Result<(Mix, Profile, SourceI
             }
         }
     }
+    if let Some(offset_dbfs) = analyzer.constant_offset_dbfs() {
+        return Err(Error::input(
+            path,
+            format!("has no audible content: only a constant (DC) offset at {offset_dbfs:.1} dBFS"),
+        ));
+    }
     let profile = analyzer.finish(&path.display().to_string(), info.lossy);
     let mix = match kept {
         Some(channels) => Mix::Memory(AudioBuffer { sample_rate_hz: rate, channels }),

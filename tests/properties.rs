@@ -497,11 +497,21 @@ fn dynamics_settings() -> impl Strategy<Value = DynamicsSettings> {
         })
 }
 
+/// Width bands in any number, ascending and never overlapping (as the settings require), each
+/// with any gain in bounds.
 fn width_settings() -> impl Strategy<Value = WidthSettings> {
-    let band =
-        (in_range(0.0, 100_000.0), in_range(0.0, 100_000.0), in_range(-limits::WIDTH_GAIN_DB, limits::WIDTH_GAIN_DB))
-            .prop_map(|(a, b, side_gain_db)| WidthBandGain { low_hz: a.min(b), high_hz: a.max(b), side_gain_db });
-    (any::<bool>(), prop::collection::vec(band, 0..70)).prop_map(|(enabled, bands)| WidthSettings { enabled, bands })
+    let edges = prop::collection::btree_set((0.0f64..=100_000.0).prop_map(f64::to_bits), 0..71);
+    let gains = prop::collection::vec(in_range(-limits::WIDTH_GAIN_DB, limits::WIDTH_GAIN_DB), 70);
+    (any::<bool>(), edges, gains).prop_map(|(enabled, edges, gains)| {
+        let mut e: Vec<f64> = edges.into_iter().map(f64::from_bits).collect();
+        e.sort_by(f64::total_cmp);
+        let bands = e
+            .windows(2)
+            .zip(gains)
+            .map(|(w, side_gain_db)| WidthBandGain { low_hz: w[0], high_hz: w[1], side_gain_db })
+            .collect();
+        WidthSettings { enabled, bands }
+    })
 }
 
 fn limiter_settings() -> impl Strategy<Value = LimiterSettings> {

@@ -208,6 +208,9 @@ fn solved_target(extra: &[&str]) -> (f64, f64) {
         "--ref".into(),
         shipped("demo_ref.ogg").into(),
         "--dry-run".into(),
+        // The demo reference is louder than the loudness-war guard allows; lift the guard so the
+        // target in the settings is the one the options chose, not the guard's.
+        "--allow-crush".into(),
         "--quiet".into(),
         "--settings".into(),
         s.clone().into(),

@@ -146,3 +146,35 @@ fn hand_edited_valid_settings_are_accepted_and_applied() {
     let m = common::ffmpeg_ebur128(&out);
     assert!(m.true_peak_dbtp <= -2.0, "edited ceiling not honoured: {:.2} dBTP", m.true_peak_dbtp);
 }
+
+#[test]
+fn a_misspelt_stage_key_is_refused_with_the_key_and_a_suggestion_not_applied_with_the_stage_off() {
+    let dir = temp_dir();
+    let text = demo_settings_json(&dir);
+    let json = edit(&text, |v| {
+        let o = v.as_object_mut().expect("settings object");
+        let sat = o.remove("saturation").expect("saturation present");
+        o.insert("saturatoin".into(), sat);
+    });
+    assert_refused(&dir, &json, &["saturatoin", "did you mean `saturation`"]);
+}
+
+#[test]
+fn an_unknown_key_inside_a_stage_is_refused_naming_its_path() {
+    let dir = temp_dir();
+    let text = demo_settings_json(&dir);
+    let json = edit(&text, |v| v["limiter"]["celing_dbtp_extra"] = 1.0.into());
+    assert_refused(&dir, &json, &["limiter", "celing_dbtp_extra"]);
+}
+
+#[test]
+fn width_bands_out_of_order_are_refused_naming_the_band() {
+    let dir = temp_dir();
+    let text = demo_settings_json(&dir);
+    let json = edit(&text, |v| {
+        let bands = v["width"]["bands"].as_array_mut().expect("width bands");
+        assert!(bands.len() >= 2, "the demo's width stage has several bands");
+        bands.swap(0, 1);
+    });
+    assert_refused(&dir, &json, &["width.bands[1]", "ascend"]);
+}

@@ -136,11 +136,17 @@ pub struct Analyzer {
     signal: SignalMeters,
 }
 
-/// The `ebur128` meter and the stereo sums.
+/// The `ebur128` meter, the stereo sums and each channel's lowest and highest sample.
 struct PeakMeters {
     ebur128: loudness::Ebur128Meter,
     stereo: StereoSums,
+    /// (lowest, highest) sample per channel.
+    extremes: Vec<(f32, f32)>,
 }
+
+/// Peak-to-peak swing under which a signal holds nothing audible, as a linear amplitude
+/// (-80 dBFS: under the dither of a 16-bit file's quietest passage).
+const INAUDIBLE_SWING: f32 = 1e-4;
 
 /// K-weighting, the mid/side spectra and the mid's band envelopes, with the block's mid and side.
 struct SignalMeters {
@@ -174,6 +180,7 @@ impl Analyzer {
             peaks: PeakMeters {
                 ebur128: loudness::Ebur128Meter::new(sample_rate_hz, channel_count),
                 stereo: StereoSums::default(),
+                extremes: vec![(f32::INFINITY, f32::NEG_INFINITY); channel_count],
             },
             signal: SignalMeters {
                 k: loudness::KMeter::new(sample_rate_hz, channel_count),
@@ -211,6 +218,18 @@ impl Analyzer {
             start += BLOCK_FRAMES;
         }
         self.staging.iter_mut().zip(chunk).for_each(|(s, c)| s.extend_from_slice(&c[start..]));
+    }
+
+    /// When every channel holds one constant value that is not zero (a DC offset and nothing
+    /// audible: it swings less than -80 dBFS peak to peak), that offset's level, dBFS. Mastering
+    /// it would only turn a click up; digital silence is `None` (the loudness gate names it).
+    pub fn constant_offset_dbfs(&mut self) -> Option<f64> {
+        self.measure_staging();
+        let e = &self.peaks.extremes;
+        let swing = e.iter().map(|(lo, hi)| hi - lo).fold(0.0f32, f32::max);
+        let offset = e.iter().map(|(lo, hi)| lo.abs().max(hi.abs())).fold(0.0f32, f32::max);
+        (self.frames > 0 && swing.is_finite() && swing < INAUDIBLE_SWING && offset >= INAUDIBLE_SWING)
+            .then(|| 20.0 * f64::from(offset).log10())
     }
 
     /// The profile of everything pushed.
@@ -270,6 +289,9 @@ impl Analyzer {
 impl PeakMeters {
     fn push(&mut self, block: &[&[f32]]) {
         self.ebur128.push(block);
+        for (e, c) in self.extremes.iter_mut().zip(block) {
+            *e = c.iter().fold(*e, |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        }
         if let [l, r, ..] = block {
             self.stereo.add(l, r);
         }
@@ -388,5 +410,47 @@ pub fn profile_from_json(text: &str, path: &std::path::Path) -> crate::Result<Pr
     if !finite {
         return Err(crate::Error::input(path, "profile spectrum holds non-finite values"));
     }
+    check_profile_ranges(&p).map_err(|reason| crate::Error::input(path, reason))?;
     Ok(p)
+}
+
+/// Checks that a profile's numbers are ones a real measurement can give, so a hand-edited or
+/// corrupt profile is named instead of steering the solver to absurd settings. Levels that are
+/// −inf for silent parts (written as `null`) may stay so where the analysis itself gives −inf.
+fn check_profile_ranges(p: &Profile) -> std::result::Result<(), String> {
+    let check = |field: &str, v: f64, (lo, hi): (f64, f64), may_be_silent: bool| {
+        if (may_be_silent && v == f64::NEG_INFINITY) || (v.is_finite() && (lo..=hi).contains(&v)) {
+            Ok(())
+        } else {
+            Err(format!("profile field `{field}` is {v}, outside {lo}..{hi}"))
+        }
+    };
+    let l = &p.loudness;
+    check("loudness.integrated_lufs", l.integrated_lufs, (-70.0, 10.0), false)?;
+    check("loudness.range_lu", l.range_lu, (0.0, 100.0), false)?;
+    check("loudness.true_peak_dbtp", l.true_peak_dbtp, (-200.0, 60.0), false)?;
+    check("loudness.sample_peak_dbfs", l.sample_peak_dbfs, (-200.0, 60.0), false)?;
+    check("loudness.plr_db", l.plr_db, (-20.0, 200.0), false)?;
+    check("loudness.max_momentary_lufs", l.max_momentary_lufs, (-200.0, 20.0), true)?;
+    check("loudness.max_short_term_lufs", l.max_short_term_lufs, (-200.0, 20.0), true)?;
+    for (i, v) in l.short_term_percentiles_lufs.iter().enumerate() {
+        check(&format!("loudness.short_term_percentiles_lufs[{i}]"), *v, (-200.0, 20.0), true)?;
+    }
+    check("duration_s", p.duration_s, (0.0, 1e7), false)?;
+    check("spectrum.content_cutoff_hz", p.spectrum.content_cutoff_hz, (0.0, 1e6), false)?;
+    for (i, v) in p.spectrum.mid_db.iter().chain(&p.spectrum.side_db).enumerate() {
+        check(&format!("spectrum value {i}"), *v, (-400.0, 100.0), false)?;
+    }
+    for (i, b) in p.dynamics.iter().enumerate() {
+        check(&format!("dynamics[{i}].rms_dbfs"), b.rms_dbfs, (-400.0, 60.0), true)?;
+        check(&format!("dynamics[{i}].crest_db"), b.crest_db, (-1.0, 200.0), false)?;
+        check(&format!("dynamics[{i}].spread_db"), b.spread_db, (0.0, 200.0), false)?;
+    }
+    check("stereo.correlation", p.stereo.correlation, (-1.0, 1.0), false)?;
+    check("stereo.balance_db", p.stereo.balance_db, (-400.0, 400.0), false)?;
+    check("stereo.width_db", p.stereo.width_db, (-400.0, 400.0), true)?;
+    for (i, b) in p.stereo.bands.iter().enumerate() {
+        check(&format!("stereo.bands[{i}].side_to_mid_db"), b.side_to_mid_db, (-400.0, 400.0), true)?;
+    }
+    Ok(())
 }

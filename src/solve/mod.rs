@@ -394,11 +394,22 @@ fn report_bass_width_held(grid: &[f64], wanted: &[f64], notes: &mut Vec<String>)
 /// Average of several target profiles (spectra, loudness, dynamics and width averaged in dB), for
 /// `--ref a --ref b`.
 pub fn average_profiles(profiles: &[Profile]) -> Option<Profile> {
-    let first = profiles.first()?;
-    let n = profiles.len() as f64;
+    let weighted: Vec<(&Profile, f64)> = profiles.iter().map(|p| (p, 1.0)).collect();
+    average_profiles_weighted(&weighted)
+}
+
+/// Weighted average of target profiles (weights need not sum to 1; a non-positive or non-finite
+/// total gives `None`): the average target of a learned model weights each target by its size
+/// without copying it that many times.
+pub fn average_profiles_weighted(profiles: &[(&Profile, f64)]) -> Option<Profile> {
+    let first = profiles.first()?.0;
+    let total: f64 = profiles.iter().map(|(_, w)| *w).sum();
+    if !(total.is_finite() && total > 0.0) {
+        return None;
+    }
     let mut avg = first.clone();
-    let mean = |f: &dyn Fn(&Profile) -> f64| profiles.iter().map(f).sum::<f64>() / n;
-    avg.source = profiles.iter().map(|p| p.source.as_str()).collect::<Vec<_>>().join(" + ");
+    let mean = |f: &dyn Fn(&Profile) -> f64| profiles.iter().map(|(p, w)| f(p) * w).sum::<f64>() / total;
+    avg.source = profiles.iter().map(|(p, _)| p.source.as_str()).collect::<Vec<_>>().join(" + ");
     avg.loudness.integrated_lufs = mean(&|p| p.loudness.integrated_lufs);
     avg.loudness.range_lu = mean(&|p| p.loudness.range_lu);
     avg.loudness.true_peak_dbtp = mean(&|p| p.loudness.true_peak_dbtp);
@@ -407,7 +418,8 @@ pub fn average_profiles(profiles: &[Profile]) -> Option<Profile> {
         avg.spectrum.mid_db[i] = mean(&|p| p.spectrum.mid_db[i]);
         avg.spectrum.side_db[i] = mean(&|p| p.spectrum.side_db[i]);
     }
-    avg.spectrum.content_cutoff_hz = profiles.iter().map(|p| p.spectrum.content_cutoff_hz).fold(f64::MAX, f64::min);
+    avg.spectrum.content_cutoff_hz =
+        profiles.iter().map(|(p, _)| p.spectrum.content_cutoff_hz).fold(f64::MAX, f64::min);
     for b in 0..avg.dynamics.len() {
         avg.dynamics[b].crest_db = mean(&|p| p.dynamics[b].crest_db);
         avg.dynamics[b].spread_db = mean(&|p| p.dynamics[b].spread_db);
@@ -417,8 +429,8 @@ pub fn average_profiles(profiles: &[Profile]) -> Option<Profile> {
         avg.stereo.bands[b].side_to_mid_db = mean(&|p| p.stereo.bands[b].side_to_mid_db);
     }
     avg.stereo.width_db = mean(&|p| p.stereo.width_db);
-    avg.channels = profiles.iter().map(|p| p.channels).min().unwrap_or(2);
-    avg.lossy = profiles.iter().any(|p| p.lossy);
+    avg.channels = profiles.iter().map(|(p, _)| p.channels).min().unwrap_or(2);
+    avg.lossy = profiles.iter().any(|(p, _)| p.lossy);
     avg.envelopes = None;
     Some(avg)
 }

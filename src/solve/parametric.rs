@@ -77,6 +77,7 @@ const FINAL_ITERATIONS: usize = 60;
 
 /// One band of a parametric EQ.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParametricBand {
     /// Filter shape.
     pub kind: FilterKind,
@@ -97,6 +98,7 @@ impl ParametricBand {
 
 /// A fitted parametric EQ.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParametricEq {
     /// Gain in dB applied before the bands: `-max(0, max response)` over
     /// 20 Hz–20 kHz, so the EQ never boosts anywhere in the audible band.
