@@ -70,6 +70,8 @@ pub struct CeilingNet {
     scratch: Vec<f32>,
     stats: NetStats,
     peak: f32,
+    /// Whether the start has been read mirrored.
+    head_checked: bool,
 }
 
 impl CeilingNet {
@@ -95,6 +97,7 @@ impl CeilingNet {
             scratch: Vec::new(),
             stats: NetStats { written_true_peak_dbtp: f64::NEG_INFINITY, ..NetStats::default() },
             peak: 0.0,
+            head_checked: false,
         }
     }
 
@@ -144,6 +147,13 @@ impl CeilingNet {
         }
         self.gain.extend(std::iter::repeat_n(1.0, PRECISE_REACH + 1));
         self.check(true);
+        // The end, read mirrored; a dip there is measured again the usual way.
+        while {
+            let before = self.stats.dips;
+            self.edge(true);
+            self.check(true);
+            self.stats.dips != before
+        } {}
         self.emit(self.total, out);
         let mut stats = self.stats.clone();
         stats.written_true_peak_dbtp = 20.0 * f64::from(self.peak).log10();
@@ -169,6 +179,10 @@ impl CeilingNet {
     /// Measures the frames whose right context is complete (all of them at the end), dipping
     /// where the limit is passed.
     fn check(&mut self, last: bool) {
+        if !self.head_checked && (self.total >= 3 * PRECISE_REACH || last) {
+            self.head_checked = true;
+            self.edge(false);
+        }
         let known = if last { self.total } else { self.total.saturating_sub(PRECISE_REACH) };
         // Each dip aims under the limit, so one is almost always enough; a frame that still
         // needs dip after dip is lowered to its dither's silence rather than looped on.
@@ -203,6 +217,33 @@ impl CeilingNet {
             }
         }
         self.scratch = peaks;
+    }
+
+    /// Holds the start (`end` false: nothing written yet) or the end of the stream (`end`: all
+    /// frames in) under the limit read with the signal mirrored beyond it
+    /// ([`PeakInterpolator::mirrored_edge_peak`]), as resamplers and ffmpeg's meter extend it.
+    fn edge(&mut self, end: bool) {
+        let m = 3 * PRECISE_REACH;
+        for round in 0..16 {
+            let mut peak = 0f32;
+            for ch in &self.q {
+                let lo = self.idx(self.base);
+                let hi = self.idx(self.total);
+                let values: Vec<f32> = if end {
+                    ch[hi.saturating_sub(m).max(lo)..hi].iter().rev().copied().collect()
+                } else {
+                    ch[lo..hi.min(lo + m)].to_vec()
+                };
+                peak = peak.max(self.interp.mirrored_edge_peak(&values));
+            }
+            if peak <= self.limit || self.total == 0 {
+                self.peak = self.peak.max(peak);
+                return;
+            }
+            let frame = if end { self.total - 1 } else { 0 };
+            self.dip(frame, if round < 15 { self.aim / peak } else { 0.0 });
+            self.checked = self.checked.min(frame.saturating_sub(self.dip_reach() + PRECISE_REACH)).max(self.base);
+        }
     }
 
     /// Lowers the frames around `frame` to `ratio` times its present gain (flat over the interpolator's reach, raised

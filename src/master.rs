@@ -441,8 +441,9 @@ pub fn master_stream(
 pub fn net_note(net: &crate::ceiling::NetStats, sample_rate_hz: u32) -> Option<String> {
     (net.dips > 0).then(|| {
         format!(
-            "ceiling guard: {} short stretch(es) of the written master would have passed the ceiling after dither; lowered by up to {:.2} dB over {:.1} ms in all (written true peak {:.2} dBTP)",
+            "ceiling guard: {} short stretch(es) of the written samples (after dither, or at the file's ends as a resampler extends them) read over the ceiling minus {:.2} dB; lowered by up to {:.2} dB over {:.1} ms in all (written true peak {:.2} dBTP)",
             net.dips,
+            crate::ceiling::NET_MARGIN_DB,
             net.max_reduction_db,
             net.frames_lowered as f64 * 1e3 / f64::from(sample_rate_hz.max(1)),
             net.written_true_peak_dbtp

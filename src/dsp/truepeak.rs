@@ -219,11 +219,35 @@ impl PeakInterpolator {
     }
 }
 
+impl PeakInterpolator {
+    /// The largest true peak (linear) of the first [`PRECISE_REACH`] frames of a signal whose
+    /// first samples are `head`, with the signal mirrored before its start (`x[−1 − j] = x[j]`)
+    /// instead of silent. Resamplers extend a stream that way at its ends (ffmpeg's
+    /// libswresample, which its `ebur128=peak=true` meter upsamples with, reflects the last
+    /// samples when it flushes), so a file that ends on a loud transient reads higher there
+    /// than the silent extension gives. Pass the reversed last samples for the end (the
+    /// interpolator is symmetric in time).
+    pub fn mirrored_edge_peak(&self, head: &[f32]) -> f32 {
+        let m = PRECISE_REACH;
+        let used = &head[..head.len().min(3 * m)];
+        let mut ctx: Vec<f32> = (0..m).rev().map(|j| used.get(j).copied().unwrap_or(0.0)).collect();
+        ctx.extend_from_slice(used);
+        ctx.extend(std::iter::repeat_n(0.0, m + 1));
+        let mut out = vec![0f32; used.len().min(m) + 1];
+        self.frame_peaks(&ctx, m - 1, &mut out);
+        out.iter().fold(0f32, |a, &v| a.max(v))
+    }
+}
+
 /// The largest true peak (linear) of a stream of planar chunks, by [`PeakInterpolator`]: the
 /// meter of the safety trim and of the written output. Chunking does not change the reading.
 #[derive(Debug, Clone)]
 pub struct TruePeakDetector {
     interp: PeakInterpolator,
+    /// Per channel: the first `3 · PRECISE_REACH` samples, and the last ones, for the
+    /// mirrored reading of the edges ([`PeakInterpolator::mirrored_edge_peak`]).
+    head: Vec<Vec<f32>>,
+    tail: Vec<Vec<f32>>,
     /// Per channel: the samples not yet read, after `PRECISE_REACH` of context.
     buf: Vec<Vec<f32>>,
     peak: f32,
@@ -235,6 +259,8 @@ impl TruePeakDetector {
     pub fn new(channels: usize) -> Self {
         Self {
             interp: PeakInterpolator::new(),
+            head: vec![Vec::new(); channels],
+            tail: vec![Vec::new(); channels],
             buf: vec![vec![0.0; PRECISE_REACH]; channels],
             peak: 0.0,
             scratch: Vec::new(),
@@ -243,16 +269,37 @@ impl TruePeakDetector {
 
     /// Reads a chunk (one slice per channel, equal lengths).
     pub fn push(&mut self, chunk: &[&[f32]]) {
-        for (b, c) in self.buf.iter_mut().zip(chunk) {
+        let keep = 3 * PRECISE_REACH;
+        for (((b, h), t), c) in self.buf.iter_mut().zip(&mut self.head).zip(&mut self.tail).zip(chunk) {
             b.extend_from_slice(c);
+            if h.len() < keep {
+                h.extend_from_slice(&c[..c.len().min(keep - h.len())]);
+            }
+            t.extend_from_slice(&c[c.len().saturating_sub(keep)..]);
+            let excess = t.len().saturating_sub(keep);
+            t.drain(..excess);
         }
         self.scan(false);
     }
 
-    /// The true peak of everything pushed (silence after the last sample), linear.
+    /// The true peak of everything pushed (silence before the first and after the last
+    /// sample), linear.
     pub fn peak(mut self) -> f32 {
         self.scan(true);
         self.peak
+    }
+
+    /// The true peak of the first and last [`PRECISE_REACH`] frames with the signal mirrored
+    /// beyond its ends (as resamplers extend it), linear. Kept apart from [`Self::peak`]: a
+    /// transient on the last sample can read several dB higher mirrored, which is the writer's
+    /// guard's to lower locally ([`crate::ceiling`]), never a reason to trim a whole master.
+    pub fn mirrored_edges_peak(&self) -> f32 {
+        let mut peak = 0f32;
+        for (h, t) in self.head.iter().zip(&self.tail) {
+            let reversed: Vec<f32> = t.iter().rev().copied().collect();
+            peak = peak.max(self.interp.mirrored_edge_peak(h)).max(self.interp.mirrored_edge_peak(&reversed));
+        }
+        peak
     }
 
     /// The true peak of everything pushed, dBTP.
