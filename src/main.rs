@@ -181,8 +181,8 @@ struct MasterArgs {
     /// EQ smoothing width in octaves.
     #[arg(long, default_value_t = 1.0 / 3.0)]
     smoothing: f64,
-    /// EQ bound, ± dB.
-    #[arg(long, default_value_t = 12.0)]
+    /// EQ bound, ± dB (gaps past it become mix notes).
+    #[arg(long, default_value_t = refmaster::solve::DEFAULT_MAX_EQ_DB)]
     max_eq_db: f64,
     /// Width bound, ± dB.
     #[arg(long, default_value_t = 6.0)]
