@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::master::MAX_LIMITING_DB;
 use crate::render::eq::{mid_curve_db, side_curve_db};
 use crate::render::limiter::CEILING_MARGIN_DB;
-use crate::settings::{CompressorBand, Settings};
+use crate::settings::{CompressorBand, EqRender, Settings};
 use crate::solve::parametric::{response_db, ParametricBand, ParametricEq};
 
 /// refmaster's version, written into every header.
@@ -283,7 +283,16 @@ fn active_parametric(settings: &Settings) -> ParametricEq {
     }
 }
 
-fn describe_fit(p: &ParametricEq) -> String {
+/// Where the exported filters come from: refmaster's own broad filters (they are the EQ it
+/// rendered) or a fit of its fine matched curve.
+fn describe_fit(settings: &Settings, p: &ParametricEq) -> String {
+    if settings.eq.render == EqRender::Filters {
+        return format!(
+            "{} filter{}: refmaster's mid EQ itself (the broad shelves and bells it solved and rendered, not a fit of them)",
+            p.bands.len(),
+            if p.bands.len() == 1 { "" } else { "s" }
+        );
+    }
     format!(
         "{} band{}; the fit follows the matched mid curve to {:.2} dB RMS ({:.2} dB at worst) over the fitted points",
         p.bands.len(),
@@ -291,6 +300,16 @@ fn describe_fit(p: &ParametricEq) -> String {
         p.fit_rms_error_db,
         p.fit_max_error_db
     )
+}
+
+/// What a biquad export loses against refmaster's linear-phase rendering.
+fn phase_caveat(settings: &Settings) -> &'static str {
+    if settings.eq.render == EqRender::Filters {
+        "linear phase: refmaster renders these filters' magnitude response as a linear-phase FIR; here they run \
+         as minimum-phase biquads (same magnitude, different phase)"
+    } else {
+        "the exact curve: refmaster renders a linear-phase FIR; these are minimum-phase biquads fitted to it"
+    }
 }
 
 /// Log-spaced frequencies from `lo_hz` to `hi_hz` (inclusive), `per_octave` points an octave.
@@ -332,7 +351,14 @@ fn apo(settings: &Settings) -> String {
     let p = active_parametric(settings);
     let carries = vec![
         "Equalizer APO / AutoEQ ParametricEQ.txt (also loads in PipeWire's parametric-equalizer module).".to_string(),
-        format!("Made from: the parametric fit of refmaster's matched mid EQ curve, {}.", describe_fit(&p)),
+        if settings.eq.render == EqRender::Filters {
+            format!("Made from: {}.", describe_fit(settings, &p))
+        } else {
+            format!(
+                "Made from: the parametric fit of refmaster's matched mid EQ curve, {}.",
+                describe_fit(settings, &p)
+            )
+        },
         if settings.eq.enabled {
             "Preamp is the fit's own: the filters never boost above 0 dB anywhere in 20 Hz-20 kHz. Fc is in whole Hz \
              (as AutoEQ writes it); the gains and Qs were re-fitted after rounding so the curve stays the fit's."
@@ -343,7 +369,7 @@ fn apo(settings: &Settings) -> String {
     ];
     let cannot = [
         "mid/side EQ and width: the mid curve is applied to L and R alike (the side EQ and width are lost)",
-        "the exact curve: refmaster renders a linear-phase FIR; these are minimum-phase biquads fitted to it",
+        phase_caveat(settings),
         "multiband compression",
         "the saturator",
         "the limiter and the loudness drive (set the playback level yourself)",
@@ -521,10 +547,17 @@ fn graphic_eq(settings: &Settings) -> String {
     let preamp = graphic_eq_preamp_db(settings);
     let carries = vec![
         "Equalizer APO / AutoEQ GraphicEQ (GraphicEQ.txt; Wavelet and others read the same line).".to_string(),
-        format!(
-            "Made from: refmaster's full matched mid EQ curve (what its FIR renders), at {GRAPHIC_EQ_POINTS} \
-             log-spaced points, 20 Hz-20 kHz."
-        ),
+        if settings.eq.render == EqRender::Filters {
+            format!(
+                "Made from: the response of refmaster's mid EQ filters (the same filters as the parametric \
+                 export; what its FIR renders), at {GRAPHIC_EQ_POINTS} log-spaced points, 20 Hz-20 kHz."
+            )
+        } else {
+            format!(
+                "Made from: refmaster's full matched mid EQ curve (what its FIR renders), at {GRAPHIC_EQ_POINTS} \
+                 log-spaced points, 20 Hz-20 kHz."
+            )
+        },
         format!("Preamp: {} dB, already included in every gain below (the curve never boosts).", num(preamp, 2)),
     ];
     let cannot = [
@@ -553,12 +586,18 @@ fn graphic_eq(settings: &Settings) -> String {
 fn firequalizer_entries(settings: &Settings) -> String {
     let x = |f: f64| (f / 20.0).log2();
     let eq = &settings.eq;
-    let mut mid: Vec<(f64, f64)> = eq.frequencies_hz.iter().map(|&f| (x(f), mid_curve_db(eq, f))).collect();
+    // Filters are sampled at 1/12 octave (a Q 2 bell then reads within a few hundredths of a dB
+    // between points); a grid curve at its own points.
+    let points: Vec<f64> = match (eq.render, eq.frequencies_hz.first(), eq.frequencies_hz.last()) {
+        (EqRender::Filters, Some(&lo), Some(&hi)) if hi > lo => log_grid(lo, hi, 12.0),
+        _ => eq.frequencies_hz.clone(),
+    };
+    let mut mid: Vec<(f64, f64)> = points.iter().map(|&f| (x(f), mid_curve_db(eq, f))).collect();
     if let Some(&(_, last)) = mid.last() {
         mid.push((100.0, last));
     }
     // The side curve bends at the EQ grid and at the width bands' centres.
-    let mut breaks: Vec<f64> = eq.frequencies_hz.clone();
+    let mut breaks: Vec<f64> = points.clone();
     if settings.width.enabled {
         breaks.extend(settings.width.bands.iter().map(|b| (b.low_hz.max(10.0) * b.high_hz).sqrt()));
     }
@@ -1140,7 +1179,7 @@ pub fn easyeffects_note(settings: &Settings) -> String {
         format!(
             "  equalizer#0: the parametric fit of the mid EQ ({}), IIR, \"APO (DR)\" filters (RBJ cookbook, as \
              refmaster fits them), input gain = the fit's preamp, {} dB.",
-            describe_fit(&p),
+            describe_fit(settings, &p),
             num(p.preamp_db, 2)
         ),
         "  multiband_compressor#0: refmaster's 4 bands and crossovers; RMS sidechain on the middle (mid) signal, \
@@ -1170,7 +1209,7 @@ pub fn easyeffects_note(settings: &Settings) -> String {
     let cannot = [
         "mid/side EQ: the equalizer applies the mid curve to L and R; the side EQ is lost",
         "per-band width: only the average side-level change is kept",
-        "refmaster's linear-phase FIR EQ: these are minimum-phase biquads fitted to it",
+        phase_caveat(settings),
         "the loudness loop: the drive is refmaster's, calibrated on this mix; other audio will land elsewhere",
         "the saturator (EasyEffects has no oversampled soft clipper): its drive is added to the limiter's",
     ];

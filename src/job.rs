@@ -38,8 +38,8 @@ pub struct JobOptions {
     /// EQ smoothing width in octaves (0.02-3).
     #[arg(long, default_value_t = 1.0 / 3.0, allow_hyphen_values = true)]
     pub smoothing: f64,
-    /// EQ bound, ± dB (0-24).
-    #[arg(long, default_value_t = 12.0, allow_hyphen_values = true)]
+    /// EQ bound, ± dB (0-24); gaps past it become mix notes.
+    #[arg(long, default_value_t = crate::solve::DEFAULT_MAX_EQ_DB, allow_hyphen_values = true)]
     pub max_eq_db: f64,
     /// Width bound, ± dB (0-12).
     #[arg(long, default_value_t = 6.0, allow_hyphen_values = true)]
@@ -111,7 +111,7 @@ impl Default for JobOptions {
             target: None,
             amount: 100.0,
             smoothing: 1.0 / 3.0,
-            max_eq_db: 12.0,
+            max_eq_db: crate::solve::DEFAULT_MAX_EQ_DB,
             max_width_db: 6.0,
             ceiling: None,
             lufs: None,

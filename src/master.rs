@@ -15,7 +15,7 @@ use crate::render::stream::{
     render_pre, slices, DbHistogram, EnvelopeQuantile, EnvelopeStage, Planes, PreSink, StreamLimiter, TruePeakMeter,
 };
 use crate::settings::Settings;
-use crate::solve::{follow_limit_hz, match_curve, solve, SolveOptions};
+use crate::solve::{follow_limit_hz, solve, SolveOptions};
 use crate::source::{FrameSource, CHUNK_FRAMES};
 use std::path::Path;
 
@@ -332,30 +332,16 @@ pub fn master_stream(
         else {
             break (prepared.pre, search);
         };
-        let e_mid = match_curve(&grid, &crate::solve::difference(&want_mid, &out_mid), cutoff, &loop_opts);
-        let max = opts.solve.max_eq_db;
-        for (g, e) in settings.eq.mid_gain_db.iter_mut().zip(&e_mid) {
-            *g = (*g + e).clamp(-max, max);
-        }
-        let mut e_side = vec![0.0; grid.len()];
-        if channels == 2 && settings.eq.side_gain_db.iter().any(|g| *g != 0.0) {
-            e_side = match_curve(&grid, &crate::solve::difference(&want_side, &out_side), cutoff, &loop_opts);
-            // The bass is never made wider than the mix had it: there the side may rise no more
-            // than the mid does, plus what the master (as measured) lost of the mix's own
-            // side-to-mid ratio. Measured, not summed from the gains, so that what the clipper
-            // and the limiter narrow is restored, and no more.
-            for (i, f) in grid.iter().enumerate() {
-                if *f <= crate::solve::NO_WIDENING_BELOW_HZ {
-                    let lost = mix_side_to_mid[i] - (out_side[i] - out_mid[i]);
-                    if lost.is_finite() {
-                        e_side[i] = e_side[i].min(e_mid[i] + lost);
-                    }
-                }
-            }
-            for (g, e) in settings.eq.side_gain_db.iter_mut().zip(&e_side) {
-                *g = (*g + e).clamp(-max, max);
-            }
-        }
+        let (e_mid, e_side) = crate::solve::correct_eq(
+            &mut settings.eq,
+            &grid,
+            (&want_mid, &out_mid),
+            (&want_side, &out_side),
+            &mix_side_to_mid,
+            cutoff,
+            &opts.solve,
+            channels == 2,
+        );
         if channels == 2 && settings.width.enabled && settings.width.bands.len() == grid.len() {
             let sm = |side: &[f64], mid: &[f64]| crate::solve::difference(side, mid);
             let gap = crate::solve::difference(&sm(&want_side, &want_mid), &sm(&out_side, &out_mid));
@@ -373,12 +359,7 @@ pub fn master_stream(
         }
         pass += 1;
     };
-    let fit_max = cutoff.min(20_000.0);
-    let rate_f = f64::from(rate);
-    settings.eq.parametric_mid = crate::solve::parametric::fit(&grid, &settings.eq.mid_gain_db, fit_max, 10, rate_f);
-    let side_total: Vec<f64> =
-        grid.iter().map(|&f| crate::render::eq::side_curve_db(&settings.eq, &settings.width, f)).collect();
-    settings.eq.parametric_side = crate::solve::parametric::fit(&grid, &side_total, fit_max, 10, rate_f);
+    crate::solve::finish_eq(&mut settings, cutoff);
     if let (Some((reached, wanted)), false) = (search.short, settings.limiter.enabled) {
         notes.push(format!(
             "without the limiter the peaks set the level: target {wanted:.1} LUFS would take the true peak over the {:.1} dBTP ceiling, so the master was mastered to {reached:.1} LUFS instead (nothing clipped)",

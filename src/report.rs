@@ -151,8 +151,21 @@ pub fn settings_text(st: &Settings) -> String {
                 format!("{} (parametric fit error {:.2} dB rms)", bands.join(", "), p.fit_rms_error_db)
             }
         };
-        let _ = writeln!(s, "EQ mid:  {}", describe(&st.eq.parametric_mid));
-        let _ = writeln!(s, "EQ side: {}", describe(&st.eq.parametric_side));
+        match st.eq.render {
+            crate::settings::EqRender::Filters => {
+                let _ = writeln!(
+                    s,
+                    "EQ: broad tonal match (shelves and bells, rendered linear-phase; these are the exported filters)"
+                );
+                let _ = writeln!(s, "EQ mid:  {}", describe_filters(&st.eq.parametric_mid));
+                let _ = writeln!(s, "EQ side: {}", describe_filters(&st.eq.parametric_side));
+            }
+            crate::settings::EqRender::Curve => {
+                let _ = writeln!(s, "EQ: fine match of the same music (the matched curve renders; exports fit it)");
+                let _ = writeln!(s, "EQ mid:  {}", describe(&st.eq.parametric_mid));
+                let _ = writeln!(s, "EQ side: {}", describe(&st.eq.parametric_side));
+            }
+        }
     } else {
         let _ = writeln!(s, "EQ: off");
     }
@@ -192,16 +205,7 @@ pub fn settings_text(st: &Settings) -> String {
         let _ = writeln!(s, "compression: off (the reference is not denser than the mix, or disabled)");
     }
     if st.width.enabled {
-        let _ = writeln!(
-            s,
-            "width (side gain): {}",
-            st.width
-                .bands
-                .iter()
-                .map(|b| format!("{}-{} {:+.1} dB", fmt_hz(b.low_hz), fmt_hz(b.high_hz), b.side_gain_db))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let _ = writeln!(s, "width (side gain, mean per band): {}", width_summary(&st.width).join(", "));
     } else {
         let _ = writeln!(s, "width: unchanged");
     }
@@ -226,7 +230,49 @@ pub fn settings_text(st: &Settings) -> String {
         if st.limiter.enabled { "" } else { " (limiter OFF: gain only)" },
         st.limiter.target_lufs
     );
+    for n in &st.mix_notes {
+        let _ = writeln!(s, "mix note: {}", n.text);
+    }
     s
+}
+
+/// A parametric EQ's filters in words, one list ("flat" without any).
+fn describe_filters(p: &crate::solve::parametric::ParametricEq) -> String {
+    if p.bands.is_empty() {
+        return "flat".into();
+    }
+    let bands: Vec<String> = p
+        .bands
+        .iter()
+        .map(|b| {
+            let kind = match b.kind {
+                crate::dsp::biquad::FilterKind::LowShelf => "low shelf",
+                crate::dsp::biquad::FilterKind::HighShelf => "high shelf",
+                crate::dsp::biquad::FilterKind::Peaking => "bell",
+            };
+            format!("{kind} {} {:+.1} dB Q {:.2}", fmt_hz(b.freq_hz), b.gain_db, b.q)
+        })
+        .collect();
+    bands.join(", ")
+}
+
+/// The width stage in the analysis's five stereo bands ([`crate::analysis::WIDTH_BAND_EDGES_HZ`]):
+/// each band's mean side gain over the log-frequency points inside it, "20 Hz-120 Hz -0.5 dB".
+/// The full per-band detail stays in the settings JSON and the report.
+pub fn width_summary(width: &crate::settings::WidthSettings) -> Vec<String> {
+    let edges = crate::analysis::WIDTH_BAND_EDGES_HZ;
+    let mut lo = 20.0;
+    let mut out = Vec::new();
+    for &hi in &edges[1..] {
+        let n = 24;
+        let mean = (0..n)
+            .map(|k| crate::render::eq::width_at(width, lo * (hi / lo).powf((k as f64 + 0.5) / n as f64)))
+            .sum::<f64>()
+            / n as f64;
+        out.push(format!("{}-{} {:+.1} dB", fmt_hz(lo), fmt_hz(hi), mean));
+        lo = hi;
+    }
+    out
 }
 
 /// Warnings about the inputs and the result.

@@ -647,6 +647,45 @@ pub fn eq_svg(mastered: &Mastered) -> String {
     let yt = linear_ticks(-m, m, nice_step(2.0 * m, 8.0), &|v| format!("{v:+.0}").replace("+0", "0"));
     svg.y_axis(&p, &yt, "gain (dB)");
     let zip = |xs: &[f64], ys: &[f64]| -> Vec<(f64, f64)> { xs.iter().copied().zip(ys.iter().copied()).collect() };
+    if st.eq.render == crate::settings::EqRender::Filters {
+        // The filters render: their response is the mid EQ; the side shows its filters and the
+        // side with the width stage on top. Ranges a mix note calls out are shaded.
+        for n in st.mix_notes.iter().filter(|n| n.kind == "tone") {
+            svg.x_band(&p, n.low_hz.max(20.0), n.high_hz.min(20_000.0), &format!("mix note {:+.0} dB", n.gap_db));
+        }
+        let side_eq: Vec<f64> = freqs.iter().map(|&f| crate::render::eq::side_eq_db(&st.eq, f)).collect();
+        let series = [
+            Series {
+                label: "mid EQ (filters)",
+                colour: colours::MID,
+                dash: None,
+                width: 2.2,
+                points: zip(&freqs, &mid),
+            },
+            Series {
+                label: "side EQ (filters)",
+                colour: colours::SIDE,
+                dash: Some("3 4"),
+                width: 1.6,
+                points: zip(&freqs, &side_eq),
+            },
+            Series {
+                label: "side with width",
+                colour: colours::SIDE,
+                dash: None,
+                width: 2.2,
+                points: zip(&freqs, &side),
+            },
+        ];
+        for s in &series {
+            svg.line(&p, s);
+        }
+        svg.frame(&p);
+        let items: Vec<(&str, &str, Option<&str>)> = series.iter().map(|s| (s.label, s.colour, s.dash)).collect();
+        let title = if st.eq.enabled { "Broad EQ: the exported filters, as rendered" } else { "EQ (off)" };
+        svg.header(&p, title, &items);
+        return svg.finish(false, "EQ applied: the mid and side filters and the side with the width stage");
+    }
     let series = [
         Series { label: "mid (matched)", colour: colours::MID, dash: None, width: 2.2, points: zip(&freqs, &mid) },
         Series {
@@ -875,6 +914,7 @@ pub fn report_html(r: &ReportInput<'_>) -> String {
     h.push_str(&spectrum_svg(r.mix, r.reference, &m.profile, false));
     let _ = writeln!(h, "\n<h2>EQ applied</h2>");
     h.push_str(&eq_svg(m));
+    h.push_str(&mix_notes_html(st));
     let _ = writeln!(h, "\n<h2>Loudness and limiting over time</h2>");
     h.push_str(&loudness_svg(r.mix, &m.profile, st.limiter.target_lufs, r.preview));
     h.push_str(&limiter_svg(m));
@@ -932,6 +972,21 @@ pub fn report_html(r: &ReportInput<'_>) -> String {
         let _ = writeln!(h, "</ul>");
     }
     h.push_str("</body>\n</html>\n");
+    h
+}
+
+/// The mix notes (gaps mastering leaves to the mix) as a list, or a line saying there are none.
+fn mix_notes_html(st: &crate::settings::Settings) -> String {
+    let mut h = String::from("\n<h2>Mix notes</h2>\n");
+    if st.mix_notes.is_empty() {
+        h.push_str("<p id=\"mix-notes\">none: every gap to the reference is within what mastering should move</p>\n");
+        return h;
+    }
+    h.push_str("<p class=\"meta\">Gaps to the reference bigger than mastering should close: fix these in the mix.</p>\n<ul id=\"mix-notes\">\n");
+    for n in &st.mix_notes {
+        let _ = writeln!(h, "<li class=\"mix-note\">mix note: {}</li>", escape(&n.text));
+    }
+    h.push_str("</ul>\n");
     h
 }
 

@@ -61,6 +61,44 @@ pub struct Settings {
     pub limiter: LimiterSettings,
     /// Dither seed for integer output (same seed, same bits).
     pub dither_seed: u64,
+    /// Gaps the master will not close, with what to look at in the mix (advice only: nothing
+    /// here is rendered; absent in files from before they existed).
+    #[serde(default)]
+    pub mix_notes: Vec<MixNote>,
+}
+
+/// How the EQ curves are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EqRender {
+    /// The grid curves `mid_gain_db` / `side_gain_db` (a fine match: same music, or files from
+    /// before the broad fit existed). The parametric fits only approximate them, for export.
+    #[default]
+    Curve,
+    /// The filters `parametric_mid` / `parametric_side` (RBJ cookbook, evaluated at
+    /// `filter_sample_rate_hz`): the magnitude response of the exported filters is exactly what
+    /// the linear-phase FIR renders. The grid curves hold that response, for plots.
+    Filters,
+}
+
+/// A gap between the mix and the reference that mastering should not close, in one frequency
+/// range: the mix itself should change there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixNote {
+    /// What the gap is in: "tone" (the mid's tonal balance) or "width" (side-to-mid).
+    pub kind: String,
+    /// Lower edge of the range, Hz.
+    pub low_hz: f64,
+    /// Upper edge of the range, Hz.
+    pub high_hz: f64,
+    /// How far the mix is from the reference there, dB (positive: the mix has less; level
+    /// offset removed, octave-smoothed).
+    pub gap_db: f64,
+    /// How much of the gap the master closes there, dB.
+    pub applied_db: f64,
+    /// The note in words.
+    pub text: String,
 }
 
 /// Matching EQ: gain curves for mid and side on a log-frequency grid, rendered as linear-phase
@@ -78,8 +116,19 @@ pub struct EqSettings {
     pub side_gain_db: Vec<f64>,
     /// Parametric approximation of the mid curve (for export; the FIR is what renders).
     pub parametric_mid: ParametricEq,
-    /// Parametric approximation of the side curve.
+    /// Parametric approximation of the side curve (with `render: filters`: the side EQ's
+    /// filters, without the width stage).
     pub parametric_side: ParametricEq,
+    /// What renders: the grid curves or the parametric filters (absent in older files: curves).
+    #[serde(default)]
+    pub render: EqRender,
+    /// Sample rate at which the parametric filters' responses are evaluated, Hz.
+    #[serde(default = "default_filter_rate_hz")]
+    pub filter_sample_rate_hz: f64,
+}
+
+fn default_filter_rate_hz() -> f64 {
+    48_000.0
 }
 
 /// Multiband compressor: four bands split by LR4 crossovers, detector on the mid signal of each
@@ -230,6 +279,13 @@ impl Settings {
                 check_range(src, &format!("{name}.bands[{i}].gain_db"), b.gain_db, (-48.0, 48.0))?;
                 check_range(src, &format!("{name}.bands[{i}].q"), b.q, (0.01, 100.0))?;
             }
+        }
+        check_range(src, "eq.filter_sample_rate_hz", eq.filter_sample_rate_hz, (8_000.0, 768_000.0))?;
+        for (i, n) in self.mix_notes.iter().enumerate() {
+            check_range(src, &format!("mix_notes[{i}].low_hz"), n.low_hz, (0.0, 100_000.0))?;
+            check_range(src, &format!("mix_notes[{i}].high_hz"), n.high_hz, (n.low_hz, 100_000.0))?;
+            check_range(src, &format!("mix_notes[{i}].gap_db"), n.gap_db, (-200.0, 200.0))?;
+            check_range(src, &format!("mix_notes[{i}].applied_db"), n.applied_db, (-48.0, 48.0))?;
         }
         let d = &self.dynamics;
         for (i, f) in d.crossovers_hz.iter().enumerate() {

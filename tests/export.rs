@@ -535,3 +535,97 @@ fn ffmpeg_script_run_by_real_ffmpeg_on_the_demo_mix_matches_refmasters_own_maste
     assert!(shape <= 1.0, "mid spectral shape differs from refmaster's master by {shape:.2} dB (mean, 1/3 octave)");
     assert!(loudness.abs() <= 1.0, "integrated loudness differs from refmaster's master by {loudness:+.2} LU");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The broad EQ's filters are what renders
+
+/// The corpus folder of real music (`.ci/fetch-corpus`; `REFMASTER_CORPUS_DIR` overrides).
+fn corpus_dir() -> PathBuf {
+    std::env::var_os("REFMASTER_CORPUS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").expect("HOME is not set; set REFMASTER_CORPUS_DIR");
+        PathBuf::from(home).join(".cache/refmaster-corpus/x")
+    })
+}
+
+fn analyze_file(path: &Path) -> Profile {
+    let (audio, info) = refmaster::decode::decode_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `.ci/fetch-corpus`)", path.display()));
+    analyze(&audio, &path.display().to_string(), info.lossy)
+}
+
+/// Magnitude in dB of FIR `taps` at `freq_hz` (direct DTFT; the linear-phase delay drops out).
+fn fir_magnitude_db(taps: &[f32], freq_hz: f64, fs: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq_hz / fs;
+    let (mut re, mut im) = (0.0, 0.0);
+    for (n, &h) in taps.iter().enumerate() {
+        let (s, c) = (w * n as f64).sin_cos();
+        re += f64::from(h) * c;
+        im -= f64::from(h) * s;
+    }
+    10.0 * (re * re + im * im).log10()
+}
+
+/// The magnitude of a cookbook biquad at `freq_hz`, from its coefficients (|B(e^jw)| / |A(e^jw)|).
+fn cookbook_db(c: &Cookbook, freq_hz: f64, fs: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq_hz / fs;
+    let power = |k: &[f64; 3]| {
+        let re = k[0] + k[1] * w.cos() + k[2] * (2.0 * w).cos();
+        let im = -k[1] * w.sin() - k[2] * (2.0 * w).sin();
+        re * re + im * im
+    };
+    10.0 * (power(&c.b) / power(&c.a)).log10()
+}
+
+/// The acceptance bars of an engineer-importable APO file (at most 8 filters, bells Q ≤ 3, low
+/// shelf corner ≤ 400 Hz, high shelf corner ≥ 2 kHz, every gain within the EQ bound, a preamp no
+/// deeper than the bound), and the curve the file's filters draw (cookbook equations written in
+/// this file) against the magnitude of the linear-phase FIR refmaster renders the mid EQ with:
+/// within 0.3 dB RMS over 20 Hz–20 kHz at 1/12 octave. Returns that RMS.
+fn check_apo_against_render(settings: &Settings, max_eq_db: f64, rate: u32, what: &str) -> f64 {
+    let text = render_export(ExportFormat::Apo, settings);
+    let (preamp_db, filters) = parse_apo(&text);
+    assert!(!filters.is_empty(), "{what}: no filters:\n{text}");
+    assert!(filters.len() <= 8, "{what}: {} filters:\n{text}", filters.len());
+    // Gains and Qs are printed to 0.01 dB and 0.001: the bars allow that rounding.
+    for f in &filters {
+        assert!(f.gain_db.abs() <= max_eq_db + 0.01, "{what}: gain beyond ±{max_eq_db} dB: {f:?}");
+        match f.shape {
+            Shape::Peak => assert!(f.q <= 3.0 + 0.001, "{what}: bell narrower than Q 3: {f:?}"),
+            Shape::LowShelf => assert!(f.fc <= 400.0, "{what}: low shelf corner above 400 Hz: {f:?}"),
+            Shape::HighShelf => assert!(f.fc >= 2_000.0, "{what}: high shelf corner below 2 kHz: {f:?}"),
+        }
+    }
+    assert!(preamp_db <= 0.0 && -preamp_db <= max_eq_db + 0.01, "{what}: preamp {preamp_db} dB");
+    let fs = f64::from(rate);
+    let taps = refmaster::render::eq::curve_taps(rate, &|f| mid_curve_db(&settings.eq, f)).expect("an EQ to render");
+    let freqs: Vec<f64> =
+        (0..=120).map(|k| 20.0 * 2f64.powf(f64::from(k) / 12.0)).filter(|&f| f <= 20_000.0 && f < 0.45 * fs).collect();
+    let sq: f64 = freqs
+        .iter()
+        .map(|&f| {
+            let apo: f64 =
+                filters.iter().map(|x| cookbook_db(&Cookbook::new(x.shape, x.fc, x.gain_db, x.q, fs), f, fs)).sum();
+            (apo - fir_magnitude_db(&taps, f, fs)).powi(2)
+        })
+        .sum();
+    let rms = (sq / freqs.len() as f64).sqrt();
+    assert!(rms <= 0.3, "{what}: the APO filters draw the rendered EQ to {rms:.3} dB RMS");
+    rms
+}
+
+#[test]
+fn apo_file_of_the_broad_eq_is_a_few_musical_filters_whose_cookbook_curve_is_the_rendered_eq() {
+    let settings = solved_settings();
+    let rms = check_apo_against_render(&settings, SolveOptions::default().max_eq_db, RATE, "synthetic pair");
+    eprintln!("synthetic pair: APO curve vs rendered FIR {rms:.3} dB RMS");
+    let dir = corpus_dir();
+    let mix = analyze_file(&dir.join("casualties_of_war.ogg"));
+    let reference = analyze_file(&dir.join("music009.ogg"));
+    for max_eq_db in [SolveOptions::default().max_eq_db, 12.0] {
+        let (s, _) = solve(&mix, &reference, &SolveOptions { max_eq_db, ..SolveOptions::default() });
+        assert_eq!(s.eq.render, refmaster::settings::EqRender::Filters, "different songs get the broad match");
+        let what = format!("casualties_of_war -> music009, ±{max_eq_db} dB");
+        let rms = check_apo_against_render(&s, max_eq_db, mix.sample_rate_hz, &what);
+        eprintln!("{what}: APO curve vs rendered FIR {rms:.3} dB RMS");
+    }
+}

@@ -91,7 +91,10 @@ fn master_moves_a_dull_narrow_mix_onto_the_references_tone_width_and_loudness() 
     let mp = analyze(&mix, "mix", false);
     let rp = analyze(&reference, "ref", false);
     let before = mid_shape_error_db(&mp, &rp);
-    let (m, _) = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters");
+    // The dull mix's treble lies up to 20 dB under the reference's (a one-pole low-pass at
+    // 1.5 kHz): past the default, mastering-sized EQ bound, which leaves it to a mix note
+    // (checked below); here the bound is opened to ±20 dB to check that the chain can follow.
+    let (m, _) = master(&mix, &mp, &rp, &wide_eq(), &quiet).expect("masters");
     let after = mid_shape_error_db(&m.profile, &rp);
     assert!(before > 3.0, "the test mix should start far from the reference (got {before:.2} dB)");
     assert!(after < 0.5, "mid shape error after mastering {after:.2} dB (before {before:.2})");
@@ -100,6 +103,20 @@ fn master_moves_a_dull_narrow_mix_onto_the_references_tone_width_and_loudness() 
     assert!(m.profile.loudness.true_peak_dbtp <= -1.0, "true peak {:.2} dBTP", m.profile.loudness.true_peak_dbtp);
     let width_err = m.profile.stereo.width_db - rp.stereo.width_db;
     assert!(width_err.abs() < 1.0, "side/mid off by {width_err:.2} dB");
+    let (s, _) = solve(&mp, &rp, &SolveOptions::default());
+    assert!(
+        s.mix_notes
+            .iter()
+            .any(|n| n.kind == "tone" && n.gap_db > SolveOptions::default().max_eq_db && n.low_hz > 2_000.0),
+        "at the default bound the missing treble is a mix note: {:#?}",
+        s.mix_notes
+    );
+}
+
+/// Master options with the EQ bound at ±20 dB, for test signals whose tonal gap is bigger than
+/// the default mastering-sized bound allows.
+fn wide_eq() -> MasterOptions {
+    MasterOptions { solve: SolveOptions { max_eq_db: 20.0, ..SolveOptions::default() }, ..MasterOptions::default() }
 }
 
 /// Side-to-mid ratio of `p` per grid band from `lo_hz` to `hi_hz`, dB, with the band centres.
@@ -374,7 +391,7 @@ fn mix_and_reference_at_different_rates_master_at_the_mixs_own_rate() {
     let reference = bright_wide_reference(44_100, 6.0);
     let mp = analyze(&mix, "mix", false);
     let rp = analyze(&reference, "ref", false);
-    let (m, m_audio) = master(&mix, &mp, &rp, &MasterOptions::default(), &quiet).expect("masters");
+    let (m, m_audio) = master(&mix, &mp, &rp, &wide_eq(), &quiet).expect("masters");
     assert_eq!(m_audio.sample_rate_hz, 48_000);
     assert!(mid_shape_error_db(&m.profile, &rp) < 0.6);
     let dir = temp_dir();

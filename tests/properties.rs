@@ -31,8 +31,8 @@ use refmaster::dsp::biquad::FilterKind;
 use refmaster::dsp::truepeak::true_peak_db;
 use refmaster::master::{master, MasterOptions};
 use refmaster::settings::{
-    limits, CompressorBand, DynamicsSettings, EqSettings, LimiterSettings, SaturationSettings, Settings, WidthBandGain,
-    WidthSettings, SETTINGS_VERSION,
+    limits, CompressorBand, DynamicsSettings, EqRender, EqSettings, LimiterSettings, SaturationSettings, Settings,
+    WidthBandGain, WidthSettings, SETTINGS_VERSION,
 };
 use refmaster::solve::parametric::{ParametricBand, ParametricEq};
 use refmaster::solve::{solve, SolveOptions, NO_WIDENING_BELOW_HZ};
@@ -453,16 +453,24 @@ fn eq_settings() -> impl Strategy<Value = EqSettings> {
                 prop::collection::vec(g, n),
                 parametric(),
                 parametric(),
+                any::<bool>(),
+                in_range(8_000.0, 768_000.0),
             )
         })
-        .prop_map(|(enabled, frequencies_hz, mid_gain_db, side_gain_db, parametric_mid, parametric_side)| EqSettings {
-            enabled,
-            frequencies_hz,
-            mid_gain_db,
-            side_gain_db,
-            parametric_mid,
-            parametric_side,
-        })
+        .prop_map(
+            |(enabled, frequencies_hz, mid_gain_db, side_gain_db, parametric_mid, parametric_side, filters, rate)| {
+                EqSettings {
+                    enabled,
+                    frequencies_hz,
+                    mid_gain_db,
+                    side_gain_db,
+                    parametric_mid,
+                    parametric_side,
+                    render: if filters { EqRender::Filters } else { EqRender::Curve },
+                    filter_sample_rate_hz: rate,
+                }
+            },
+        )
 }
 
 fn compressor() -> impl Strategy<Value = CompressorBand> {
@@ -553,6 +561,7 @@ fn settings() -> impl Strategy<Value = Settings> {
             saturation,
             limiter,
             dither_seed,
+            mix_notes: Vec::new(),
         })
 }
 

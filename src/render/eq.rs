@@ -2,7 +2,8 @@
 //! side gains are folded into the side filter (both are linear, so one convolution does both).
 
 use crate::dsp::fir::{design, fir_len};
-use crate::settings::{EqSettings, WidthSettings};
+use crate::settings::{EqRender, EqSettings, WidthSettings};
+use crate::solve::parametric::ParametricBand;
 
 /// Gain in dB at `freq_hz` of a curve given at ascending `grid` points: linear in dB over log
 /// frequency, held flat beyond the ends.
@@ -33,19 +34,38 @@ pub fn width_at(width: &WidthSettings, freq_hz: f64) -> f64 {
     curve_at(&centres, &gains, freq_hz)
 }
 
+/// Summed magnitude (dB) of RBJ cookbook `bands` at `freq_hz`, the filters running at
+/// `sample_rate_hz`; frequencies past 0.499 of it read the response there (held flat).
+pub fn filters_db(bands: &[ParametricBand], sample_rate_hz: f64, freq_hz: f64) -> f64 {
+    let f = freq_hz.min(0.499 * sample_rate_hz);
+    bands.iter().map(|b| b.coeffs(sample_rate_hz).magnitude_db(f, sample_rate_hz)).sum()
+}
+
 /// Total mid and side curves (dB at a frequency) as rendered.
 pub fn mid_curve_db(eq: &EqSettings, freq_hz: f64) -> f64 {
-    if eq.enabled {
-        curve_at(&eq.frequencies_hz, &eq.mid_gain_db, freq_hz)
-    } else {
+    if !eq.enabled {
         0.0
+    } else if eq.render == EqRender::Filters {
+        filters_db(&eq.parametric_mid.bands, eq.filter_sample_rate_hz, freq_hz)
+    } else {
+        curve_at(&eq.frequencies_hz, &eq.mid_gain_db, freq_hz)
+    }
+}
+
+/// The side EQ alone (dB at a frequency), without the width stage.
+pub fn side_eq_db(eq: &EqSettings, freq_hz: f64) -> f64 {
+    if !eq.enabled {
+        0.0
+    } else if eq.render == EqRender::Filters {
+        filters_db(&eq.parametric_side.bands, eq.filter_sample_rate_hz, freq_hz)
+    } else {
+        curve_at(&eq.frequencies_hz, &eq.side_gain_db, freq_hz)
     }
 }
 
 /// Side curve: the side EQ plus the width gain.
 pub fn side_curve_db(eq: &EqSettings, width: &WidthSettings, freq_hz: f64) -> f64 {
-    let e = if eq.enabled { curve_at(&eq.frequencies_hz, &eq.side_gain_db, freq_hz) } else { 0.0 };
-    e + width_at(width, freq_hz)
+    side_eq_db(eq, freq_hz) + width_at(width, freq_hz)
 }
 
 /// The linear-phase FIR taps (delay: half their length) that render `curve` (dB at a frequency)

@@ -16,8 +16,10 @@ use crate::analysis::spectrum::FLOOR_DB;
 use crate::analysis::Profile;
 use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
 use crate::settings::{
-    EqSettings, LimiterSettings, SaturationSettings, Settings, WidthBandGain, WidthSettings, SETTINGS_VERSION,
+    EqRender, EqSettings, LimiterSettings, MixNote, SaturationSettings, Settings, WidthBandGain, WidthSettings,
+    SETTINGS_VERSION,
 };
+use parametric::{FitLimits, ParametricEq};
 
 /// Below this frequency the width stage may narrow but never widen, Hz.
 pub const NO_WIDENING_BELOW_HZ: f64 = 120.0;
@@ -25,6 +27,26 @@ pub const NO_WIDENING_BELOW_HZ: f64 = 120.0;
 pub const EQ_LOWEST_HZ: f64 = 20.0;
 /// Range over which the EQ's level offset is computed (the shape error's range), Hz.
 pub const SHAPE_RANGE_HZ: (f64, f64) = (40.0, 16_000.0);
+
+/// Default EQ bound, ± dB: the broad moves a mastering engineer makes. A bigger gap is the
+/// mix's to fix, and a mix note says so.
+pub const DEFAULT_MAX_EQ_DB: f64 = 6.0;
+/// Width of the smoothing that defines the tonal balance the broad EQ matches, octaves
+/// (triangular weights in power, zero at ± this: the spread of an octave band, whose box of
+/// ±1/2 octave has the same variance as a triangle of ±0.71).
+pub const BROAD_OCTAVES: f64 = 0.75;
+/// Width of the smoothing of the gap a mix note reports, octaves (in dB, triangular): fine
+/// enough that a dip of about an octave reads at its real depth, broad enough to ignore notes.
+pub const NOTE_OCTAVES: f64 = 0.5;
+/// Correlation (of the second-to-second changes of short-term loudness, best alignment within
+/// ±[`SAME_MUSIC_MAX_LAG_S`]) from which a reference counts as the same music as the mix.
+pub const SAME_MUSIC_MIN_CORRELATION: f64 = 0.8;
+/// Largest offset between the mix and a same-music reference, s.
+pub const SAME_MUSIC_MAX_LAG_S: usize = 10;
+/// Fewest overlapping seconds the same-music detection needs.
+const SAME_MUSIC_MIN_SECONDS: usize = 12;
+/// How far past the EQ bound (dB) an octave-scale gap must be before a mix note calls it out.
+const MIX_NOTE_MARGIN_DB: f64 = 1.0;
 
 /// What the user asked of the solver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +78,7 @@ impl Default for SolveOptions {
         Self {
             amount: 1.0,
             smoothing_octaves: 1.0 / 3.0,
-            max_eq_db: 12.0,
+            max_eq_db: DEFAULT_MAX_EQ_DB,
             max_width_db: 6.0,
             ceiling_dbtp: -1.0,
             target_lufs: None,
@@ -74,19 +96,44 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
     let mut notes = Vec::new();
     let grid = mix.spectrum.frequencies_hz.clone();
     let cutoff = follow_limit_hz(mix, target);
+    let rate = f64::from(mix.sample_rate_hz);
+    let same = same_music(mix, target);
+    let render = if same.is_some() { EqRender::Curve } else { EqRender::Filters };
     let mut mid_gain = vec![0.0; grid.len()];
+    let mut mid_filters = ParametricEq::default();
+    let mut mix_notes = Vec::new();
     if opts.eq {
+        if let Some(r) = same {
+            notes.push(format!(
+                "the reference is the same music as the mix (short-term loudness moves together, r = {r:.2}): the EQ follows it at {} octave, not just its broad balance",
+                fmt_octaves(opts.smoothing_octaves)
+            ));
+            let mid_diff = difference(&target.spectrum.mid_db, &mix.spectrum.mid_db);
+            mid_gain = match_curve(&grid, &mid_diff, cutoff, opts);
+            report_unreachable(&grid, &mid_diff, &mid_gain, cutoff, opts, "mid", &mut notes);
+        } else {
+            let wanted = broad_difference(&grid, &target.spectrum.mid_db, &mix.spectrum.mid_db, cutoff);
+            mid_filters = fit_broad(&grid, &bounded(&wanted, opts), cutoff, opts.max_eq_db, rate);
+            mid_gain = parametric::response_db(&mid_filters.bands, &clamped_grid(&grid, rate), rate);
+        }
         let mid_diff = difference(&target.spectrum.mid_db, &mix.spectrum.mid_db);
-        mid_gain = match_curve(&grid, &mid_diff, cutoff, opts);
-        report_unreachable(&grid, &mid_diff, &mid_gain, cutoff, opts, "mid", &mut notes);
+        mix_notes.extend(tone_notes(&grid, &mid_diff, &mid_gain, cutoff, opts));
     }
     // The side EQ matches the side's shape (its own level offset removed); the width stage then
     // sets the side's level relative to the mid, band by band.
     let stereo = mix.channels >= 2;
     let mut side_gain = vec![0.0; grid.len()];
+    let mut side_filters = ParametricEq::default();
     if opts.eq && stereo && has_side(mix) && has_side(target) {
-        let side_diff = difference(&target.spectrum.side_db, &mix.spectrum.side_db);
-        side_gain = match_curve(&grid, &side_diff, cutoff, opts);
+        if render == EqRender::Curve {
+            let side_diff = difference(&target.spectrum.side_db, &mix.spectrum.side_db);
+            side_gain = match_curve(&grid, &side_diff, cutoff, opts);
+        } else {
+            let wanted = broad_difference(&grid, &target.spectrum.side_db, &mix.spectrum.side_db, cutoff);
+            let cap = bass_cap(&grid, &mid_gain);
+            side_filters = fit_side_held(&grid, &bounded(&wanted, opts), &cap, cutoff, opts.max_eq_db, rate);
+            side_gain = parametric::response_db(&side_filters.bands, &clamped_grid(&grid, rate), rate);
+        }
     }
     let width_bands = if opts.width && stereo && has_side(mix) && has_side(target) {
         let eq_sm = difference(&side_gain, &mid_gain);
@@ -94,11 +141,16 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
         let wanted = difference(&gap, &eq_sm);
         let gains = width_curve(&grid, &wanted, cutoff, opts);
         report_width_bound(&grid, &wanted, cutoff, opts, &mut notes);
+        mix_notes.extend(width_notes(&grid, &wanted, &gains, cutoff, opts));
         report_bass_width_held(&grid, &gap, &mut notes);
-        hold_bass_width(&grid, &mid_gain, &mut side_gain, &gains);
+        if render == EqRender::Curve {
+            hold_bass_width(&grid, &mid_gain, &mut side_gain, &gains);
+        }
         grid.iter().zip(&gains).map(|(&f, &g)| band_gain(f, g)).collect()
     } else {
-        hold_bass_width(&grid, &mid_gain, &mut side_gain, &[]);
+        if render == EqRender::Curve {
+            hold_bass_width(&grid, &mid_gain, &mut side_gain, &[]);
+        }
         if opts.width && !stereo {
             notes.push("mix is mono: width left alone (mono stays mono)".into());
         } else if opts.width && !has_side(mix) {
@@ -119,25 +171,25 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
     } else {
         0.0
     };
-    let fit_max = cutoff.min(20_000.0);
-    let with_width: Vec<f64> = if width_bands.is_empty() {
-        side_gain.clone()
-    } else {
-        side_gain.iter().zip(&width_bands).map(|(s, w)| s + w.side_gain_db).collect()
+    let mut eq = EqSettings {
+        enabled: opts.eq,
+        frequencies_hz: grid,
+        mid_gain_db: mid_gain,
+        side_gain_db: side_gain,
+        parametric_mid: mid_filters,
+        parametric_side: side_filters,
+        render,
+        filter_sample_rate_hz: rate,
     };
-    let rate = f64::from(mix.sample_rate_hz);
+    let width = WidthSettings { enabled: opts.width && !width_bands.is_empty(), bands: width_bands };
+    if render == EqRender::Curve {
+        fit_curves_for_export(&mut eq, &width, cutoff);
+    }
     let settings = Settings {
         version: SETTINGS_VERSION,
-        eq: EqSettings {
-            enabled: opts.eq,
-            parametric_mid: parametric::fit(&grid, &mid_gain, fit_max, 10, rate),
-            parametric_side: parametric::fit(&grid, &with_width, fit_max, 10, rate),
-            frequencies_hz: grid,
-            mid_gain_db: mid_gain,
-            side_gain_db: side_gain,
-        },
+        eq,
         dynamics,
-        width: WidthSettings { enabled: opts.width && !width_bands.is_empty(), bands: width_bands },
+        width,
         saturation: SaturationSettings::default(),
         limiter: LimiterSettings {
             enabled: opts.limiter,
@@ -148,6 +200,7 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
             target_lufs: if target_lufs.is_finite() { target_lufs } else { -14.0 },
         },
         dither_seed: 0x005E_ED0F_4D17,
+        mix_notes,
     };
     (settings, notes)
 }
@@ -159,6 +212,369 @@ fn has_side(p: &Profile) -> bool {
 /// The highest frequency the EQ follows: the lower of both content cutoffs, at most 20 kHz.
 pub fn follow_limit_hz(mix: &Profile, target: &Profile) -> f64 {
     mix.spectrum.content_cutoff_hz.min(target.spectrum.content_cutoff_hz).min(20_000.0)
+}
+
+/// "1/3" for a third of an octave, "1" for one: the smoothing in words.
+fn fmt_octaves(octaves: f64) -> String {
+    let inverse = 1.0 / octaves.max(1e-6);
+    if octaves < 1.0 && (inverse - inverse.round()).abs() < 0.01 {
+        format!("1/{:.0}", inverse.round())
+    } else {
+        format!("{octaves:.2}")
+    }
+}
+
+/// Whether `target` is the same music as `mix` (an earlier master of it, a re-release): the
+/// correlation of the second-to-second changes of their short-term loudness, at the best offset
+/// within ±[`SAME_MUSIC_MAX_LAG_S`], when it reaches [`SAME_MUSIC_MIN_CORRELATION`]. Changes,
+/// not levels: two songs that both get louder toward the end correlate in level, not in the
+/// bar-by-bar movement. Mastering (EQ, compression, limiting) keeps that movement.
+pub fn same_music(mix: &Profile, target: &Profile) -> Option<f64> {
+    let steps =
+        |p: &Profile| -> Vec<f64> { p.loudness.short_term_series_lufs.windows(2).map(|w| w[1] - w[0]).collect() };
+    let (a, b) = (steps(mix), steps(target));
+    if a.len().min(b.len()) < SAME_MUSIC_MIN_SECONDS {
+        return None;
+    }
+    let longer = a.len().max(b.len()) as f64;
+    if (a.len() as f64 - b.len() as f64).abs() > (0.1 * longer).max(SAME_MUSIC_MAX_LAG_S as f64) {
+        return None;
+    }
+    let lag_max = SAME_MUSIC_MAX_LAG_S as isize;
+    let best = (-lag_max..=lag_max)
+        .filter_map(|lag| {
+            let (x, y) = if lag >= 0 {
+                let l = lag.unsigned_abs();
+                (a.get(l..)?, &b[..])
+            } else {
+                (&a[..], b.get(lag.unsigned_abs()..)?)
+            };
+            let n = x.len().min(y.len());
+            (n >= SAME_MUSIC_MIN_SECONDS).then(|| pearson(&x[..n], &y[..n]))
+        })
+        .filter(|r| r.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    (best >= SAME_MUSIC_MIN_CORRELATION).then_some(best)
+}
+
+/// Pearson correlation of two equally long series (NaN when either is flat).
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx <= 1e-12 || syy <= 1e-12 {
+        f64::NAN
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
+/// The broad tonal gap `target − mix` per grid point, dB: both spectra averaged in power over
+/// [`BROAD_OCTAVES`] (so that a band's level is what the octave around it holds, as an octave-band
+/// meter reads it, not where notes happen to fall), level offset removed (median over
+/// [`SHAPE_RANGE_HZ`]), followed from [`EQ_LOWEST_HZ`] to `cutoff_hz` and held beyond.
+pub fn broad_difference(grid: &[f64], target_db: &[f64], mix_db: &[f64], cutoff_hz: f64) -> Vec<f64> {
+    let valid: Vec<bool> = grid
+        .iter()
+        .zip(target_db.iter().zip(mix_db))
+        .map(|(f, (t, m))| *f >= EQ_LOWEST_HZ && *f <= cutoff_hz && t.is_finite() && m.is_finite())
+        .collect();
+    let power = |db: &[f64]| -> Vec<f64> { db.iter().map(|v| 10f64.powf(v.clamp(-300.0, 300.0) / 10.0)).collect() };
+    let level = |db: &[f64]| -> Vec<f64> {
+        smooth(grid, &power(db), &valid, BROAD_OCTAVES).iter().map(|p| 10.0 * p.max(1e-30).log10()).collect()
+    };
+    let d = difference(&level(target_db), &level(mix_db));
+    let (Some(first), Some(last)) = (valid.iter().position(|v| *v), valid.iter().rposition(|v| *v)) else {
+        return vec![0.0; grid.len()];
+    };
+    let offset = shape_offset(grid, &d, &valid);
+    (0..grid.len()).map(|i| if i < first { (d[first] - offset).min(0.0) } else { d[i.min(last)] - offset }).collect()
+}
+
+/// `wanted` bounded to ±`max_eq_db` and scaled by the amount: what the EQ aims at.
+fn bounded(wanted: &[f64], opts: &SolveOptions) -> Vec<f64> {
+    wanted.iter().map(|w| w.clamp(-opts.max_eq_db, opts.max_eq_db) * opts.amount.clamp(0.0, 1.0)).collect()
+}
+
+/// The grid with frequencies past 0.499 of the sample rate held there (a filter's response
+/// above Nyquist is read as its response just below it).
+pub fn clamped_grid(grid: &[f64], sample_rate_hz: f64) -> Vec<f64> {
+    grid.iter().map(|f| f.min(0.499 * sample_rate_hz)).collect()
+}
+
+/// The broad filters that draw `target_db` (dB on `grid`) from 20 Hz to `cutoff_hz`
+/// ([`FitLimits::broad`]: two shelves and at most six bells, Q ≤ 2, every gain and their sum
+/// within ±`max_eq_db`).
+pub fn fit_broad(grid: &[f64], target_db: &[f64], cutoff_hz: f64, max_eq_db: f64, sample_rate_hz: f64) -> ParametricEq {
+    let fit_max = cutoff_hz.min(20_000.0);
+    parametric::fit_within(grid, target_db, fit_max, &FitLimits::broad(max_eq_db), sample_rate_hz)
+}
+
+/// [`fit_broad`] for the side EQ, kept at or under `cap_db` (per grid point; the bass, where
+/// the side may not rise more than the mid, see [`hold_bass_width`]): where the fitted response
+/// passes the cap, the target is lowered there by the excess and the filters fitted again.
+fn fit_side_held(
+    grid: &[f64],
+    target_db: &[f64],
+    cap_db: &[f64],
+    cutoff_hz: f64,
+    max_eq_db: f64,
+    sample_rate_hz: f64,
+) -> ParametricEq {
+    let eval_grid = clamped_grid(grid, sample_rate_hz);
+    let mut target: Vec<f64> = target_db.iter().zip(cap_db).map(|(t, c)| t.min(*c)).collect();
+    let mut eq = fit_broad(grid, &target, cutoff_hz, max_eq_db, sample_rate_hz);
+    for _ in 0..4 {
+        let response = parametric::response_db(&eq.bands, &eval_grid, sample_rate_hz);
+        let mut over = false;
+        for ((t, r), c) in target.iter_mut().zip(&response).zip(cap_db) {
+            if r - c > 0.05 {
+                *t -= r - c;
+                over = true;
+            }
+        }
+        if !over {
+            break;
+        }
+        eq = fit_broad(grid, &target, cutoff_hz, max_eq_db, sample_rate_hz);
+    }
+    eq
+}
+
+/// Side-EQ cap per grid point: at and below [`NO_WIDENING_BELOW_HZ`] the mid EQ (the side may
+/// not rise more than the mid), free above.
+fn bass_cap(grid: &[f64], mid_db: &[f64]) -> Vec<f64> {
+    grid.iter().zip(mid_db).map(|(f, m)| if *f <= NO_WIDENING_BELOW_HZ { *m } else { f64::INFINITY }).collect()
+}
+
+/// The detailed parametric fits of the rendered curves (mid; side with the width stage), for
+/// the exports of a fine, curve-rendered EQ.
+fn fit_curves_for_export(eq: &mut EqSettings, width: &WidthSettings, cutoff_hz: f64) {
+    let fit_max = cutoff_hz.min(20_000.0);
+    let rate = eq.filter_sample_rate_hz;
+    eq.parametric_mid = parametric::fit(&eq.frequencies_hz, &eq.mid_gain_db, fit_max, 10, rate);
+    let side_total: Vec<f64> =
+        eq.frequencies_hz.iter().map(|&f| crate::render::eq::side_curve_db(eq, width, f)).collect();
+    eq.parametric_side = parametric::fit(&eq.frequencies_hz, &side_total, fit_max, 10, rate);
+}
+
+/// One closed-loop correction of the EQ from the master as measured (`out_*`, dB on `grid`)
+/// toward what it should be (`want_*`): a curve-rendered EQ adds the smoothed gap; a
+/// filter-rendered one fits its broad filters again to (its response + the broad gap), so the
+/// correction stays as broad as the first fit. At and below [`NO_WIDENING_BELOW_HZ`] the side
+/// rises no more than the mid does plus what the master lost of the mix's own side-to-mid
+/// ratio (`mix_side_to_mid`). Returns the change made to the mid and the side EQ, dB per grid
+/// point.
+#[allow(clippy::too_many_arguments)]
+pub fn correct_eq(
+    eq: &mut EqSettings,
+    grid: &[f64],
+    (want_mid, out_mid): (&[f64], &[f64]),
+    (want_side, out_side): (&[f64], &[f64]),
+    mix_side_to_mid: &[f64],
+    cutoff_hz: f64,
+    opts: &SolveOptions,
+    stereo: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let max = opts.max_eq_db;
+    let mut loop_opts = opts.clone();
+    loop_opts.amount = 1.0;
+    let filters = eq.render == EqRender::Filters;
+    let rate = eq.filter_sample_rate_hz;
+    let eval_grid = clamped_grid(grid, rate);
+    let gap = |want: &[f64], out: &[f64]| {
+        if filters {
+            broad_difference(grid, want, out, cutoff_hz)
+        } else {
+            match_curve(grid, &difference(want, out), cutoff_hz, &loop_opts)
+        }
+    };
+    let e_mid = gap(want_mid, out_mid);
+    let old_mid = eq.mid_gain_db.clone();
+    if filters {
+        let target: Vec<f64> = old_mid.iter().zip(&e_mid).map(|(g, e)| (g + e).clamp(-max, max)).collect();
+        eq.parametric_mid = fit_broad(grid, &target, cutoff_hz, max, rate);
+        eq.mid_gain_db = parametric::response_db(&eq.parametric_mid.bands, &eval_grid, rate);
+    } else {
+        for (g, e) in eq.mid_gain_db.iter_mut().zip(&e_mid) {
+            *g = (*g + e).clamp(-max, max);
+        }
+    }
+    let d_mid = difference(&eq.mid_gain_db, &old_mid);
+    let mut d_side = vec![0.0; grid.len()];
+    if stereo && eq.side_gain_db.iter().any(|g| *g != 0.0) {
+        let mut e_side = gap(want_side, out_side);
+        // Measured, not summed from the gains, so that what the clipper and the limiter narrow
+        // is restored, and no more.
+        let mut cap = vec![f64::INFINITY; grid.len()];
+        for (i, f) in grid.iter().enumerate() {
+            if *f <= NO_WIDENING_BELOW_HZ {
+                let lost = mix_side_to_mid[i] - (out_side[i] - out_mid[i]);
+                let allowed = d_mid[i] + if lost.is_finite() { lost } else { 0.0 };
+                e_side[i] = e_side[i].min(allowed);
+                cap[i] = eq.side_gain_db[i] + allowed;
+            }
+        }
+        let old_side = eq.side_gain_db.clone();
+        if filters {
+            let target: Vec<f64> = old_side.iter().zip(&e_side).map(|(g, e)| (g + e).clamp(-max, max)).collect();
+            eq.parametric_side = fit_side_held(grid, &target, &cap, cutoff_hz, max, rate);
+            eq.side_gain_db = parametric::response_db(&eq.parametric_side.bands, &eval_grid, rate);
+        } else {
+            for (g, e) in eq.side_gain_db.iter_mut().zip(&e_side) {
+                *g = (*g + e).clamp(-max, max);
+            }
+        }
+        d_side = difference(&eq.side_gain_db, &old_side);
+    }
+    (d_mid, d_side)
+}
+
+/// After the loop: the export fits of a curve-rendered EQ, and the mix notes' "mastering adds"
+/// read off the EQ and width as they were rendered.
+pub fn finish_eq(settings: &mut Settings, cutoff_hz: f64) {
+    if settings.eq.render == EqRender::Curve {
+        fit_curves_for_export(&mut settings.eq, &settings.width, cutoff_hz);
+    }
+    let (eq, width) = (&settings.eq, &settings.width);
+    for note in &mut settings.mix_notes {
+        let grid: Vec<f64> =
+            eq.frequencies_hz.iter().copied().filter(|f| (note.low_hz..=note.high_hz).contains(f)).collect();
+        if grid.is_empty() {
+            continue;
+        }
+        let at = |f: f64| match note.kind.as_str() {
+            "width" => crate::render::eq::width_at(width, f),
+            _ => crate::render::eq::mid_curve_db(eq, f),
+        };
+        note.applied_db = grid.iter().map(|&f| at(f)).sum::<f64>() / grid.len() as f64;
+        note.text = mix_note_text(note);
+    }
+}
+
+/// What a frequency range is called in a mix, and its verb ("the low-mids are").
+fn region_name(centre_hz: f64) -> &'static str {
+    match centre_hz {
+        f if f < 60.0 => "sub-bass is",
+        f if f < 150.0 => "bass is",
+        f if f < 500.0 => "low-mids are",
+        f if f < 2_000.0 => "mids are",
+        f if f < 5_000.0 => "upper mids are",
+        f if f < 10_000.0 => "highs are",
+        _ => "air is",
+    }
+}
+
+/// A mix note in words, from its numbers.
+pub fn mix_note_text(n: &MixNote) -> String {
+    let range = format!("{}–{}", crate::report::fmt_hz(n.low_hz), crate::report::fmt_hz(n.high_hz));
+    let region = region_name((n.low_hz.max(1.0) * n.high_hz).sqrt());
+    let gap = n.gap_db.abs().min(60.0);
+    let applied = n.applied_db.abs();
+    if n.kind == "width" {
+        if n.gap_db > 0.0 {
+            format!(
+                "{range} is {gap:.0} dB narrower than the reference (side to mid): the mix is narrow there (pan or spread its parts); mastering widens {applied:.0} dB"
+            )
+        } else {
+            format!(
+                "{range} is {gap:.0} dB wider than the reference (side to mid): the mix is wide there (check phase and wide effects); mastering narrows {applied:.0} dB"
+            )
+        }
+    } else if n.gap_db > 0.0 {
+        format!(
+            "{range} is {gap:.0} dB under the reference: the {region} thin in the mix; mastering adds {applied:.0} dB"
+        )
+    } else {
+        format!(
+            "{range} is {gap:.0} dB over the reference: the {region} heavy in the mix; mastering takes {applied:.0} dB off"
+        )
+    }
+}
+
+/// Runs of grid points (within `valid`) where `|gap|` passes `bound` by [`MIX_NOTE_MARGIN_DB`],
+/// one sign per run: (first index, last index).
+fn runs_past(gap: &[f64], valid: &[bool], bound: f64) -> Vec<(usize, usize)> {
+    let sign = |i: usize| {
+        if !valid[i] || !gap[i].is_finite() || gap[i].abs() <= bound + MIX_NOTE_MARGIN_DB {
+            0.0
+        } else {
+            gap[i].signum()
+        }
+    };
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < gap.len() {
+        let s = sign(i);
+        if s == 0.0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i + 1 < gap.len() && sign(i + 1) == s {
+            i += 1;
+        }
+        // A single 1/6-octave point past the bound is the smoothed gap grazing it, not a range.
+        if i > start {
+            runs.push((start, i));
+        }
+        i += 1;
+    }
+    runs
+}
+
+/// A note for each run of `gap` past `bound`: its range (outer band edges), its largest gap,
+/// the mean of `applied` over it.
+fn notes_for_runs(kind: &str, grid: &[f64], gap: &[f64], applied: &[f64], valid: &[bool], bound: f64) -> Vec<MixNote> {
+    runs_past(gap, valid, bound)
+        .into_iter()
+        .map(|(a, b)| {
+            let worst = (a..=b).map(|i| gap[i]).max_by(|x, y| x.abs().total_cmp(&y.abs())).unwrap_or(0.0);
+            let mut note = MixNote {
+                kind: kind.into(),
+                low_hz: crate::analysis::spectrum::band_edges_hz(grid[a]).0,
+                high_hz: crate::analysis::spectrum::band_edges_hz(grid[b]).1,
+                gap_db: worst,
+                applied_db: applied[a..=b].iter().sum::<f64>() / (b - a + 1) as f64,
+                text: String::new(),
+            };
+            note.text = mix_note_text(&note);
+            note
+        })
+        .collect()
+}
+
+/// Mix notes for the tonal gaps (`diff`: target − mix mid spectrum, dB, smoothed here over
+/// [`NOTE_OCTAVES`] with the level offset removed) past the EQ bound; `applied` is the EQ.
+fn tone_notes(grid: &[f64], diff: &[f64], applied: &[f64], cutoff: f64, opts: &SolveOptions) -> Vec<MixNote> {
+    if opts.amount < 1.0 || !opts.eq {
+        return Vec::new();
+    }
+    let valid: Vec<bool> =
+        grid.iter().zip(diff).map(|(f, d)| *f >= EQ_LOWEST_HZ && *f <= cutoff && d.is_finite()).collect();
+    let clean: Vec<f64> = diff.iter().map(|d| if d.is_finite() { d.clamp(-200.0, 200.0) } else { 0.0 }).collect();
+    let smoothed = smooth(grid, &clean, &valid, NOTE_OCTAVES);
+    let offset = shape_offset(grid, &smoothed, &valid);
+    let gap: Vec<f64> = smoothed.iter().map(|s| s - offset).collect();
+    notes_for_runs("tone", grid, &gap, applied, &valid, opts.max_eq_db)
+}
+
+/// Mix notes for the width gaps (`wanted` side-to-mid change, dB) past the width bound, from
+/// 120 Hz up (below, the bass is never widened and a note of its own says so).
+fn width_notes(grid: &[f64], wanted: &[f64], applied: &[f64], cutoff: f64, opts: &SolveOptions) -> Vec<MixNote> {
+    if opts.amount < 1.0 {
+        return Vec::new();
+    }
+    let valid: Vec<bool> =
+        grid.iter().zip(wanted).map(|(f, d)| *f > NO_WIDENING_BELOW_HZ && *f <= cutoff && d.is_finite()).collect();
+    let clean: Vec<f64> = wanted.iter().map(|d| if d.is_finite() { *d } else { 0.0 }).collect();
+    let smoothed = smooth(grid, &clean, &valid, BROAD_OCTAVES);
+    notes_for_runs("width", grid, &smoothed, applied, &valid, opts.max_width_db)
 }
 
 /// Band-by-band difference `a − b` in dB.

@@ -75,6 +75,71 @@ const NEW_BAND_ITERATIONS: usize = 15;
 const JOINT_ITERATIONS: usize = 25;
 const FINAL_ITERATIONS: usize = 60;
 
+/// The parameter box of a fit: how many bands, how steep, how far, where the shelves may sit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitLimits {
+    /// Most peaking bands (at most [`MAX_PEAKS`] are used).
+    pub max_peaks: usize,
+    /// Largest |gain| of any band, dB.
+    pub max_gain_db: f64,
+    /// Q range of the peaking bands.
+    pub peak_q: (f64, f64),
+    /// Q range of the shelves (cookbook Q form).
+    pub shelf_q: (f64, f64),
+    /// Corner-frequency range of the low shelf, Hz.
+    pub low_shelf_hz: (f64, f64),
+    /// Corner-frequency range of the high shelf, Hz.
+    pub high_shelf_hz: (f64, f64),
+    /// Keep the summed response (not only each band) within ±`max_gain_db` over 20 Hz–20 kHz:
+    /// all gains are scaled down together until it is.
+    pub bound_total: bool,
+    /// Weight of the penalty on band gains, per fitted point and dB² of gain: a band must earn
+    /// its gain by the error it removes, so two big overlapping bands never cancel each other.
+    pub gain_penalty_per_point: f64,
+}
+
+impl FitLimits {
+    /// The detailed fit of an arbitrary curve (for export of a fine matched curve): up to
+    /// `max_peaks` bells with Q up to 8, shelves anywhere, ±18 dB.
+    pub fn detailed(max_peaks: usize) -> Self {
+        Self {
+            max_peaks,
+            max_gain_db: MAX_BAND_GAIN_DB,
+            peak_q: (MIN_Q, MAX_Q),
+            shelf_q: (SHELF_Q_MIN, SHELF_Q_MAX),
+            low_shelf_hz: (MIN_FREQ_HZ, MAX_FREQ_HZ),
+            high_shelf_hz: (MIN_FREQ_HZ, MAX_FREQ_HZ),
+            bound_total: false,
+            gain_penalty_per_point: GAIN_PENALTY_PER_POINT,
+        }
+    }
+
+    /// What a mastering engineer would set and import: a low shelf with its corner at
+    /// 30–400 Hz, a high shelf at 2–16 kHz, both gentle (Q 0.5–0.8, no overshoot bump), and at
+    /// most [`BROAD_PEAKS`] bells no narrower than Q [`BROAD_MAX_Q`] (about 2/3 octave), every
+    /// gain within ±`max_gain_db`: at most 8 filters, none of them narrow enough to follow notes.
+    pub fn broad(max_gain_db: f64) -> Self {
+        Self {
+            max_peaks: BROAD_PEAKS,
+            max_gain_db: clamp(max_gain_db, 0.0, MAX_BAND_GAIN_DB),
+            peak_q: (MIN_Q, BROAD_MAX_Q),
+            shelf_q: (0.5, SHELF_Q),
+            low_shelf_hz: (30.0, 400.0),
+            high_shelf_hz: (2_000.0, 16_000.0),
+            bound_total: true,
+            gain_penalty_per_point: BROAD_GAIN_PENALTY_PER_POINT,
+        }
+    }
+}
+
+/// Bells in a broad fit (with the two shelves: 8 filters).
+pub const BROAD_PEAKS: usize = 6;
+/// Gain penalty of a broad fit per point and dB²: a 6 dB band costs as much as 0.2 dB RMS of
+/// error, so a band that removes less than that is not worth it.
+pub const BROAD_GAIN_PENALTY_PER_POINT: f64 = 1e-3;
+/// Largest Q of a bell in a broad fit (half-gain bandwidth about 0.7 octave).
+pub const BROAD_MAX_Q: f64 = 2.0;
+
 /// One band of a parametric EQ.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +162,7 @@ impl ParametricBand {
 }
 
 /// A fitted parametric EQ.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParametricEq {
     /// Gain in dB applied before the bands: `-max(0, max response)` over
@@ -155,10 +220,21 @@ pub fn fit(
     max_peaks: usize,
     sample_rate_hz: f64,
 ) -> ParametricEq {
+    fit_within(freqs_hz, target_db, fit_max_hz, &FitLimits::detailed(max_peaks), sample_rate_hz)
+}
+
+/// [`fit`] inside the parameter box `limits` (see [`FitLimits::broad`] for the mastering one).
+pub fn fit_within(
+    freqs_hz: &[f64],
+    target_db: &[f64],
+    fit_max_hz: f64,
+    limits: &FitLimits,
+    sample_rate_hz: f64,
+) -> ParametricEq {
     if freqs_hz.len() != target_db.len() {
         return ParametricEq::empty(0.0, 0.0);
     }
-    let Some(problem) = Problem::new(freqs_hz, target_db, fit_max_hz, sample_rate_hz) else {
+    let Some(problem) = Problem::new(freqs_hz, target_db, fit_max_hz, sample_rate_hz, *limits) else {
         return ParametricEq::empty(0.0, 0.0);
     };
     let (rms0, max0) = problem.errors(&problem.zero_response());
@@ -171,7 +247,7 @@ pub fn fit(
     let mut rms = problem.rms_from_cost(refine(&problem, &mut bands, 0, JOINT_ITERATIONS));
 
     // 2. Greedy peaking bands.
-    let max_peaks = max_peaks.min(MAX_PEAKS);
+    let max_peaks = limits.max_peaks.min(MAX_PEAKS);
     let mut peaks = 0;
     while peaks < max_peaks && rms >= GOOD_ENOUGH_RMS_DB {
         let Some((trial_cost, trial)) = add_peak(&problem, &bands) else {
@@ -194,8 +270,45 @@ pub fn fit(
         refine(&problem, &mut bands, 0, JOINT_ITERATIONS);
         bands.retain(|b| b.p[1].abs() >= MIN_BAND_GAIN_DB);
     }
+    if limits.bound_total {
+        if merge_twins(&mut bands) {
+            refine(&problem, &mut bands, 0, JOINT_ITERATIONS);
+        }
+        problem.bound_total(&mut bands);
+    }
 
     problem.finish(&bands)
+}
+
+/// Merges bells that sit within a quarter octave of each other with Qs within a factor 1.5
+/// into one (gains added, frequency and Q averaged on a log scale): the gain penalty makes two
+/// half-size twins cheaper than one band, and nobody imports two identical bells. True when any
+/// were merged.
+fn merge_twins(bands: &mut Vec<Band>) -> bool {
+    let quarter_octave = 0.25 * std::f64::consts::LN_2;
+    let mut merged = false;
+    let mut i = 0;
+    while i < bands.len() {
+        let mut j = i + 1;
+        while j < bands.len() {
+            let (a, b) = (bands[i], bands[j]);
+            let twins = a.kind == FilterKind::Peaking
+                && b.kind == FilterKind::Peaking
+                && (a.p[0] - b.p[0]).abs() < quarter_octave
+                && (a.p[2] - b.p[2]).abs() < 1.5f64.ln()
+                && a.p[1].signum() == b.p[1].signum();
+            if twins {
+                let w = a.p[1].abs() / (a.p[1].abs() + b.p[1].abs()).max(1e-12);
+                bands[i].p = [w * a.p[0] + (1.0 - w) * b.p[0], a.p[1] + b.p[1], w * a.p[2] + (1.0 - w) * b.p[2]];
+                bands.remove(j);
+                merged = true;
+            } else {
+                j += 1;
+            }
+        }
+        i += 1;
+    }
+    merged
 }
 
 /// Adds the best of the peaking-band candidates at the residual's extrema
@@ -224,10 +337,10 @@ fn add_peak(problem: &Problem, bands: &[Band]) -> Option<(f64, Vec<Band>)> {
 }
 
 /// Allowed Q range for a band of `kind`.
-fn q_bounds(kind: FilterKind) -> (f64, f64) {
+fn q_bounds(limits: &FitLimits, kind: FilterKind) -> (f64, f64) {
     match kind {
-        FilterKind::Peaking => (MIN_Q, MAX_Q),
-        FilterKind::LowShelf | FilterKind::HighShelf => (SHELF_Q_MIN, SHELF_Q_MAX),
+        FilterKind::Peaking => limits.peak_q,
+        FilterKind::LowShelf | FilterKind::HighShelf => limits.shelf_q,
     }
 }
 
@@ -249,12 +362,12 @@ impl Band {
     }
 
     /// The public band; `exp(ln(x))` round-off is clamped back into bounds.
-    fn to_public(self) -> ParametricBand {
-        let (q_lo, q_hi) = q_bounds(self.kind);
+    fn to_public(self, limits: &FitLimits) -> ParametricBand {
+        let (q_lo, q_hi) = q_bounds(limits, self.kind);
         ParametricBand {
             kind: self.kind,
             freq_hz: clamp(self.p[0].exp(), MIN_FREQ_HZ, MAX_FREQ_HZ),
-            gain_db: clamp(self.p[1], -MAX_BAND_GAIN_DB, MAX_BAND_GAIN_DB),
+            gain_db: clamp(self.p[1], -limits.max_gain_db, limits.max_gain_db),
             q: clamp(self.p[2].exp(), q_lo, q_hi),
         }
     }
@@ -404,10 +517,12 @@ struct Problem {
     /// False when the sample rate is so low that no band frequency fits in
     /// 20 Hz–0.45·fs.
     bands_possible: bool,
+    /// The parameter box.
+    limits: FitLimits,
 }
 
 impl Problem {
-    fn new(freqs_hz: &[f64], target_db: &[f64], fit_max_hz: f64, sr: f64) -> Option<Self> {
+    fn new(freqs_hz: &[f64], target_db: &[f64], fit_max_hz: f64, sr: f64, limits: FitLimits) -> Option<Self> {
         if !(sr.is_finite() && sr > 0.0) {
             return None;
         }
@@ -445,6 +560,7 @@ impl Problem {
             sample_rate_hz: sr,
             band_log_f: (lo, hi),
             bands_possible: band_hi > MIN_FREQ_HZ,
+            limits,
         })
     }
 
@@ -458,9 +574,24 @@ impl Problem {
 
     /// Lower and upper bounds of `[ln f, gain, ln q]` for a band of `kind`.
     fn bounds(&self, kind: FilterKind) -> ([f64; 3], [f64; 3]) {
-        let (f_lo, f_hi) = self.band_log_f;
-        let (q_lo, q_hi) = q_bounds(kind);
-        ([f_lo, -MAX_BAND_GAIN_DB, q_lo.ln()], [f_hi, MAX_BAND_GAIN_DB, q_hi.ln()])
+        let (f_lo, f_hi) = self.log_f_bounds(kind);
+        let (q_lo, q_hi) = q_bounds(&self.limits, kind);
+        let g = self.limits.max_gain_db;
+        ([f_lo, -g, q_lo.ln()], [f_hi, g, q_hi.ln()])
+    }
+
+    /// Bounds on `ln(freq)` of a band of `kind`: the fitted range, narrowed to the shelf's
+    /// corner range for shelves (a range outside the fitted one collapses onto its nearer end).
+    fn log_f_bounds(&self, kind: FilterKind) -> (f64, f64) {
+        let (lo, hi) = self.band_log_f;
+        let range = match kind {
+            FilterKind::Peaking => return (lo, hi),
+            FilterKind::LowShelf => self.limits.low_shelf_hz,
+            FilterKind::HighShelf => self.limits.high_shelf_hz,
+        };
+        let r_lo = clamp(range.0.ln(), lo, hi);
+        let r_hi = clamp(range.1.ln(), r_lo, hi);
+        (r_lo, r_hi)
     }
 
     /// Clamps a band's parameters into its bounds.
@@ -519,7 +650,7 @@ impl Problem {
     /// with almost no influence on the fitted points from drifting to large
     /// gains (18 dB costs 0.02 dB² per 61 points, i.e. nothing measurable).
     fn gain_penalty(&self) -> f64 {
-        GAIN_PENALTY_PER_POINT * self.len() as f64
+        self.limits.gain_penalty_per_point * self.len() as f64
     }
 
     fn rms_from_cost(&self, cost: f64) -> f64 {
@@ -539,21 +670,26 @@ impl Problem {
     /// least-squares gains best explain the target.
     fn initial_shelves(&self) -> Vec<Band> {
         const PROBE_DB: f64 = 6.0;
-        let (lo, hi) = self.band_log_f;
         let step = SHELF_SEARCH_STEP_OCT * std::f64::consts::LN_2;
-        let count = ((hi - lo) / step).floor() as usize + 1;
-        let fcs: Vec<f64> = (0..count).map(|k| (lo + step * k as f64).exp()).collect();
-        let shape = |kind| -> Vec<Vec<f64>> {
+        let corners = |kind| -> Vec<f64> {
+            let (lo, hi) = self.log_f_bounds(kind);
+            let count = ((hi - lo) / step).floor() as usize + 1;
+            (0..count).map(|k| (lo + step * k as f64).exp()).collect()
+        };
+        let (low_fcs, high_fcs) = (corners(FilterKind::LowShelf), corners(FilterKind::HighShelf));
+        let shelf_q = clamp(SHELF_Q, self.limits.shelf_q.0, self.limits.shelf_q.1);
+        let shape = |kind, fcs: &[f64]| -> Vec<Vec<f64>> {
             fcs.iter()
                 .map(|&fc| {
-                    let mut r = self.band_response(&Band::new(kind, fc, PROBE_DB, SHELF_Q));
+                    let mut r = self.band_response(&Band::new(kind, fc, PROBE_DB, shelf_q));
                     r.iter_mut().for_each(|v| *v /= PROBE_DB);
                     r
                 })
                 .collect()
         };
-        let low = shape(FilterKind::LowShelf);
-        let high = shape(FilterKind::HighShelf);
+        let low = shape(FilterKind::LowShelf, &low_fcs);
+        let high = shape(FilterKind::HighShelf, &high_fcs);
+        let max_gain = self.limits.max_gain_db;
         let t = &self.target;
         let tt = dot(t, t);
         let lt: Vec<f64> = low.iter().map(|u| dot(u, t)).collect();
@@ -563,8 +699,8 @@ impl Problem {
 
         let ridge_weight = 1e-3 * self.len() as f64;
         let mut best = (f64::INFINITY, 0, 0, 0.0, 0.0);
-        for i in 0..count {
-            for j in 0..count {
+        for i in 0..low_fcs.len() {
+            for j in 0..high_fcs.len() {
                 let lh = dot(&low[i], &high[j]);
                 // 2x2 normal equations with a small ridge: a shelf with no
                 // influence on the fitted points gets no gain.
@@ -574,8 +710,8 @@ impl Problem {
                 if !(det.is_finite() && det > 0.0) {
                     continue;
                 }
-                let gl = clamp((d * lt[i] - b * ht[j]) / det, -MAX_BAND_GAIN_DB, MAX_BAND_GAIN_DB);
-                let gh = clamp((a * ht[j] - b * lt[i]) / det, -MAX_BAND_GAIN_DB, MAX_BAND_GAIN_DB);
+                let gl = clamp((d * lt[i] - b * ht[j]) / det, -max_gain, max_gain);
+                let gh = clamp((a * ht[j] - b * lt[i]) / det, -max_gain, max_gain);
                 let cost =
                     tt - 2.0 * (gl * lt[i] + gh * ht[j]) + gl * gl * ll[i] + 2.0 * gl * gh * lh + gh * gh * hh[j];
                 if cost < best.0 {
@@ -585,8 +721,8 @@ impl Problem {
         }
         let (_, i, j, gl, gh) = best;
         vec![
-            Band::new(FilterKind::LowShelf, fcs[i], gl, SHELF_Q),
-            Band::new(FilterKind::HighShelf, fcs[j], gh, SHELF_Q),
+            Band::new(FilterKind::LowShelf, low_fcs[i], gl, shelf_q),
+            Band::new(FilterKind::HighShelf, high_fcs[j], gh, shelf_q),
         ]
     }
 
@@ -669,7 +805,7 @@ impl Problem {
 
     /// Final EQ: public bands in display order, errors and preamp.
     fn finish(&self, bands: &[Band]) -> ParametricEq {
-        let mut public: Vec<ParametricBand> = bands.iter().map(|b| b.to_public()).collect();
+        let mut public: Vec<ParametricBand> = bands.iter().map(|b| b.to_public(&self.limits)).collect();
         let rank = |k: FilterKind| match k {
             FilterKind::LowShelf => 0,
             FilterKind::Peaking => 1,
@@ -683,6 +819,25 @@ impl Problem {
             bands: public,
             fit_rms_error_db: rms,
             fit_max_error_db: max,
+        }
+    }
+
+    /// Scales all gains down together until the summed response stays within ±`max_gain_db`
+    /// over 20 Hz–20 kHz (overlapping bands may add up past what each is allowed).
+    fn bound_total(&self, bands: &mut [Band]) {
+        let bound = self.limits.max_gain_db;
+        for _ in 0..8 {
+            let public: Vec<ParametricBand> = bands.iter().map(|b| b.to_public(&self.limits)).collect();
+            let up = self.max_response_db(&public);
+            let negated: Vec<ParametricBand> =
+                public.iter().map(|b| ParametricBand { gain_db: -b.gain_db, ..b.clone() }).collect();
+            let down = self.max_response_db(&negated);
+            let peak = up.max(down);
+            if !(peak.is_finite() && peak > bound) {
+                return;
+            }
+            let scale = 0.999 * bound / peak;
+            bands.iter_mut().for_each(|b| b.p[1] *= scale);
         }
     }
 
@@ -984,7 +1139,8 @@ mod tests {
     #[test]
     fn analytic_band_model_matches_the_biquad_and_its_finite_differences() {
         let freqs = grid();
-        let problem = match Problem::new(&freqs, &vec![1.0; freqs.len()], 20_000.0, SR) {
+        let problem = match Problem::new(&freqs, &vec![1.0; freqs.len()], 20_000.0, SR, FitLimits::detailed(MAX_PEAKS))
+        {
             Some(p) => p,
             None => panic!("problem"),
         };

@@ -1,0 +1,123 @@
+//! The tonal match: different songs get a broad EQ within mastering bounds and mix notes for
+//! the gaps past them; the same music is recognised and matched finely.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::synth_pink;
+use refmaster::analysis::{analyze, Profile};
+use refmaster::audio::AudioBuffer;
+use refmaster::settings::EqRender;
+use refmaster::solve::{same_music, solve, SolveOptions};
+
+const RATE: u32 = 44_100;
+const SECONDS: f64 = 8.0;
+
+/// Pink noise from 20 Hz to 20 kHz whose 180–320 Hz band sits `dip_db` under the rest (the
+/// bands synthesised apart with one seed, so the phases are one signal's; each band's RMS is its
+/// share of a pink spectrum, ∝ ln(high/low)).
+fn pink_with_dip(seed: u64, dip_db: f64) -> Vec<f32> {
+    let total = (20_000f64 / 20.0).ln();
+    let part = |lo: f64, hi: f64, extra_db: f64| {
+        synth_pink(seed, RATE, SECONDS, lo, hi, -20.0 + 10.0 * ((hi / lo).ln() / total).log10() + extra_db)
+    };
+    let (a, b, c) = (part(20.0, 180.0, 0.0), part(180.0, 320.0, -dip_db), part(320.0, 20_000.0, 0.0));
+    a.iter().zip(&b).zip(&c).map(|((x, y), z)| x + y + z).collect()
+}
+
+fn stereo(x: Vec<f32>) -> AudioBuffer {
+    AudioBuffer { sample_rate_hz: RATE, channels: vec![x.clone(), x] }
+}
+
+#[test]
+fn a_mix_whose_low_mids_are_15_db_under_the_reference_gets_a_mix_note_and_only_a_mastering_sized_boost() {
+    let mix = analyze(&stereo(pink_with_dip(1, 15.0)), "mix", false);
+    let reference = analyze(&stereo(pink_with_dip(2, 0.0)), "ref", false);
+    let opts = SolveOptions::default();
+    let (s, _) = solve(&mix, &reference, &opts);
+    assert_eq!(s.eq.render, EqRender::Filters, "noise of two seeds is not the same music");
+    // Every filter and the whole curve stay within the mastering bound.
+    assert!(s.eq.parametric_mid.bands.iter().all(|b| b.gain_db.abs() <= opts.max_eq_db + 1e-9));
+    assert!(s.eq.mid_gain_db.iter().all(|g| g.abs() <= opts.max_eq_db + 1e-9));
+    let tone: Vec<_> = s.mix_notes.iter().filter(|n| n.kind == "tone").collect();
+    assert_eq!(tone.len(), 1, "one tonal gap, the dip: {:#?}", s.mix_notes);
+    let n = tone[0];
+    // The dip spans 0.83 octave and the note's gap is smoothed over half an octave, so its middle
+    // reads the full 15 dB; 2 dB covers the noise spectra's estimation error at 8 s.
+    assert!((13.0..=17.0).contains(&n.gap_db), "gap {:.1} dB for a 15 dB dip", n.gap_db);
+    assert!(n.low_hz <= 200.0 && n.high_hz >= 290.0, "range {}-{} Hz misses the dip", n.low_hz, n.high_hz);
+    assert!(n.low_hz >= 120.0 && n.high_hz <= 480.0, "range {}-{} Hz reaches past the dip", n.low_hz, n.high_hz);
+    // The master closes what the bound allows and no more.
+    assert!(
+        n.applied_db > 0.5 * opts.max_eq_db && n.applied_db <= opts.max_eq_db + 1e-9,
+        "adds {:.1} dB",
+        n.applied_db
+    );
+    assert!(n.text.contains("dB under the reference: the low-mids are thin in the mix; mastering adds"), "{}", n.text);
+    let text = refmaster::report::settings_text(&s);
+    assert!(text.lines().any(|l| l.starts_with("mix note: ") && l.contains("low-mids")), "{text}");
+    // The notes travel in the settings JSON.
+    let back = refmaster::settings::Settings::from_json(&s.to_json(), "test").expect("settings read back");
+    assert_eq!(back.mix_notes, s.mix_notes);
+
+    // With the bound raised past the gap the EQ closes it and nothing is left to note.
+    let wide = SolveOptions { max_eq_db: 20.0, ..SolveOptions::default() };
+    let (s, _) = solve(&mix, &reference, &wide);
+    assert!(s.mix_notes.iter().all(|n| n.kind != "tone"), "{:#?}", s.mix_notes);
+}
+
+/// The corpus folder of real music (`.ci/fetch-corpus`; `REFMASTER_CORPUS_DIR` overrides).
+fn corpus_file(name: &str) -> PathBuf {
+    let dir = std::env::var_os("REFMASTER_CORPUS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").expect("HOME is not set; set REFMASTER_CORPUS_DIR");
+        PathBuf::from(home).join(".cache/refmaster-corpus/x")
+    });
+    let path = dir.join(name);
+    assert!(path.is_file(), "corpus file {} is missing: run `.ci/fetch-corpus`", path.display());
+    path
+}
+
+fn decode(path: &Path) -> (AudioBuffer, bool) {
+    let (audio, info) = refmaster::decode::decode_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (audio, info.lossy)
+}
+
+/// A crude "other master" of `audio`: 6 dB quieter, a one-pole treble cut (about -3 dB at
+/// 4 kHz), and a second and a half of silence in front (a re-release's different start).
+fn remastered(audio: &AudioBuffer) -> AudioBuffer {
+    let a = (-2.0 * std::f64::consts::PI * 4_000.0 / f64::from(audio.sample_rate_hz)).exp() as f32;
+    let lead = (1.5 * f64::from(audio.sample_rate_hz)) as usize;
+    let channels = audio
+        .channels
+        .iter()
+        .map(|c| {
+            let mut y = 0f32;
+            let mut out = vec![0f32; lead];
+            out.extend(c.iter().map(|&x| {
+                y = (1.0 - a) * x + a * y;
+                0.5 * y
+            }));
+            out
+        })
+        .collect();
+    AudioBuffer { sample_rate_hz: audio.sample_rate_hz, channels }
+}
+
+#[test]
+fn the_same_music_is_recognised_through_eq_level_and_offset_and_different_songs_are_not() {
+    let (quite, lossy) = decode(&corpus_file("Quite.ogg"));
+    let original: Profile = analyze(&quite, "Quite", lossy);
+    let other_master = analyze(&remastered(&quite), "Quite, another master", false);
+    let r = same_music(&other_master, &original);
+    assert!(r.is_some(), "another master of the same track was not recognised");
+    let (s, notes) = solve(&other_master, &original, &SolveOptions::default());
+    assert_eq!(s.eq.render, EqRender::Curve, "the same music gets the fine curve");
+    assert!(notes.iter().any(|n| n.contains("same music")), "the output says so: {notes:?}");
+
+    let (nebula, lossy) = decode(&corpus_file("Nebula.ogg"));
+    let nebula = analyze(&nebula, "Nebula", lossy);
+    assert_eq!(same_music(&nebula, &original), None, "two different songs");
+    let (s, _) = solve(&nebula, &original, &SolveOptions::default());
+    assert_eq!(s.eq.render, EqRender::Filters, "different songs get the broad match");
+}
