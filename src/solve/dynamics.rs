@@ -62,8 +62,12 @@ pub const MAX_MEAN_REDUCTION_DB: f64 = 10.0;
 /// A chain must cut the level-motion error (mean square) by this share to be used at all, and
 /// multiband must cut broadband's by as much again.
 pub const MIN_IMPROVEMENT: f64 = 0.15;
-/// A chain must also lower the rms level-motion error by this much (a share of the figures).
-pub const MIN_IMPROVEMENT_SHARE: f64 = 0.01;
+/// Compression at all must also lower the rms level-motion error by this much (a share of the
+/// figures): two stationary noises of different bandwidths differ by about 3 % in their
+/// short-window statistics alone, and no compressor should chase that.
+pub const MIN_IMPROVEMENT_SHARE: f64 = 0.035;
+/// The same for one band of the multiband chain, and for multiband over broadband.
+pub const MIN_STEP_SHARE: f64 = 0.01;
 /// Weight of the broadband figures against one band's.
 const BROADBAND_WEIGHT: f64 = 2.0;
 /// A band this far under the loudest band (median level, dB) counts a quarter: its motion is
@@ -292,9 +296,10 @@ fn search(
     best
 }
 
-/// True when `cost` improves on `base` enough to be worth the processing.
-fn worth(cost: f64, base: f64) -> bool {
-    cost <= (1.0 - MIN_IMPROVEMENT) * base && base.sqrt() - cost.sqrt() >= MIN_IMPROVEMENT_SHARE
+/// True when `cost` improves on `base` enough to be worth the processing: by [`MIN_IMPROVEMENT`]
+/// of the mean square and by `min_share` of the rms error.
+fn worth(cost: f64, base: f64, min_share: f64) -> bool {
+    cost <= (1.0 - MIN_IMPROVEMENT) * base && base.sqrt() - cost.sqrt() >= min_share
 }
 
 /// Solves the dynamics stage from the mix's envelopes (the mix profile must carry them) and the
@@ -363,7 +368,7 @@ pub fn solve_dynamics(
         let own = |s: &[Vec<f32>], sc: &mut MotionScratch| motion_cost(&motion_stats(&s[b], sc), t);
         let base = motion_cost(&motion_stats(&problem.bands[b], &mut scratch), t);
         match search(&problem.bands[b], &[b], &problem, &own) {
-            Some((band, c)) if worth(c, base) => {
+            Some((band, c)) if worth(c, base, MIN_STEP_SHARE) => {
                 let mut gains = Vec::new();
                 gain_track(&problem.bands[b], &band, &mut gains);
                 for (o, &g) in multi_series[b].iter_mut().zip(&gains) {
@@ -383,10 +388,10 @@ pub fn solve_dynamics(
     let rms = |c: f64| c.sqrt();
     let describe =
         |o: &Option<Outcome>| o.as_ref().map_or("none found".to_string(), |o| format!("{:.1} %", 100.0 * rms(o.cost)));
-    let broad_ok = broad.as_ref().filter(|o| worth(o.cost, none_cost));
-    let multi_ok = multi.as_ref().filter(|o| worth(o.cost, none_cost));
+    let broad_ok = broad.as_ref().filter(|o| worth(o.cost, none_cost, MIN_IMPROVEMENT_SHARE));
+    let multi_ok = multi.as_ref().filter(|o| worth(o.cost, none_cost, MIN_IMPROVEMENT_SHARE));
     let chosen = match (broad_ok, multi_ok) {
-        (Some(b), Some(m)) if worth(m.cost, b.cost) => Some((m, false)),
+        (Some(b), Some(m)) if worth(m.cost, b.cost, MIN_STEP_SHARE) => Some((m, false)),
         (Some(b), _) => Some((b, true)),
         (None, Some(m)) => Some((m, false)),
         (None, None) => None,
