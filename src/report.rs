@@ -169,7 +169,14 @@ pub fn settings_text(st: &Settings) -> String {
     } else {
         let _ = writeln!(s, "EQ: off");
     }
-    if st.dynamics.enabled {
+    if st.dynamics.enabled && st.dynamics.linked {
+        let b = &st.dynamics.bands[0];
+        let _ = writeln!(
+            s,
+            "compressor (broadband, one detector for all bands): threshold {:.1} dBFS, ratio {:.2}:1, knee {:.0} dB, attack {:.0} ms, release {:.0} ms, make-up {:+.1} dB",
+            b.threshold_dbfs, b.ratio, b.knee_db, b.attack_ms, b.release_ms, b.makeup_db
+        );
+    } else if st.dynamics.enabled {
         let edges = [
             0.0,
             st.dynamics.crossovers_hz[0],
@@ -202,7 +209,7 @@ pub fn settings_text(st: &Settings) -> String {
             }
         }
     } else {
-        let _ = writeln!(s, "compression: off (the reference is not denser than the mix, or disabled)");
+        let _ = writeln!(s, "compression: off");
     }
     if st.width.enabled {
         let _ = writeln!(s, "width (side gain, mean per band): {}", width_summary(&st.width).join(", "));

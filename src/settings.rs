@@ -142,6 +142,12 @@ pub struct DynamicsSettings {
     pub crossovers_hz: [f64; 3],
     /// One compressor per band, low to high.
     pub bands: Vec<CompressorBand>,
+    /// Broadband compression: one detector follows the whole mid signal (the sum of the bands'
+    /// powers) and band 0's gain law drives every band alike, so the tonal balance does not
+    /// move with the level. The solver then writes the same settings into every band (absent
+    /// in files from before it existed: per-band detectors).
+    #[serde(default)]
+    pub linked: bool,
 }
 
 /// One band's compressor (feed-forward, RMS detector, soft knee).
@@ -296,6 +302,13 @@ impl Settings {
         }
         if d.bands.len() != 4 {
             return Err(Error::settings(src, "dynamics.bands", format!("needs 4 bands, got {}", d.bands.len())));
+        }
+        if d.linked && d.bands.iter().any(|b| b != &d.bands[0]) {
+            return Err(Error::settings(
+                src,
+                "dynamics.linked",
+                "linked (broadband) compression needs the same settings in all 4 bands",
+            ));
         }
         for (i, b) in d.bands.iter().enumerate() {
             let p = format!("dynamics.bands[{i}]");

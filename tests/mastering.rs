@@ -97,7 +97,7 @@ fn master_moves_a_dull_narrow_mix_onto_the_references_tone_width_and_loudness() 
     let (m, _) = master(&mix, &mp, &rp, &wide_eq(), &quiet).expect("masters");
     let after = mid_shape_error_db(&m.profile, &rp);
     assert!(before > 3.0, "the test mix should start far from the reference (got {before:.2} dB)");
-    assert!(after < 0.5, "mid shape error after mastering {after:.2} dB (before {before:.2})");
+    assert!(after < 0.5, "mid shape error after mastering {after:.2} dB (before {before:.2}); notes: {:?}", m.notes);
     let lufs_err = m.profile.loudness.integrated_lufs - rp.loudness.integrated_lufs;
     assert!(lufs_err.abs() <= 0.1, "loudness off by {lufs_err:.2} LU");
     assert!(m.profile.loudness.true_peak_dbtp <= -1.0, "true peak {:.2} dBTP", m.profile.loudness.true_peak_dbtp);

@@ -207,3 +207,113 @@ pub fn spread(mean_square: &[f32]) -> f64 {
     db.sort_by(f64::total_cmp);
     percentile_sorted(&db, 0.95) - percentile_sorted(&db, 0.10)
 }
+
+/// Window lengths of the level-motion statistics, in envelope blocks: 50 ms (the swing of single
+/// notes and hits), 400 ms (EBU momentary) and 3 s (EBU short-term, what LRA is made of).
+pub const MOTION_SCALES_BLOCKS: [usize; 3] = [10, 80, SPREAD_WINDOW_BLOCKS];
+/// Hop between windows of each scale, in blocks.
+const MOTION_HOPS_BLOCKS: [usize; 3] = [10, 20, 20];
+/// Percentiles of the window levels the statistics keep (each relative to the median).
+pub const MOTION_PERCENTILES: [f64; 5] = [0.10, 0.25, 0.75, 0.90, 0.95];
+/// Windows quieter than the mean window power by more than this are left out (fades, gaps), dB.
+const MOTION_GATE_DB: f64 = 30.0;
+
+/// How the level of one signal (a band, or the whole mid) moves over time: the distribution of
+/// its window levels at three time scales and how far it swings from one window to the next.
+/// Compression narrows the distribution and slows the swing; an expander (or an un-mastered
+/// mix) widens both. The solver compares these between mix and reference.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MotionStats {
+    /// Per scale ([`MOTION_SCALES_BLOCKS`]): the [`MOTION_PERCENTILES`] of the gated window
+    /// levels minus their median, dB (negative below the median).
+    pub percentiles_db: Vec<Vec<f64>>,
+    /// Per scale: mean absolute change of level between successive gated windows, dB.
+    pub swing_db: Vec<f64>,
+    /// Median 400 ms window level, dBFS.
+    pub median_dbfs: f64,
+}
+
+/// Level motion of the whole mid signal and of each dynamics band.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LevelMotion {
+    /// The sum of the bands (the mid signal's level).
+    pub broadband: MotionStats,
+    /// One per dynamics band, low to high.
+    pub bands: Vec<MotionStats>,
+}
+
+/// Level motion of `env`: each band, and the broadband sum of their powers.
+pub fn level_motion(env: &BandEnvelopes) -> LevelMotion {
+    let n = env.bands.iter().map(|b| b.mean_square.len()).max().unwrap_or(0);
+    let mut sum = vec![0f32; n];
+    for b in &env.bands {
+        for (s, &m) in sum.iter_mut().zip(&b.mean_square) {
+            *s += m;
+        }
+    }
+    let mut scratch = MotionScratch::default();
+    LevelMotion {
+        broadband: motion_stats(&sum, &mut scratch),
+        bands: env.bands.iter().map(|b| motion_stats(&b.mean_square, &mut scratch)).collect(),
+    }
+}
+
+/// Reusable buffers for [`motion_stats`] (the solver measures hundreds of candidates).
+#[derive(Debug, Default)]
+pub struct MotionScratch {
+    prefix: Vec<f64>,
+    levels: Vec<f64>,
+    sorted: Vec<f64>,
+}
+
+/// [`MotionStats`] of a series of 5 ms mean squares.
+pub fn motion_stats(mean_square: &[f32], scratch: &mut MotionScratch) -> MotionStats {
+    let n = mean_square.len();
+    scratch.prefix.clear();
+    scratch.prefix.push(0.0);
+    let mut acc = 0f64;
+    for &m in mean_square {
+        acc += f64::from(m);
+        scratch.prefix.push(acc);
+    }
+    let mut out = MotionStats { median_dbfs: -150.0, ..MotionStats::default() };
+    for (scale, (&win, &hop)) in MOTION_SCALES_BLOCKS.iter().zip(&MOTION_HOPS_BLOCKS).enumerate() {
+        let win = win.min(n.max(1));
+        scratch.levels.clear();
+        if n > 0 {
+            let p = &scratch.prefix;
+            scratch.levels.extend((0..=n - win).step_by(hop).map(|s| (p[s + win] - p[s]) / win as f64));
+        }
+        let mean = scratch.levels.iter().sum::<f64>() / scratch.levels.len().max(1) as f64;
+        let gate = (mean * 10f64.powf(-MOTION_GATE_DB / 10.0)).max(1e-7);
+        let (mut swing, mut steps, mut prev) = (0f64, 0usize, None::<f64>);
+        scratch.sorted.clear();
+        for &l in &scratch.levels {
+            if l >= gate {
+                let db = 10.0 * l.log10();
+                if let Some(p) = prev {
+                    swing += (db - p).abs();
+                    steps += 1;
+                }
+                prev = Some(db);
+                scratch.sorted.push(db);
+            } else {
+                prev = None;
+            }
+        }
+        scratch.sorted.sort_by(f64::total_cmp);
+        if scratch.sorted.is_empty() {
+            out.percentiles_db.push(vec![0.0; MOTION_PERCENTILES.len()]);
+            out.swing_db.push(0.0);
+            continue;
+        }
+        let median = percentile_sorted(&scratch.sorted, 0.5);
+        if scale == 1 {
+            out.median_dbfs = median;
+        }
+        out.percentiles_db
+            .push(MOTION_PERCENTILES.iter().map(|&q| percentile_sorted(&scratch.sorted, q) - median).collect());
+        out.swing_db.push(if steps > 0 { swing / steps as f64 } else { 0.0 });
+    }
+    out
+}

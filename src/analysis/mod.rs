@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio::AudioBuffer;
 use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
-pub use dynamics::{BandDynamics, BandEnvelopes};
+pub use dynamics::{BandDynamics, BandEnvelopes, LevelMotion};
 pub use loudness::Loudness;
 use spectrum::{band_levels_db, content_cutoff_hz, grid_hz, power_to_db, PowerSpectrum};
 
@@ -50,6 +50,10 @@ pub struct Profile {
     pub dynamics: Vec<BandDynamics>,
     /// Stereo image.
     pub stereo: Stereo,
+    /// How the level moves over time, broadband and per dynamics band (absent in profiles saved
+    /// before it existed: the solver then leaves dynamics alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_motion: Option<LevelMotion>,
     /// The mix's 5 ms band envelopes, kept in memory for the solver's compressor simulation; not
     /// serialised (a saved profile is a reference, and references need no envelopes).
     #[serde(skip)]
@@ -256,6 +260,7 @@ impl Analyzer {
             spectrum: Spectrum { frequencies_hz: grid, mid_db, side_db, content_cutoff_hz: cutoff },
             dynamics: dynamics::band_dynamics(&envelopes),
             stereo,
+            level_motion: Some(dynamics::level_motion(&envelopes)),
             envelopes: Some(envelopes),
         }
     }

@@ -43,6 +43,7 @@ pub fn analyze(audio: &AudioBuffer, source: &str, lossy: bool) -> Profile {
         spectrum: Spectrum { frequencies_hz: grid, mid_db, side_db, content_cutoff_hz: cutoff },
         dynamics: dynamics::band_dynamics(&envelopes),
         stereo,
+        level_motion: Some(dynamics::level_motion(&envelopes)),
         envelopes: Some(envelopes),
     }
 }

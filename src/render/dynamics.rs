@@ -1,6 +1,7 @@
 //! Multiband compressor: mid and side are each split by an LR4 crossover; each band's detector
 //! follows the band's mid signal (RMS, attack/release), and the same gain goes to the band's mid
-//! and side so the stereo image stays put. Gain law and detector are the ones the solver
+//! and side so the stereo image stays put. Linked (broadband) settings run one detector on the
+//! sum of the bands' mid powers and give every band band 0's gain. Gain law and detector are the ones the solver
 //! simulates ([`crate::solve::dynamics`]).
 //!
 //! It runs as a stream ([`Compressor`]): the song passes through in chunks of any size and the
@@ -35,6 +36,8 @@ pub fn compress(mid: &mut [f32], side: &mut [f32], sample_rate_hz: u32, settings
 pub struct Compressor {
     bypass: bool,
     has_side: bool,
+    /// One detector on the sum of the bands' powers drives every band (broadband compression).
+    linked: bool,
     xo_mid: Crossover4,
     xo_side: Crossover4,
     coeffs: [(f64, f64); 4],
@@ -59,6 +62,7 @@ impl Compressor {
         Self {
             bypass: !settings.enabled || settings.bands.iter().all(|b| b.is_neutral()),
             has_side,
+            linked: settings.linked,
             xo_mid: Crossover4::new(settings.crossovers_hz, sample_rate_hz),
             xo_side: Crossover4::new(settings.crossovers_hz, sample_rate_hz),
             coeffs,
@@ -132,6 +136,13 @@ impl Compressor {
             let m = self.xo_mid.split(f64::from(x));
             bands_m[k] = m;
             bands_s[k] = if self.has_side { self.xo_side.split(f64::from(side[k])) } else { [0.0; 4] };
+            if self.linked {
+                let e = m.iter().map(|v| v * v).sum::<f64>();
+                let (att, rel) = self.coeffs[0];
+                let a = if e > self.state[0] { att } else { rel };
+                self.state[0] = a * self.state[0] + (1.0 - a) * e;
+                continue;
+            }
             for b in 0..4 {
                 let e = m[b] * m[b];
                 let (att, rel) = self.coeffs[b];
@@ -141,6 +152,10 @@ impl Compressor {
         }
         let mut next = [1f64; 4];
         for b in 0..4 {
+            if self.linked && b > 0 {
+                next[b] = next[0];
+                continue;
+            }
             let (t, r, k, makeup) = self.params[b];
             next[b] = if r > 1.0 {
                 10f64.powf(gain_db(10.0 * self.state[b].max(1e-20).log10(), t, r, k) / 20.0) * makeup

@@ -1,34 +1,78 @@
-//! Multiband compression solved by simulation.
+//! Dynamics solved by simulation against how the reference's level moves.
 //!
-//! For each band, candidate (threshold, ratio) pairs are run on the mix's own 5 ms band envelope
-//! with the same detector and gain law the renderer uses, and the result is measured with the
-//! analysis yardstick (crest factor of 100 ms windows, spread of 3 s levels). The candidate that
-//! brings the band closest to the target, without going past it, wins; a band the target is not
-//! denser in is left alone, so a dynamic reference never turns a mix into a brick.
+//! The yardstick is [`MotionStats`]: the distribution of window levels at 50 ms, 400 ms and 3 s
+//! (percentiles around the median) and how far the level swings from one window to the next,
+//! for the whole mid signal and for each of the four bands. The mix's and the reference's are
+//! compared; the distance between them (rms over all figures of the relative error, as a share of
+//! the reference's figure) is the *level-motion error*.
+//!
+//! Candidate chains are simulated on the mix's own 5 ms band envelopes (after the EQ's gain in
+//! each band) with the detector and gain law the renderer uses, and measured with the same
+//! yardstick:
+//! - none;
+//! - broadband: one detector on the whole mid, the same gain on every band (what undoes a level
+//!   that swings too far without moving the tonal balance);
+//! - multiband: each band its own compressor, solved on its own motion.
+//!
+//! For each, ratio, attack, release, threshold and knee are searched (a threshold under the
+//! band's quiet passages with a wide knee, plus make-up, is compression both upward and downward
+//! around the band's level: the inverse of an expander). The least processing that clearly
+//! lowers the error wins: broadband only when it cuts the error's mean square by 15 % or more,
+//! multiband only when it beats broadband by as much again; otherwise the stage stays off and says why.
+//! Over-compressing (a level that moves less than the reference's) costs twice as much as
+//! falling short, so a dynamic reference never turns a mix into a brick.
 
-use crate::analysis::dynamics::{band_dynamics, crest, spread, BandEnvelope, BLOCK_S};
+use crate::analysis::dynamics::{motion_stats, MotionScratch, MotionStats, BLOCK_S};
+use crate::analysis::loudness::percentile_sorted;
 use crate::analysis::Profile;
 use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
 use crate::settings::{CompressorBand, DynamicsSettings};
 use crate::solve::mean_between;
 
-/// Attack and release per band (low to high), ms: slower in the lows so the compressor does not
-/// follow individual bass cycles, faster in the highs.
+/// Attack and release per band (low to high), ms, of a band left neutral (they do nothing there
+/// but keep hand edits sensible).
 pub const BAND_TIMES_MS: [(f64, f64); 4] = [(30.0, 250.0), (20.0, 180.0), (10.0, 120.0), (5.0, 80.0)];
-/// Soft-knee width, dB.
+/// Soft-knee width of a neutral band, dB.
 pub const KNEE_DB: f64 = 6.0;
-/// Ratios the solver tries.
-const RATIOS: [f64; 5] = [1.5, 2.0, 2.5, 3.0, 4.0];
-/// Thresholds tried, relative to the band's gated RMS level, dB.
-const THRESHOLD_STEPS_DB: std::ops::RangeInclusive<i32> = -6..=4;
-/// Step between tried thresholds, dB.
-const THRESHOLD_STEP_DB: f64 = 1.5;
-/// Largest average gain reduction (and so make-up gain) a band may use, dB: beyond this a
-/// compressor is flattening the music, not glueing it.
-pub const MAX_MEAN_REDUCTION_DB: f64 = 6.0;
-/// The target must be denser than the mix by this much (dB of spread or crest) before a band is
-/// compressed at all.
-pub const MIN_DENSITY_GAP_DB: f64 = 0.5;
+/// Ratios the solver tries: from the gentle slopes that undo an expander to glue compression.
+const RATIOS: [f64; 13] = [1.1, 1.15, 1.2, 1.25, 1.3, 1.4, 1.5, 1.65, 1.8, 2.0, 2.5, 3.0, 4.0];
+/// (attack, release) pairs tried, ms.
+const TIMES_MS: [(f64, f64); 16] = [
+    (5.0, 45.0),
+    (5.0, 120.0),
+    (5.0, 300.0),
+    (15.0, 45.0),
+    (15.0, 120.0),
+    (15.0, 300.0),
+    (15.0, 800.0),
+    (45.0, 45.0),
+    (45.0, 120.0),
+    (45.0, 300.0),
+    (45.0, 800.0),
+    (120.0, 120.0),
+    (120.0, 300.0),
+    (120.0, 800.0),
+    (300.0, 300.0),
+    (300.0, 800.0),
+];
+/// Knee widths tried with the thresholds inside the level distribution, dB.
+const KNEES_DB: [f64; 3] = [6.0, 12.0, 24.0];
+/// Largest average gain reduction (and so make-up gain) a band may use, dB.
+pub const MAX_MEAN_REDUCTION_DB: f64 = 10.0;
+/// A chain must cut the level-motion error (mean square) by this share to be used at all, and
+/// multiband must cut broadband's by as much again.
+pub const MIN_IMPROVEMENT: f64 = 0.15;
+/// Compression at all must also lower the rms level-motion error by this much (a share of the
+/// figures): two stationary noises of different bandwidths differ by about 3 % in their
+/// short-window statistics alone, and no compressor should chase that.
+pub const MIN_IMPROVEMENT_SHARE: f64 = 0.035;
+/// The same for one band of the multiband chain, and for multiband over broadband.
+pub const MIN_STEP_SHARE: f64 = 0.01;
+/// Weight of the broadband figures against one band's.
+const BROADBAND_WEIGHT: f64 = 2.0;
+/// A band this far under the loudest band (median level, dB) counts a quarter: its motion is
+/// mostly what leaks from the others.
+const QUIET_BAND_DB: f64 = 30.0;
 
 /// A compressor band that changes nothing.
 pub fn neutral_band(band: usize) -> CompressorBand {
@@ -38,7 +82,7 @@ pub fn neutral_band(band: usize) -> CompressorBand {
 
 /// Dynamics settings that change nothing.
 pub fn neutral(crossovers_hz: [f64; 3]) -> DynamicsSettings {
-    DynamicsSettings { enabled: false, crossovers_hz, bands: (0..4).map(neutral_band).collect() }
+    DynamicsSettings { enabled: false, crossovers_hz, bands: (0..4).map(neutral_band).collect(), linked: false }
 }
 
 /// Static gain law with a soft knee (Giannoulis, Massberg & Reiss 2012): gain in dB (≤ 0) for an
@@ -62,48 +106,205 @@ pub fn coefficient(tau_ms: f64, step_s: f64) -> f64 {
     (-step_s / (tau_ms.max(0.01) * 1e-3)).exp()
 }
 
-/// Runs `band` on an envelope (offset by `shift_db`, the EQ's gain in the band) and returns the
-/// compressed envelope and its make-up gain in dB (which keeps the band's mean energy).
-pub fn simulate(env: &BandEnvelope, band: &CompressorBand, shift_db: f64) -> (BandEnvelope, f64) {
+/// Power gain per 5 ms block (linear, ≤ 1 before make-up) of `band`'s gain law driven by the
+/// detector series `detector` (mean squares), written into `gains`.
+pub fn gain_track(detector: &[f32], band: &CompressorBand, gains: &mut Vec<f32>) {
     let a_att = coefficient(band.attack_ms, BLOCK_S);
     let a_rel = coefficient(band.release_ms, BLOCK_S);
-    let shift = 10f64.powf(shift_db / 10.0);
+    gains.clear();
     let mut state = 0f64;
-    let mut out =
-        BandEnvelope { peak: Vec::with_capacity(env.peak.len()), mean_square: Vec::with_capacity(env.peak.len()) };
-    let (mut e_in, mut e_out) = (0f64, 0f64);
-    for (&pk, &ms) in env.peak.iter().zip(&env.mean_square) {
-        let x = f64::from(ms) * shift;
+    for &x in detector {
+        let x = f64::from(x);
         let a = if x > state { a_att } else { a_rel };
         state = a * state + (1.0 - a) * x;
-        let level = 10.0 * state.max(1e-20).log10();
-        let g = gain_db(level, band.threshold_dbfs, band.ratio, band.knee_db);
-        let gl = 10f64.powf(g / 20.0);
-        out.peak.push((f64::from(pk) * gl) as f32);
-        let ms_out = f64::from(ms) * gl * gl;
-        out.mean_square.push(ms_out as f32);
-        e_in += f64::from(ms);
-        e_out += ms_out;
+        let g = gain_db(10.0 * state.max(1e-20).log10(), band.threshold_dbfs, band.ratio, band.knee_db);
+        gains.push(10f64.powf(g / 10.0) as f32);
     }
-    let makeup = if e_out > 0.0 && e_in > 0.0 { 10.0 * (e_in / e_out).log10() } else { 0.0 };
-    (out, makeup)
 }
 
-/// Cost of a band's (crest, spread) against the target's: overshooting the target (denser than
-/// it) costs four times as much as falling short.
-fn cost(crest_db: f64, spread_db: f64, target_crest: f64, target_spread: f64) -> f64 {
-    let side = |v: f64, t: f64| {
-        let d = v - t;
-        if d >= 0.0 {
-            d * d
+/// Largest relative error one figure counts with: where a band's levels fall into two groups (a
+/// part with and a part without bass), a percentile between them jumps by the gap, and one such
+/// figure must not outweigh all the others.
+const MAX_FIGURE_ERROR: f64 = 0.5;
+/// Added to a percentile's and a swing's size before dividing by it, dB, so figures near zero
+/// do not blow up.
+const PERCENTILE_FLOOR_DB: f64 = 1.0;
+const SWING_FLOOR_DB: f64 = 0.05;
+/// Weight of the swing figures against the percentiles: the swing is what tells a fast level
+/// change from a slow one, and there are fewer of them.
+const SWING_WEIGHT: f64 = 4.0;
+
+/// Level-motion error of `sim` against `target`: mean square of the relative errors of every
+/// percentile (distance from the median) and swing, each as a share of the target's. Moving
+/// less than the target (over-compressed) counts twice.
+pub fn motion_cost(sim: &MotionStats, target: &MotionStats) -> f64 {
+    let term = |a: f64, b: f64, floor: f64| {
+        let d = ((a.abs() - b.abs()) / (b.abs() + floor)).clamp(-MAX_FIGURE_ERROR, MAX_FIGURE_ERROR);
+        if a.abs() < b.abs() {
+            2.0 * d * d
         } else {
-            4.0 * d * d
+            d * d
         }
     };
-    side(spread_db, target_spread) + 0.25 * side(crest_db, target_crest)
+    let (mut sum, mut n) = (0f64, 0f64);
+    for (s, t) in sim.percentiles_db.iter().zip(&target.percentiles_db) {
+        for (&a, &b) in s.iter().zip(t) {
+            sum += term(a, b, PERCENTILE_FLOOR_DB);
+            n += 1.0;
+        }
+    }
+    for (&a, &b) in sim.swing_db.iter().zip(&target.swing_db) {
+        sum += SWING_WEIGHT * term(a, b, SWING_FLOOR_DB);
+        n += SWING_WEIGHT;
+    }
+    if n == 0.0 {
+        0.0
+    } else {
+        sum / n
+    }
 }
 
-/// Solves the four band compressors from the mix's envelopes (the mix profile must carry them).
+/// The mix as the solver simulates it: each band's 5 ms mean squares after the EQ's gain in the
+/// band, their sum, and the reference's motion to compare with.
+struct Problem<'a> {
+    bands: Vec<Vec<f32>>,
+    broadband: Vec<f32>,
+    target: &'a crate::analysis::LevelMotion,
+    /// Weight of each band's error.
+    weights: [f64; 4],
+}
+
+/// Result of a candidate: its settings per band, the weighted error and the error per part.
+#[derive(Debug, Clone)]
+struct Outcome {
+    bands: Vec<CompressorBand>,
+    cost: f64,
+}
+
+impl Problem<'_> {
+    /// Weighted error of a set of band series (the broadband sum is formed here).
+    fn total_cost(&self, series: &[Vec<f32>], scratch: &mut MotionScratch) -> f64 {
+        let n = series.iter().map(Vec::len).max().unwrap_or(0);
+        let mut sum = vec![0f32; n];
+        for s in series {
+            for (a, &b) in sum.iter_mut().zip(s) {
+                *a += b;
+            }
+        }
+        let mut cost = BROADBAND_WEIGHT * motion_cost(&motion_stats(&sum, scratch), &self.target.broadband);
+        let mut weight = BROADBAND_WEIGHT;
+        for (b, s) in series.iter().enumerate() {
+            if let Some(t) = self.target.bands.get(b) {
+                cost += self.weights[b] * motion_cost(&motion_stats(s, scratch), t);
+                weight += self.weights[b];
+            }
+        }
+        cost / weight
+    }
+}
+
+/// Thresholds worth trying for a detector series: under its quiet passages (with a wide knee:
+/// compression upward and downward around the level), and at its 25th, 50th and 75th
+/// percentiles of 50 ms levels (classic downward compression of the louder part), dBFS.
+fn threshold_candidates(detector: &[f32]) -> Vec<(f64, f64)> {
+    let mut levels: Vec<f64> = detector
+        .chunks(10)
+        .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>() / c.len() as f64)
+        .filter(|&v| v > 1e-7)
+        .map(|v| 10.0 * v.log10())
+        .collect();
+    if levels.is_empty() {
+        return Vec::new();
+    }
+    levels.sort_by(f64::total_cmp);
+    let p = |q| percentile_sorted(&levels, q);
+    let mut out = vec![((p(0.05) - 6.0).clamp(-80.0, 0.0), 12.0)];
+    for q in [0.25, 0.5, 0.75] {
+        for k in KNEES_DB {
+            out.push((p(q).clamp(-80.0, 0.0), k));
+        }
+    }
+    out
+}
+
+/// Searches one compressor driven by `detector` whose gain goes to the series `apply` (indices
+/// into `problem.bands`); `cost` scores the processed band series. Returns the best band
+/// settings (with make-up) and its cost, or `None` when nothing was tried.
+fn search(
+    detector: &[f32],
+    apply: &[usize],
+    problem: &Problem<'_>,
+    cost: &dyn Fn(&[Vec<f32>], &mut MotionScratch) -> f64,
+) -> Option<(CompressorBand, f64)> {
+    let thresholds = threshold_candidates(detector);
+    let (&(t0, k0), _) = thresholds.split_first()?;
+    let mut scratch = MotionScratch::default();
+    let mut gains = Vec::with_capacity(detector.len());
+    let mut series: Vec<Vec<f32>> = problem.bands.clone();
+    let e_in: f64 = apply.iter().flat_map(|&b| problem.bands[b].iter()).map(|&v| f64::from(v)).sum();
+    let mut eval = |cand: &CompressorBand, series: &mut Vec<Vec<f32>>| -> Option<(f64, f64)> {
+        gain_track(detector, cand, &mut gains);
+        let mut e_out = 0f64;
+        for &b in apply {
+            for ((o, &x), &g) in series[b].iter_mut().zip(&problem.bands[b]).zip(&gains) {
+                *o = x * g;
+                e_out += f64::from(*o);
+            }
+        }
+        let makeup_db = if e_out > 0.0 && e_in > 0.0 { 10.0 * (e_in / e_out).log10() } else { 0.0 };
+        if makeup_db > MAX_MEAN_REDUCTION_DB {
+            return None;
+        }
+        // A small premium on ratio prefers the gentler of two equally good settings.
+        Some((cost(series, &mut scratch) + 0.002 * (cand.ratio - 1.0), makeup_db))
+    };
+    let make = |ratio: f64, (attack_ms, release_ms): (f64, f64), threshold_dbfs: f64, knee_db: f64| CompressorBand {
+        threshold_dbfs,
+        ratio,
+        knee_db,
+        attack_ms,
+        release_ms,
+        makeup_db: 0.0,
+    };
+    let mut best: Option<(CompressorBand, f64)> = None;
+    let mut consider = |cand: CompressorBand, series: &mut Vec<Vec<f32>>, best: &mut Option<(CompressorBand, f64)>| {
+        if let Some((c, makeup)) = eval(&cand, series) {
+            if best.as_ref().is_none_or(|(_, b)| c < *b) {
+                *best = Some((CompressorBand { makeup_db: makeup.clamp(-24.0, 24.0), ..cand }, c));
+            }
+        }
+    };
+    // Ratio and times with the all-range threshold, then threshold and knee, then ratio and
+    // times again around what the threshold changed.
+    for &r in &RATIOS {
+        for &t in &TIMES_MS {
+            consider(make(r, t, t0, k0), &mut series, &mut best);
+        }
+    }
+    let (b, _) = best.clone()?;
+    for &(t, k) in &thresholds[1..] {
+        consider(make(b.ratio, (b.attack_ms, b.release_ms), t, k), &mut series, &mut best);
+    }
+    let (b, _) = best.clone()?;
+    for &r in &RATIOS {
+        consider(make(r, (b.attack_ms, b.release_ms), b.threshold_dbfs, b.knee_db), &mut series, &mut best);
+    }
+    let (b, _) = best.clone()?;
+    for &t in &TIMES_MS {
+        consider(make(b.ratio, t, b.threshold_dbfs, b.knee_db), &mut series, &mut best);
+    }
+    best
+}
+
+/// True when `cost` improves on `base` enough to be worth the processing: by [`MIN_IMPROVEMENT`]
+/// of the mean square and by `min_share` of the rms error.
+fn worth(cost: f64, base: f64, min_share: f64) -> bool {
+    cost <= (1.0 - MIN_IMPROVEMENT) * base && base.sqrt() - cost.sqrt() >= min_share
+}
+
+/// Solves the dynamics stage from the mix's envelopes (the mix profile must carry them) and the
+/// target's level motion; `mid_gain` on `grid` is the EQ, whose gain in each band shifts the
+/// levels the compressor sees.
 pub fn solve_dynamics(
     mix: &Profile,
     target: &Profile,
@@ -112,72 +313,126 @@ pub fn solve_dynamics(
     notes: &mut Vec<String>,
 ) -> DynamicsSettings {
     let Some(envs) = mix.envelopes.as_ref() else {
-        notes.push("mix profile has no envelopes (a saved profile?): multiband compression skipped".into());
+        notes.push("dynamics: off: the mix profile has no envelopes (a saved profile?)".into());
         return neutral(DEFAULT_CROSSOVERS_HZ);
     };
-    let mix_dyn = band_dynamics(envs);
-    let mut bands = Vec::with_capacity(4);
-    let mut any = false;
-    for (b, env) in envs.bands.iter().enumerate() {
-        let (Some(m), Some(t)) = (mix_dyn.get(b), target.dynamics.get(b)) else {
-            bands.push(neutral_band(b));
+    let crossovers = [envs.edges_hz[1], envs.edges_hz[2], envs.edges_hz[3]];
+    let Some(motion) = target.level_motion.as_ref().filter(|m| m.bands.len() == envs.bands.len()) else {
+        notes.push(
+            "dynamics: off: the reference profile has no level-motion statistics (saved by an older refmaster?)".into(),
+        );
+        return neutral(crossovers);
+    };
+    let bands: Vec<Vec<f32>> = envs
+        .bands
+        .iter()
+        .enumerate()
+        .map(|(b, env)| {
+            let shift =
+                10f64.powf(mean_between(grid, mid_gain, envs.edges_hz[b].max(20.0), envs.edges_hz[b + 1]) / 10.0);
+            env.mean_square.iter().map(|&v| (f64::from(v) * shift) as f32).collect()
+        })
+        .collect();
+    let n = bands.iter().map(Vec::len).max().unwrap_or(0);
+    let mut broadband = vec![0f32; n];
+    for s in &bands {
+        for (a, &b) in broadband.iter_mut().zip(s) {
+            *a += b;
+        }
+    }
+    let medians: Vec<f64> = motion.bands.iter().map(|m| m.median_dbfs).collect();
+    let loudest = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let weights =
+        std::array::from_fn(|b| if medians.get(b).is_some_and(|&m| m > loudest - QUIET_BAND_DB) { 1.0 } else { 0.25 });
+    let problem = Problem { bands, broadband, target: motion, weights };
+    let mut scratch = MotionScratch::default();
+    let none_cost = problem.total_cost(&problem.bands, &mut scratch);
+    if n < MOTION_MIN_BLOCKS {
+        notes.push("dynamics: off: the mix is too short to measure how its level moves (under 6 s)".into());
+        return neutral(crossovers);
+    }
+
+    // Broadband: one detector on the sum, one gain for every band.
+    let all = [0usize, 1, 2, 3];
+    let total = |s: &[Vec<f32>], sc: &mut MotionScratch| problem.total_cost(s, sc);
+    let broad = search(&problem.broadband, &all, &problem, &total).map(|(b, c)| Outcome { bands: vec![b; 4], cost: c });
+
+    // Multiband: each band on its own motion; a band that does not improve its own stays off.
+    let mut multi_bands = Vec::with_capacity(4);
+    let mut multi_series = problem.bands.clone();
+    for b in 0..problem.bands.len() {
+        let Some(t) = motion.bands.get(b) else {
+            multi_bands.push(neutral_band(b));
             continue;
         };
-        // Denser means less level movement: in this band, and in the programme's loudness range
-        // (a band-level spread can disagree with the LRA a listener hears; both must agree).
-        // Crest alone is not a reason to compress: peaks are the limiter's job.
-        let denser = t.spread_db < m.spread_db - MIN_DENSITY_GAP_DB
-            && target.loudness.range_lu < mix.loudness.range_lu - MIN_DENSITY_GAP_DB;
-        if !denser || m.rms_dbfs < -100.0 {
-            bands.push(neutral_band(b));
-            continue;
+        let own = |s: &[Vec<f32>], sc: &mut MotionScratch| motion_cost(&motion_stats(&s[b], sc), t);
+        let base = motion_cost(&motion_stats(&problem.bands[b], &mut scratch), t);
+        match search(&problem.bands[b], &[b], &problem, &own) {
+            Some((band, c)) if worth(c, base, MIN_STEP_SHARE) => {
+                let mut gains = Vec::new();
+                gain_track(&problem.bands[b], &band, &mut gains);
+                for (o, &g) in multi_series[b].iter_mut().zip(&gains) {
+                    *o *= g;
+                }
+                multi_bands.push(band);
+            }
+            _ => multi_bands.push(neutral_band(b)),
         }
-        let shift = mean_between(grid, mid_gain, envs.edges_hz[b].max(20.0), envs.edges_hz[b + 1]);
-        let best = best_band(b, env, m.rms_dbfs + shift, shift, m.crest_db, m.spread_db, t.crest_db, t.spread_db);
-        if best.ratio > 1.0 {
-            any = true;
-        }
-        bands.push(best);
     }
-    DynamicsSettings { enabled: any, crossovers_hz: [envs.edges_hz[1], envs.edges_hz[2], envs.edges_hz[3]], bands }
+    let multi = if multi_bands.iter().any(|b| b.ratio > 1.0) {
+        Some(Outcome { cost: problem.total_cost(&multi_series, &mut scratch), bands: multi_bands })
+    } else {
+        None
+    };
+
+    let rms = |c: f64| c.sqrt();
+    let describe =
+        |o: &Option<Outcome>| o.as_ref().map_or("none found".to_string(), |o| format!("{:.1} %", 100.0 * rms(o.cost)));
+    let broad_ok = broad.as_ref().filter(|o| worth(o.cost, none_cost, MIN_IMPROVEMENT_SHARE));
+    let multi_ok = multi.as_ref().filter(|o| worth(o.cost, none_cost, MIN_IMPROVEMENT_SHARE));
+    let chosen = match (broad_ok, multi_ok) {
+        (Some(b), Some(m)) if worth(m.cost, b.cost, MIN_STEP_SHARE) => Some((m, false)),
+        (Some(b), _) => Some((b, true)),
+        (None, Some(m)) => Some((m, false)),
+        (None, None) => None,
+    };
+    match chosen {
+        None => {
+            let why = if none_cost <= 0.05 * 0.05 {
+                "the mix's level already moves like the reference's"
+            } else {
+                "no candidate chain brings the mix's level motion clearly closer to the reference's"
+            };
+            notes.push(format!(
+                "dynamics: off: {why} (level-motion error {:.1} %; broadband {}, multiband {})",
+                100.0 * rms(none_cost),
+                describe(&broad),
+                describe(&multi)
+            ));
+            neutral(crossovers)
+        }
+        Some((o, linked)) => {
+            let what = if linked {
+                let b = &o.bands[0];
+                format!(
+                    "broadband compression, {:.2}:1 from {:.1} dBFS (knee {:.0} dB), attack {:.0} ms, release {:.0} ms",
+                    b.ratio, b.threshold_dbfs, b.knee_db, b.attack_ms, b.release_ms
+                )
+            } else {
+                let on = o.bands.iter().filter(|b| b.ratio > 1.0).count();
+                format!("multiband compression in {on} of 4 bands")
+            };
+            notes.push(format!(
+                "dynamics: {what}: level-motion error against the reference {:.1} % -> {:.1} % (broadband {}, multiband {})",
+                100.0 * rms(none_cost),
+                100.0 * rms(o.cost),
+                describe(&broad),
+                describe(&multi)
+            ));
+            DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands: o.bands.clone(), linked }
+        }
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn best_band(
-    b: usize,
-    env: &BandEnvelope,
-    level_dbfs: f64,
-    shift_db: f64,
-    mix_crest: f64,
-    mix_spread: f64,
-    target_crest: f64,
-    target_spread: f64,
-) -> CompressorBand {
-    let mut best = neutral_band(b);
-    let mut best_cost = cost(mix_crest, mix_spread, target_crest, target_spread);
-    let neutral_cost = best_cost;
-    for &ratio in &RATIOS {
-        for step in THRESHOLD_STEPS_DB {
-            let mut cand = neutral_band(b);
-            cand.ratio = ratio;
-            cand.threshold_dbfs = (level_dbfs + f64::from(step) * THRESHOLD_STEP_DB).clamp(-80.0, 0.0);
-            let (out, makeup) = simulate(env, &cand, shift_db);
-            if makeup > MAX_MEAN_REDUCTION_DB {
-                continue;
-            }
-            let (_, c) = crest(&out.peak, &out.mean_square);
-            let s = spread(&out.mean_square);
-            // A small premium on ratio prefers the gentler of two equally good settings.
-            let total = cost(c, s, target_crest, target_spread) + 0.02 * (ratio - 1.0);
-            if total < best_cost {
-                best_cost = total;
-                cand.makeup_db = makeup.clamp(-24.0, 24.0);
-                best = cand;
-            }
-        }
-    }
-    if best_cost > 0.95 * neutral_cost {
-        return neutral_band(b);
-    }
-    best
-}
+/// Fewest 5 ms blocks (6 s: two short-term windows) the level motion is judged on.
+const MOTION_MIN_BLOCKS: usize = 1200;

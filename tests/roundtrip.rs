@@ -1,0 +1,164 @@
+//! Round trips: a finished track (the shipped reference, `references/demo_ref.ogg`) is
+//! un-mastered here, mastered back against itself, and the master is compared with the finished
+//! track it came from: the one test where the truth is known.
+//!
+//! The distance is measured by ffmpeg, not by refmaster: the momentary loudness (400 ms, EBU
+//! R128, every 100 ms) of the master against the finished track's, after matching their median
+//! levels, mean |LU| over the frames within 20 LU of the finished track's loudest. A master
+//! whose level moves as the finished track's did scores near 0.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{ffmpeg, in_dir, run_ffmpeg, run_refmaster, temp_dir, write_wav_f32};
+use refmaster::decode::decode_file;
+
+fn demo_ref() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("references/demo_ref.ogg")
+}
+
+/// How an un-mastered mix is made from the finished track.
+struct Unmaster {
+    /// Slope of the expansion around the median level: 0.3 makes every dB of level change 1.3 dB.
+    expansion: f64,
+    /// Time constant of the expander's level detector (mean square, one pole), ms.
+    detector_ms: f64,
+    /// Gain of the bass (first-order split at 150 Hz), dB.
+    bass_db: f64,
+    /// Gain of the side signal, dB.
+    side_db: f64,
+}
+
+/// Un-masters `src` into `dst` (24-bit-free float WAV, peaks at −10 dBFS): bass and side gains,
+/// then a broadband expander on the mid's level (the same gain on mid and side).
+fn unmaster(src: &Path, dst: &Path, u: &Unmaster) {
+    let (audio, _) = decode_file(src).expect("the shipped reference decodes");
+    let rate = audio.sample_rate_hz;
+    let (l, r) = (&audio.channels[0], &audio.channels[1]);
+    let a_bass = (-2.0 * std::f64::consts::PI * 150.0 / f64::from(rate)).exp();
+    let bass_gain = 10f64.powf(u.bass_db / 20.0) - 1.0;
+    let side_gain = 10f64.powf(u.side_db / 20.0);
+    let mut low = 0f64;
+    let (mut mid, mut side) = (Vec::with_capacity(l.len()), Vec::with_capacity(l.len()));
+    for (&a, &b) in l.iter().zip(r) {
+        let m = (f64::from(a) + f64::from(b)) / 2.0;
+        low = a_bass * low + (1.0 - a_bass) * m;
+        mid.push(m + bass_gain * low);
+        side.push((f64::from(a) - f64::from(b)) / 2.0 * side_gain);
+    }
+    let a_env = (-1.0 / (u.detector_ms * 1e-3 * f64::from(rate))).exp();
+    let mut env = 0f64;
+    let env_db: Vec<f64> = mid
+        .iter()
+        .map(|&m| {
+            env = a_env * env + (1.0 - a_env) * m * m;
+            10.0 * (env + 1e-12).log10()
+        })
+        .collect();
+    let mut sorted = env_db.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let (mut out_l, mut out_r) = (Vec::with_capacity(l.len()), Vec::with_capacity(l.len()));
+    for ((m, s), e) in mid.iter().zip(&side).zip(&env_db) {
+        let g = 10f64.powf(((e - median) * u.expansion).clamp(-6.0, 6.0) / 20.0);
+        out_l.push((m + s) * g);
+        out_r.push((m - s) * g);
+    }
+    let peak = out_l.iter().chain(&out_r).fold(0f64, |p, v| p.max(v.abs()));
+    let scale = 10f64.powf(-10.0 / 20.0) / peak;
+    let to_f32 = |v: &[f64]| v.iter().map(|x| (x * scale) as f32).collect::<Vec<f32>>();
+    write_wav_f32(dst, rate, &[to_f32(&out_l), to_f32(&out_r)]);
+}
+
+/// Momentary loudness every 100 ms, as ffmpeg's ebur128 filter logs it.
+fn momentary_lufs(path: &Path) -> Vec<f64> {
+    let out = run_ffmpeg(ffmpeg().args(["-v", "verbose", "-i"]).arg(path).args([
+        "-af",
+        "ebur128=framelog=verbose",
+        "-f",
+        "null",
+        "-",
+    ]));
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(" t: "))
+        .filter_map(|l| l.split("M:").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .collect()
+}
+
+/// Mean |LU| between the momentary loudness of `path` and of `truth` (frames within 20 LU of
+/// the truth's loudest), after removing the median difference (the loudness offset).
+fn motion_distance_lu(path: &Path, truth: &[f64]) -> f64 {
+    let ours = momentary_lufs(path);
+    let loudest = truth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let pairs: Vec<(f64, f64)> =
+        ours.iter().zip(truth).filter(|(_, t)| **t > loudest - 20.0).map(|(a, b)| (*a, *b)).collect();
+    assert!(pairs.len() > 50, "{}: too few loud frames ({})", path.display(), pairs.len());
+    let mut diffs: Vec<f64> = pairs.iter().map(|(a, b)| a - b).collect();
+    diffs.sort_by(f64::total_cmp);
+    let offset = diffs[diffs.len() / 2];
+    pairs.iter().map(|(a, b)| (a - b - offset).abs()).sum::<f64>() / pairs.len() as f64
+}
+
+fn master(mix: &Path, out: &Path, settings: &Path, extra: &[&str]) -> String {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        mix.into(),
+        "--ref".into(),
+        demo_ref().into(),
+        "-o".into(),
+        out.into(),
+        "--settings".into(),
+        settings.into(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsString::from));
+    let o = run_refmaster(args);
+    assert!(o.status.success(), "refmaster failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn settings_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("settings written")).expect("settings are JSON")
+}
+
+#[test]
+fn an_expanded_master_is_restored_closer_to_the_finished_track_than_without_dynamics() {
+    let dir = temp_dir();
+    let mix = in_dir(&dir, "mix.wav");
+    let u = Unmaster { expansion: 0.3, detector_ms: 45.0, bass_db: -3.0, side_db: -4.0 };
+    unmaster(&demo_ref(), &mix, &u);
+    let (with, without) = (in_dir(&dir, "dyn.wav"), in_dir(&dir, "nodyn.wav"));
+    let (s_with, s_without) = (in_dir(&dir, "dyn.json"), in_dir(&dir, "nodyn.json"));
+    // At the finished track's own loudness (-6.6 LUFS) the loudness-war guard and the saturator
+    // reshape every peak; at -14 LUFS nothing but the chain under test moves the level.
+    let said = master(&mix, &with, &s_with, &["--lufs", "-14"]);
+    master(&mix, &without, &s_without, &["--lufs", "-14", "--no-dynamics"]);
+
+    let truth = momentary_lufs(&demo_ref());
+    let (d_mix, d_with, d_without) =
+        (motion_distance_lu(&mix, &truth), motion_distance_lu(&with, &truth), motion_distance_lu(&without, &truth));
+    // The mix's level moves 1.3 times as far as the truth's: without compression nothing
+    // undoes that, so the master must come clearly closer than both.
+    assert!(
+        d_with < 0.8 * d_without && d_with < 0.8 * d_mix,
+        "momentary-loudness distance to the finished track: master {d_with:.3} LU, --no-dynamics {d_without:.3}, \
+         mix {d_mix:.3}\n{said}"
+    );
+    // A broadband expander is undone by one broadband compressor whose slope is the expander's
+    // inverse (1 + 0.3 = 1.3:1), within a few of the solver's ratio steps on either side.
+    let d = &settings_json(&s_with)["dynamics"];
+    let ratio = d["bands"][0]["ratio"].as_f64().unwrap_or(0.0);
+    assert!(d["enabled"] == true && d["linked"] == true, "expected broadband compression: {d}\n{said}");
+    assert!((1.1..=1.5).contains(&ratio), "ratio {ratio}, the expander's inverse is 1.3\n{said}");
+}
+
+#[test]
+fn a_round_trip_whose_dynamics_were_never_touched_keeps_the_dynamics_stage_off_and_says_why() {
+    let dir = temp_dir();
+    let mix = in_dir(&dir, "mix.wav");
+    unmaster(&demo_ref(), &mix, &Unmaster { expansion: 0.0, detector_ms: 45.0, bass_db: 3.0, side_db: -4.0 });
+    let (out, settings) = (in_dir(&dir, "m.wav"), in_dir(&dir, "m.json"));
+    let said = master(&mix, &out, &settings, &["--lufs", "-14"]);
+    assert!(settings_json(&settings)["dynamics"]["enabled"] == false, "compressed an untouched level:\n{said}");
+    assert!(said.contains("dynamics: off:"), "no note on why dynamics stayed off:\n{said}");
+}
