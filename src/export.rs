@@ -630,42 +630,58 @@ fn is_flat(curve: impl Fn(f64) -> f64) -> bool {
 }
 
 /// The compressor part of the filtergraph (input: the EQ'd mid/side signal, unlabelled).
+/// Multiband settings split the signal with `acrossover` and compress each band on its own mid;
+/// linked (broadband) settings give every band one gain from one detector, which is one
+/// compressor on the whole signal whose sidechain is the mid.
 fn ffmpeg_compressor(settings: &Settings) -> String {
     let d = &settings.dynamics;
+    if d.linked {
+        return match d.bands.first() {
+            Some(b) => ffmpeg_band_compressor("", "bb", "", b),
+            None => "anull".to_string(),
+        };
+    }
     let xo = d.crossovers_hz.map(|f| num(f, 1)).join(" ");
     let mut g = format!("acrossover=split={xo}:order=4th[b0][b1][b2][b3];\n");
     for (i, b) in d.bands.iter().enumerate().take(4) {
-        let out = format!("[c{i}]");
-        if b.ratio > 1.0 {
-            // ffmpeg's threshold stops at -60.2 dBFS; lower thresholds raise the sidechain instead.
-            let floor = -60.0;
-            let (threshold_db, sc_gain_db) =
-                if b.threshold_dbfs < floor { (floor, floor - b.threshold_dbfs) } else { (b.threshold_dbfs, 0.0) };
-            let makeup = b.makeup_db.clamp(0.0, 36.0);
-            let _ = write!(
-                g,
-                "[b{i}]asplit[m{i}][s{i}];[s{i}]pan=mono|c0=c0[d{i}];\
-                 [m{i}][d{i}]sidechaincompress=threshold={}:ratio={}:knee={}:attack={}:release={}:makeup={}:\
-                 level_sc={}:detection=rms:link=average",
-                num(10f64.powf(threshold_db / 20.0), 6),
-                num(b.ratio.clamp(1.0, 20.0), 3),
-                num(10f64.powf(b.knee_db.clamp(0.0, 18.0) / 20.0), 4),
-                num((4.0 * b.attack_ms).clamp(0.01, 2000.0), 3),
-                num((4.0 * b.release_ms).clamp(0.01, 9000.0), 3),
-                num(10f64.powf(makeup / 20.0), 5),
-                num(10f64.powf(sc_gain_db / 20.0), 5),
-            );
-            if b.makeup_db < 0.0 {
-                let _ = write!(g, ",volume={}dB", num(b.makeup_db, 3));
-            }
-            let _ = writeln!(g, "{out};");
-        } else if b.makeup_db != 0.0 {
-            let _ = writeln!(g, "[b{i}]volume={}dB{out};", num(b.makeup_db, 3));
-        } else {
-            let _ = writeln!(g, "[b{i}]anull{out};");
-        }
+        let _ = writeln!(g, "{};", ffmpeg_band_compressor(&format!("[b{i}]"), &i.to_string(), &format!("[c{i}]"), b));
     }
     g.push_str("[c0][c1][c2][c3]amix=inputs=4:normalize=0");
+    g
+}
+
+/// One compressor from `input` to `output` (filtergraph labels, or "" for the unlabelled
+/// stream), its detector on the mid (channel 0); `tag` keeps its inner labels apart.
+fn ffmpeg_band_compressor(input: &str, tag: &str, output: &str, b: &CompressorBand) -> String {
+    let mut g = String::new();
+    if b.ratio > 1.0 {
+        // ffmpeg's threshold stops at -60.2 dBFS; lower thresholds raise the sidechain instead.
+        let floor = -60.0;
+        let (threshold_db, sc_gain_db) =
+            if b.threshold_dbfs < floor { (floor, floor - b.threshold_dbfs) } else { (b.threshold_dbfs, 0.0) };
+        let makeup = b.makeup_db.clamp(0.0, 36.0);
+        let _ = write!(
+            g,
+            "{input}asplit[m{tag}][s{tag}];[s{tag}]pan=mono|c0=c0[d{tag}];\
+             [m{tag}][d{tag}]sidechaincompress=threshold={}:ratio={}:knee={}:attack={}:release={}:makeup={}:\
+             level_sc={}:detection=rms:link=average",
+            num(10f64.powf(threshold_db / 20.0), 6),
+            num(b.ratio.clamp(1.0, 20.0), 3),
+            num(10f64.powf(b.knee_db.clamp(0.0, 18.0) / 20.0), 4),
+            num((4.0 * b.attack_ms).clamp(0.01, 2000.0), 3),
+            num((4.0 * b.release_ms).clamp(0.01, 9000.0), 3),
+            num(10f64.powf(makeup / 20.0), 5),
+            num(10f64.powf(sc_gain_db / 20.0), 5),
+        );
+        if b.makeup_db < 0.0 {
+            let _ = write!(g, ",volume={}dB", num(b.makeup_db, 3));
+        }
+    } else if b.makeup_db != 0.0 {
+        let _ = write!(g, "{input}volume={}dB", num(b.makeup_db, 3));
+    } else {
+        let _ = write!(g, "{input}anull");
+    }
+    g.push_str(output);
     g
 }
 

@@ -303,13 +303,6 @@ impl Settings {
         if d.bands.len() != 4 {
             return Err(Error::settings(src, "dynamics.bands", format!("needs 4 bands, got {}", d.bands.len())));
         }
-        if d.linked && d.bands.iter().any(|b| b != &d.bands[0]) {
-            return Err(Error::settings(
-                src,
-                "dynamics.linked",
-                "linked (broadband) compression needs the same settings in all 4 bands",
-            ));
-        }
         for (i, b) in d.bands.iter().enumerate() {
             let p = format!("dynamics.bands[{i}]");
             check_range(src, &format!("{p}.threshold_dbfs"), b.threshold_dbfs, limits::THRESHOLD_DBFS)?;
@@ -318,6 +311,14 @@ impl Settings {
             check_range(src, &format!("{p}.attack_ms"), b.attack_ms, limits::ATTACK_MS)?;
             check_range(src, &format!("{p}.release_ms"), b.release_ms, limits::RELEASE_MS)?;
             check_range(src, &format!("{p}.makeup_db"), b.makeup_db, limits::MAKEUP_DB)?;
+        }
+        // Each band in range first, so a bad value is named where it is.
+        if d.linked && d.bands.iter().any(|b| b != &d.bands[0]) {
+            return Err(Error::settings(
+                src,
+                "dynamics.linked",
+                "linked (broadband) compression needs the same settings in all 4 bands",
+            ));
         }
         for (i, b) in self.width.bands.iter().enumerate() {
             let p = format!("width.bands[{i}]");
