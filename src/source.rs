@@ -245,7 +245,7 @@ pub fn huge_input_gain(source: &dyn FrameSource, sample_peak_dbfs: f64) -> Resul
         }
         Ok(())
     })?;
-    if !(f64::from(peak) > crate::audio::db_to_lin(HUGE_INPUT_DBFS)) || !peak.is_finite() {
+    if f64::from(peak) <= crate::audio::db_to_lin(HUGE_INPUT_DBFS) || !peak.is_finite() {
         return Ok(None);
     }
     // In f64: 2^-128, what the largest floats need, is below f32's normal range.
