@@ -249,6 +249,24 @@ pub fn master_stream(
 ) -> Result<Mastered> {
     let (rate, channels, frames) = (source.sample_rate_hz(), source.channel_count(), source.frames());
     crate::render::check_channel_count(channels)?;
+    // A mix far over full scale (a gain error upstream) is read lower by an exact power of two
+    // and analysed again: the chain and its loudness loop work on the rescaled mix.
+    let huge = crate::source::huge_input_gain(source, mix_profile.loudness.sample_peak_dbfs)?;
+    let (scaled_source, scaled_profile);
+    let (source, mix_profile): (&dyn FrameSource, &Profile) = match huge {
+        Some(gain) => {
+            progress("analysing the rescaled mix");
+            scaled_source = crate::source::ScaledSource { inner: source, gain };
+            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            scaled_source.stream(&mut |chunk| {
+                analyzer.push(chunk);
+                Ok(())
+            })?;
+            scaled_profile = analyzer.finish(&mix_profile.source, mix_profile.lossy);
+            (&scaled_source, &scaled_profile)
+        }
+        None => (source, mix_profile),
+    };
     if !mix_profile.loudness.integrated_lufs.is_finite() {
         let reason = if mix_profile.loudness.sample_peak_dbfs.is_finite() {
             format!(
@@ -265,6 +283,15 @@ pub fn master_stream(
     }
     progress("solving");
     let (mut settings, mut notes) = solve(mix_profile, target, &opts.solve);
+    if let Some(gain) = huge {
+        notes.insert(
+            0,
+            format!(
+                "the mix peaks far over full scale (a gain error in its bounce?): it was read {:.1} dB lower (an exact power of two: nothing lost) before mastering",
+                -20.0 * gain.log10()
+            ),
+        );
+    }
     let guarded = loudness_guard(&mut settings, mix_profile.loudness.plr_db, opts);
     // At the guard, loudness lost to the safety trim is not won back (that would lower the PLR).
     let trim_compensation = guarded.is_none();

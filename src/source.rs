@@ -228,3 +228,70 @@ pub fn read_range(source: &dyn FrameSource, start: usize, len: usize) -> Result<
     })?;
     Ok(out)
 }
+
+/// Sample peak above which a mix is read lower before mastering, dBFS. Floating-point files may
+/// peak over full scale (a hot float bounce at +6 or +12 dBFS is ordinary and is mastered as
+/// it is), but a mix at 1e20 or 3e38 has had a gain bug upstream: its energies overflow the
+/// 32-bit float chain (3e38 rendered to silence) and its loudness is beyond any drive the
+/// limiter can pull (a 1e20 sine ended 2.2 LU over target after 120 dB of limiting).
+pub const HUGE_INPUT_DBFS: f64 = 24.0;
+
+/// The gain (an exact power of two, so the samples lose nothing) that brings `source` to at
+/// most 0 dBFS when its analysed sample peak `sample_peak_dbfs` is over [`HUGE_INPUT_DBFS`] or
+/// could not be measured (NaN or +∞: a meter overflowed near the largest float); `None`
+/// otherwise. The peak itself is found by reading the source once.
+pub fn huge_input_gain(source: &dyn FrameSource, sample_peak_dbfs: f64) -> Result<Option<f64>> {
+    if sample_peak_dbfs <= HUGE_INPUT_DBFS || sample_peak_dbfs == f64::NEG_INFINITY {
+        return Ok(None);
+    }
+    let mut peak = 0f32;
+    source.stream(&mut |chunk| {
+        for c in chunk {
+            peak = c.iter().fold(peak, |a, v| a.max(v.abs()));
+        }
+        Ok(())
+    })?;
+    if f64::from(peak) <= crate::audio::db_to_lin(HUGE_INPUT_DBFS) || !peak.is_finite() {
+        return Ok(None);
+    }
+    // In f64: 2^-128, what the largest floats need, is below f32's normal range.
+    Ok(Some(2f64.powi(-(peak.log2().ceil() as i32))))
+}
+
+/// A source read at a fixed gain (see [`huge_input_gain`]).
+pub struct ScaledSource<'a> {
+    /// The source read.
+    pub inner: &'a dyn FrameSource,
+    /// Linear gain applied to every sample (in f64: see [`huge_input_gain`]).
+    pub gain: f64,
+}
+
+impl FrameSource for ScaledSource<'_> {
+    fn sample_rate_hz(&self) -> u32 {
+        self.inner.sample_rate_hz()
+    }
+
+    fn channel_count(&self) -> usize {
+        self.inner.channel_count()
+    }
+
+    fn frames(&self) -> usize {
+        self.inner.frames()
+    }
+
+    fn stream(&self, f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()> {
+        let mut planes: Vec<Vec<f32>> = vec![Vec::new(); self.inner.channel_count()];
+        self.inner.stream(&mut |chunk| {
+            for (p, c) in planes.iter_mut().zip(chunk) {
+                p.clear();
+                p.extend(c.iter().map(|&v| (f64::from(v) * self.gain) as f32));
+            }
+            let slices: Vec<&[f32]> = planes.iter().map(Vec::as_slice).collect();
+            f(&slices)
+        })
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.inner.resident_bytes()
+    }
+}

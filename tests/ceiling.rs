@@ -375,3 +375,34 @@ fn the_test_meter_reads_a_quarter_rate_sine_at_45_degrees_3_db_over_its_samples(
     let tp = true_peak_16x_dbtp(&[faded]);
     assert!((tp - 3.01).abs() < 0.02, "{tp}");
 }
+
+#[test]
+fn a_float_mix_at_1e20_or_3e38_masters_at_its_target_under_the_ceiling_and_says_it_was_rescaled() {
+    let dir = temp_dir();
+    let rate = 44_100;
+    for amplitude in [1e20f64, 3e38] {
+        let x: Vec<f32> = (0..frames_of(rate))
+            .map(|i| (amplitude * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / f64::from(rate)).sin()) as f32)
+            .collect();
+        let mix = dir.path().join(format!("huge_{amplitude:e}.wav"));
+        write_wav_f32(&mix, rate, &[x.clone(), x]);
+        let out = dir.path().join(format!("huge_{amplitude:e}.master.wav"));
+        let o = run_refmaster([
+            std::ffi::OsString::from(&mix),
+            "--ref".into(),
+            demo_reference().into(),
+            "--lufs".into(),
+            "-14".into(),
+            "-o".into(),
+            out.clone().into(),
+        ]);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{amplitude:e}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains("far over full scale"), "{amplitude:e}: no note of the rescale:\n{stdout}");
+        let ff = ffmpeg_ebur128(&out);
+        // The loop lands within 0.05 LU by its own meter; ffmpeg prints one decimal.
+        assert!((ff.integrated_lufs + 14.0).abs() <= 0.15, "{amplitude:e}: {} LUFS", ff.integrated_lufs);
+        assert!(ff.true_peak_dbtp <= CEILING_DBTP, "{amplitude:e}: {} dBTP", ff.true_peak_dbtp);
+        assert!(true_peak_16x_dbtp(&read_wav(&out)) <= CEILING_DBTP);
+    }
+}
