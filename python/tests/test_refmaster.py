@@ -164,3 +164,16 @@ def test_two_threads_master_two_songs_as_one_after_the_other_does(signals: dict)
         t.join()
     assert not errors, errors
     assert all(np.array_equal(a, b) for a, b in zip(results, sequential))
+
+
+def test_python_code_runs_while_a_master_is_worked_out(signals: dict) -> None:
+    """With the GIL held for the whole job, the main thread would not run one line until the
+    master returned; released, it loops all the while."""
+    (mix_path, _), (ref_path, _) = signals["mix"], signals["ref"]
+    t = threading.Thread(target=refmaster.master, args=(mix_path, ref_path))
+    spins = 0
+    t.start()
+    while t.is_alive():
+        spins += 1
+    t.join()
+    assert spins > 1000, f"the main thread ran {spins} loop iterations during the master"
