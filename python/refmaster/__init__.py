@@ -99,9 +99,9 @@ class _Workspace:
             return os.fspath(audio)
         raise OptionError(f"{what}: expected a path or a NumPy array, got {type(audio).__name__}")
 
-    def name_profile(self, profile: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    def name_profile(self, profile: Dict[str, Any]) -> Dict[str, Any]:
         """`profile` with its source named as the array it was measured from."""
-        if profile is not None and profile.get("source") in self._names:
+        if profile.get("source") in self._names:
             profile["source"] = self._names[profile["source"]]
         return profile
 

@@ -2,7 +2,7 @@
 (refmaster.master, apply, analyze); these are its building blocks."""
 
 from os import PathLike
-from typing import List, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 _Path = Union[str, PathLike[str]]
 
@@ -23,7 +23,7 @@ class OptionError(RefmasterError):
 class OutputError(RefmasterError):
     """An output cannot be written (nothing was left behind)."""
 
-def master(mix: _Path, references: List[_Path], options_json: str, master_path: _Path, preview: bool = False) -> str: ...
+def master(mix: _Path, references: Sequence[_Path], options_json: str, master_path: _Path, preview: bool = False) -> str: ...
 def apply(mix: _Path, settings_json: str, master_path: _Path) -> str: ...
 def analyze(path: _Path) -> str: ...
 def read_audio(path: _Path) -> Tuple[bytes, int, int]: ...
@@ -34,6 +34,6 @@ def write_audio(
     sample_rate: int,
     bits: str,
     dither_seed: int,
-    inputs: List[_Path] = ...,
+    inputs: Sequence[_Path] = ...,
 ) -> None: ...
-def check_output(path: _Path, inputs: List[_Path] = ...) -> None: ...
+def check_output(path: _Path, inputs: Sequence[_Path] = ...) -> None: ...
