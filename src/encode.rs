@@ -8,6 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::audio::AudioBuffer;
+use crate::ceiling::{CeilingNet, NetStats, Quantiser};
 use crate::error::{Error, Result};
 
 /// Output sample format.
@@ -64,10 +65,7 @@ impl DitherRng {
 /// Quantises one sample to a `bits`-bit integer with TPDF dither, clamped to the integer range.
 #[inline]
 pub fn quantise(x: f32, bits: u32, rng: &mut DitherRng) -> i32 {
-    let scale = f64::from(1u32 << (bits - 1));
-    let max = scale - 1.0;
-    let v = f64::from(x) * scale + rng.tpdf();
-    v.round().clamp(-scale, max) as i32
+    crate::ceiling::quantise_with(x, bits, rng.tpdf())
 }
 
 /// Refuses to write `output` when it is one of `inputs` (compared after resolving symlinks).
@@ -362,8 +360,12 @@ where
             rng: DitherRng::new(0),
             interleaved: Vec::new(),
             path: path.to_path_buf(),
+            sample_rate_hz,
+            channels: usize::from(channels),
+            net: None,
+            net_stats: None,
         };
-        if let Err(e) = produce(&mut chunks) {
+        if let Err(e) = produce(&mut chunks).and_then(|()| chunks.end().map(|_| ())) {
             failure = Some(e);
             return Err(std::io::Error::other("the master could not be produced"));
         }
@@ -388,6 +390,12 @@ pub struct WavChunks<'a> {
     rng: DitherRng,
     interleaved: Vec<i32>,
     path: PathBuf,
+    sample_rate_hz: u32,
+    channels: usize,
+    /// The true-peak ceiling's last guard ([`crate::ceiling`]), when a ceiling was set.
+    net: Option<CeilingNet>,
+    /// What the net did, once the stream has ended.
+    net_stats: Option<NetStats>,
 }
 
 impl WavChunks<'_> {
@@ -396,8 +404,59 @@ impl WavChunks<'_> {
         self.rng = DitherRng::new(seed);
     }
 
+    /// Holds the written samples' true peak at or under `ceiling_dbtp` (call before the first
+    /// chunk): every chunk then passes through the [`CeilingNet`], which measures the quantised
+    /// samples and lowers any stretch that would pass the ceiling (see [`crate::ceiling`]).
+    pub fn set_ceiling(&mut self, ceiling_dbtp: f64) {
+        let quantiser = match self.depth {
+            BitDepth::Float32 => Quantiser::Float,
+            BitDepth::Int16 | BitDepth::Int24 => Quantiser::Int(self.bits),
+        };
+        self.net = Some(CeilingNet::new(self.sample_rate_hz, self.channels, ceiling_dbtp, quantiser));
+    }
+
+    /// Ends the stream (the net writes the frames it held back) and returns what the net did:
+    /// `None` without a ceiling. Called by [`write_wav_stream`] when the producer has not.
+    pub fn end(&mut self) -> Result<Option<NetStats>> {
+        if let Some(mut net) = self.net.take() {
+            let mut out = std::mem::take(&mut self.interleaved);
+            out.clear();
+            self.net_stats = Some(net.finish(&mut out));
+            let r = self.write_interleaved(&out);
+            self.interleaved = out;
+            r?;
+        }
+        Ok(self.net_stats.clone())
+    }
+
+    fn write_interleaved(&mut self, samples: &[i32]) -> Result<()> {
+        let path = &self.path;
+        let io = |e: hound::Error| Error::output(path, io_reason(&hound_io(e)));
+        match self.depth {
+            BitDepth::Float32 => {
+                for &v in samples {
+                    self.writer.write_sample(f32::from_bits(v as u32)).map_err(io)?;
+                }
+            }
+            BitDepth::Int16 | BitDepth::Int24 => {
+                for &v in samples {
+                    self.writer.write_sample(v).map_err(io)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Appends a planar chunk (one slice per channel, equal lengths).
     pub fn write(&mut self, chunk: &[&[f32]]) -> Result<()> {
+        if let Some(net) = self.net.as_mut() {
+            let mut out = std::mem::take(&mut self.interleaved);
+            out.clear();
+            net.push(chunk, &mut self.rng, &mut out);
+            let r = self.write_interleaved(&out);
+            self.interleaved = out;
+            return r;
+        }
         let frames = chunk.first().map_or(0, |c| c.len());
         let path = &self.path;
         let io = |e: hound::Error| Error::output(path, io_reason(&hound_io(e)));

@@ -710,6 +710,10 @@ impl MasterSink for ExtrasSink<'_, '_, '_> {
         }
         self.wav.write(first_frame, chunk)
     }
+
+    fn end(&mut self) -> Result<Option<crate::ceiling::NetStats>> {
+        self.wav.end()
+    }
 }
 
 /// The previews, the plot and the report, written after the master.

@@ -7,6 +7,7 @@
 pub mod album;
 pub mod analysis;
 pub mod audio;
+pub mod ceiling;
 pub mod decode;
 pub mod dsp;
 pub mod encode;

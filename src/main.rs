@@ -322,6 +322,9 @@ fn run_apply(a: &ApplyArgs) -> Result<()> {
     say(&pb, "rendering");
     write_wav_stream(&a.output, mix.sample_rate_hz(), mix.channel_count(), a.bits, |w| {
         w.set_dither_seed(settings.dither_seed);
+        if settings.limiter.enabled {
+            w.set_ceiling(settings.limiter.ceiling_dbtp);
+        }
         render::stream::render_stream(&mix, &settings, &mut |_, chunk| w.write(chunk)).map(|_| ())
     })?;
     if let Some(pb) = pb {

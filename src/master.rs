@@ -9,7 +9,7 @@ use crate::analysis::{Analyzer, Profile};
 use crate::audio::db_to_lin;
 use crate::audio::AudioBuffer;
 use crate::error::{Error, Result};
-use crate::render::limiter::{gain_curve, safety_meter_floor_dbfs, safety_trim_db, LimiterStats, CEILING_MARGIN_DB};
+use crate::render::limiter::{gain_curve, safety_trim_db, LimiterStats, CEILING_MARGIN_DB};
 use crate::render::saturation::{Quality, SaturationStats};
 use crate::render::stream::{
     render_pre, slices, DbHistogram, EnvelopeQuantile, EnvelopeStage, Planes, PreSink, StreamLimiter, TruePeakMeter,
@@ -133,6 +133,9 @@ pub struct WriteInfo {
     /// The loudest stretch of the master, (first frame, frames), of [`PREVIEW_WINDOW_S`] (or
     /// all of a shorter master), in 100 ms steps: where the before/after previews are cut.
     pub loudest_window: (usize, usize),
+    /// The true-peak ceiling the written samples are held to ([`crate::ceiling`]), dBTP; `None`
+    /// with the limiter off.
+    pub ceiling_dbtp: Option<f64>,
 }
 
 /// Length of the loudest window reported in [`WriteInfo`], s.
@@ -144,6 +147,11 @@ pub trait MasterSink {
     fn begin(&mut self, info: &WriteInfo) -> Result<()>;
     /// A chunk of the master (planar, floating point, before dither) starting at `first_frame`.
     fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> Result<()>;
+    /// Called once after the last chunk: what the ceiling's last guard did to the written
+    /// samples, when the sink writes through one.
+    fn end(&mut self) -> Result<Option<crate::ceiling::NetStats>> {
+        Ok(None)
+    }
 }
 
 /// Collects the master in memory (for [`master`] and tests).
@@ -179,11 +187,18 @@ pub struct WavSink<'a, 'b>(pub &'a mut crate::encode::WavChunks<'b>);
 impl MasterSink for WavSink<'_, '_> {
     fn begin(&mut self, info: &WriteInfo) -> Result<()> {
         self.0.set_dither_seed(info.dither_seed);
+        if let Some(c) = info.ceiling_dbtp {
+            self.0.set_ceiling(c);
+        }
         Ok(())
     }
 
     fn write(&mut self, _first_frame: usize, chunk: &[&[f32]]) -> Result<()> {
         self.0.write(chunk)
+    }
+
+    fn end(&mut self) -> Result<Option<crate::ceiling::NetStats>> {
+        self.0.end()
     }
 }
 
@@ -395,6 +410,7 @@ pub fn master_stream(
         frames,
         dither_seed: settings.dither_seed,
         loudest_window: search.loudest_window,
+        ceiling_dbtp: settings.limiter.enabled.then_some(settings.limiter.ceiling_dbtp),
     };
     sink.begin(&info)?;
     let mut analyzer = Analyzer::new(rate, channels, Some(frames));
@@ -418,9 +434,26 @@ pub fn master_stream(
     })?;
     limiter.finish(&mut out);
     emit(&mut out, &mut analyzer)?;
+    if let Some(net) = sink.end()? {
+        notes.extend(net_note(&net, rate));
+    }
     progress("verifying");
     let profile = analyzer.finish("master", false);
     Ok(Mastered { settings, profile, limiter: stats, saturation: sat_stats, notes })
+}
+
+/// The note that says the ceiling's last guard had to act (`None` when it only measured).
+pub fn net_note(net: &crate::ceiling::NetStats, sample_rate_hz: u32) -> Option<String> {
+    (net.dips > 0).then(|| {
+        format!(
+            "ceiling guard: {} short stretch(es) of the written samples (after dither, or at the file's ends as a resampler extends them) read over the ceiling minus {:.2} dB; lowered by up to {:.2} dB over {:.1} ms in all (written true peak {:.2} dBTP)",
+            net.dips,
+            crate::ceiling::NET_MARGIN_DB,
+            net.max_reduction_db,
+            net.frames_lowered as f64 * 1e3 / f64::from(sample_rate_hz.max(1)),
+            net.written_true_peak_dbtp
+        )
+    })
 }
 
 /// The loudness-war guard: lowers the target to the loudest the mix reaches cleanly - with a PLR
@@ -863,7 +896,7 @@ fn read_limited(
     let (rate, channels) = (prepared.rate, prepared.channels);
     let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
     let mut kmeter = KMeter::new(rate, channels);
-    let mut tp = true_peak.then(|| TruePeakMeter::new(rate, channels, safety_meter_floor_dbfs(limiter.ceiling_dbtp)));
+    let mut tp = true_peak.then(|| TruePeakMeter::new(channels));
     let frames = prepared.frames;
     let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames));
     let mut out: Planes = vec![Vec::new(); channels];

@@ -11,11 +11,11 @@
 use crate::audio::{db_to_lin, AudioBuffer};
 use crate::dsp::fir::StreamConvolver;
 use crate::dsp::oversample::Oversampler;
-use crate::dsp::truepeak::peak_envelope;
+use crate::dsp::truepeak::{peak_envelope, TruePeakDetector};
 use crate::error::Result;
 use crate::render::dynamics::Compressor;
 use crate::render::eq;
-use crate::render::limiter::{safety_meter_floor_dbfs, safety_trim_db, GainComputer, LimiterStats};
+use crate::render::limiter::{safety_trim_db, GainComputer, LimiterStats};
 use crate::render::saturation::{saturate_with, Quality};
 use crate::settings::{LimiterSettings, SaturationSettings, Settings};
 use crate::source::FrameSource;
@@ -352,8 +352,7 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     let mut trim_db = 0.0;
     if settings.limiter.enabled {
         let mut lim = StreamLimiter::new(rate, channels, &settings.limiter, 0.0);
-        let floor = safety_meter_floor_dbfs(settings.limiter.ceiling_dbtp);
-        let mut meter = TruePeakMeter::new(rate, channels, floor);
+        let mut meter = TruePeakMeter::new(channels);
         let mut out: Planes = vec![Vec::new(); channels];
         render_pre(source, settings, Some(Quality::Oversampled), &mut |p, e| {
             lim.process(p, e, &mut out);
@@ -604,36 +603,18 @@ impl EnvelopeQuantile {
     }
 }
 
-/// The true peak of a stream as the safety trim judges it: the BS.1770 meter (the `ebur128`
-/// crate, as independent tools measure) and a closer 8× meter
-/// (flat to 0.46·fs, 60 dB stopband: a 4× meter with a 16-tap interpolator under-reads full-band
-/// content near Nyquist by up to about half a dB) on the stretches where a sample exceeds
-/// `floor_dbfs`, whichever reads higher.
+/// The true peak of a stream as the safety trim judges it: the precise detector
+/// ([`crate::dsp::truepeak::TruePeakDetector`], 4× with a 48-tap interpolator cut at Nyquist
+/// and a parabolic reading between points) on every sample. The one the written output is held
+/// to by [`crate::ceiling`], so a trim it sets leaves that last guard nothing to do.
 pub struct TruePeakMeter {
-    bs1770: Option<ebur128::EbuR128>,
-    channels: usize,
-    os: Oversampler,
-    floor: f32,
-    windowed: Windowed,
-    peak: f32,
-    scratch: Vec<f32>,
+    detector: TruePeakDetector,
 }
 
 impl TruePeakMeter {
-    /// A meter for `channels` at `rate`; the 8× meter looks only where samples exceed
-    /// `floor_dbfs`.
-    pub fn new(rate: u32, channels: usize, floor_dbfs: f64) -> Self {
-        let os = Oversampler::design(0.46, 0.54, 60.0);
-        let halo = os.reach() + 2;
-        Self {
-            bs1770: ebur128::EbuR128::new(channels.max(1) as u32, rate, ebur128::Mode::TRUE_PEAK).ok(),
-            channels,
-            os,
-            floor: db_to_lin(floor_dbfs) as f32,
-            windowed: Windowed::new(channels, halo),
-            peak: 0.0,
-            scratch: Vec::new(),
-        }
+    /// A meter for `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Self { detector: TruePeakDetector::new(channels) }
     }
 
     /// Measures a chunk.
@@ -641,46 +622,12 @@ impl TruePeakMeter {
         if chunk.first().is_none_or(|c| c.is_empty()) {
             return;
         }
-        if let Some(m) = self.bs1770.as_mut() {
-            let _ = m.add_frames_planar_f32(chunk);
-        }
-        let (os, floor, peak, scratch) = (&self.os, self.floor, &mut self.peak, &mut self.scratch);
-        self.windowed.push(chunk, &mut |w, off, len| precise_window(w, off, len, os, floor, peak, scratch));
+        self.detector.push(chunk);
     }
 
     /// The true peak of everything pushed, dBTP.
-    pub fn true_peak_dbtp(mut self) -> f64 {
-        let (os, floor, peak, scratch) = (&self.os, self.floor, &mut self.peak, &mut self.scratch);
-        self.windowed.finish(&mut |w, off, len| precise_window(w, off, len, os, floor, peak, scratch));
-        let mut tp = f64::from(self.peak);
-        if let Some(m) = self.bs1770.as_ref() {
-            for c in 0..self.channels {
-                if let Ok(p) = m.true_peak(c as u32) {
-                    tp = tp.max(p);
-                }
-            }
-        }
-        20.0 * tp.log10()
-    }
-}
-
-fn precise_window(
-    window: &[&[f32]],
-    off: usize,
-    len: usize,
-    os: &Oversampler,
-    floor: f32,
-    peak: &mut f32,
-    scratch: &mut Vec<f32>,
-) {
-    for ch in window {
-        for i in off..off + len {
-            let x = ch[i].abs();
-            *peak = peak.max(x);
-            if i + 1 < ch.len() && (x > floor || ch[i + 1].abs() > floor) {
-                *peak = peak.max(os.between_peak(ch, i, scratch));
-            }
-        }
+    pub fn true_peak_dbtp(self) -> f64 {
+        self.detector.peak_dbtp()
     }
 }
 
