@@ -149,8 +149,9 @@ class Master:
     """A master: its audio, the settings that made it and what was measured.
 
     Attributes:
-        audio: the master, float32 NumPy array, frames x channels (full scale 1.0), exactly the
-            samples the written file was quantised from.
+        audio: the master, float32 NumPy array, frames x channels (full scale 1.0): the
+            samples of the file written (``output``, at its bit depth), or of a 32-bit float
+            render when no file was asked for.
         sample_rate: Hz (the mix's own).
         settings: the settings dict (what ``refmaster --settings`` writes; ``apply`` re-renders
             it bit for bit).
@@ -190,9 +191,14 @@ class Master:
         self.output = output
 
     def write(self, path: PathLike, bits: Union[int, str] = 24) -> None:
-        """Writes the master as a WAV file: ``bits`` 16 or 24 (TPDF dither seeded by the
-        settings, as the command line does, so ``write(p, 24)`` is the command line's 24-bit
-        file) or ``"32f"``. Written atomically: on failure nothing is left at ``path``."""
+        """Writes :attr:`audio` as a WAV file: ``bits`` 16 or 24 (TPDF dither seeded by the
+        settings) or ``"32f"``, through the same writer as the command line's, whose ceiling
+        guard keeps the written samples' true peak under the limiter's ceiling. For the command
+        line's own file, pass ``output=`` (and ``bits=``) to :func:`master`: its audio is
+        quantised once, from the render. Written atomically: on failure nothing is left at
+        ``path``."""
+        limiter = self.settings.get("limiter", {})
+        ceiling = float(limiter["ceiling_dbtp"]) if limiter.get("enabled") else None
         _native.write_audio(
             os.fspath(path),
             np.ascontiguousarray(self.audio, dtype="<f4").tobytes(),
@@ -200,6 +206,7 @@ class Master:
             self.sample_rate,
             _bits_name(bits),
             int(self.settings["dither_seed"]),
+            ceiling,
         )
 
     def __repr__(self) -> str:
@@ -225,8 +232,9 @@ def master(
             array (frames x channels, float32 or float64) with ``sample_rate``.
         reference: a path, an array, a saved profile ``.json``, or a list of them (their
             profiles are averaged). None: a learned target (``target=NAME`` chooses one).
-        output: where to write the master WAV (``bits`` of the options, default 24); None
-            writes nothing (use :meth:`Master.write`).
+        output: where to write the master WAV (``bits`` of the options, default 24), the
+            command line's file bit for bit; None writes nothing (the master is rendered as
+            32-bit float; use :meth:`Master.write`).
         sample_rate: the arrays' sample rate, Hz.
         **options: the command line's long options with ``_`` (``lufs=-14``, ``ceiling=-1``,
             ``platform="spotify"``, ``no_dynamics=True``, ``bits=16``, ...).
@@ -254,7 +262,6 @@ def _master(
     options: Dict[str, Any],
     preview: bool,
 ) -> "tuple[Master, Optional[List[np.ndarray]]]":
-    options_json = json.dumps(options)
     with _Workspace() as ws:
         try:
             mix_path = ws.audio_path(mix, sample_rate, "mix", "mix (array)")
@@ -262,11 +269,16 @@ def _master(
                 ws.audio_path(r, sample_rate, f"reference{i}", f"reference {i + 1} (array)")
                 for i, r in enumerate(refs)
             ]
-            out = os.fspath(output) if output is not None else None
-            if out is not None:
-                _native.check_output(out, [mix_path, *ref_paths])
-            raw = json.loads(_native.master(mix_path, ref_paths, options_json, ws.path("master.wav"), preview))
-            audio, rate = _read(ws.path("master.wav"))
+            bits = _bits_name(options.get("bits", 24))
+            if output is None:
+                # rendered as 32-bit float into the workspace; `bits` stays the default of write()
+                out = ws.path("master.wav")
+                job_options = {**options, "bits": "32f"}
+            else:
+                out = os.fspath(output)
+                job_options = options
+            raw = json.loads(_native.master(mix_path, ref_paths, json.dumps(job_options), out, preview))
+            audio, rate = _read(out)
             previews = [_read(p)[0] for p in raw["previews"]] if raw["previews"] else None
             ws.name_profile(raw["mix_profile"])
         except RefmasterError as e:
@@ -281,11 +293,9 @@ def _master(
         master_profile=raw["master_profile"],
         target_profile=raw["target_profile"],
         report=[line for line in raw["report"] if not line.startswith("wrote ")],
-        bits=raw["bits"],
+        bits=bits,
+        output=None if output is None else out,
     )
-    if out is not None:
-        m.write(out, raw["bits"])
-        m.output = out
     return m, previews
 
 
@@ -312,15 +322,13 @@ def apply(
     with _Workspace() as ws:
         try:
             mix_path = ws.audio_path(mix, sample_rate, "mix", "mix (array)")
-            out = os.fspath(output) if output is not None else None
             depth = _bits_name(bits)
-            if out is not None:
-                _native.check_output(out, [mix_path])
-            raw = json.loads(_native.apply(mix_path, text, ws.path("master.wav")))
-            audio, rate = _read(ws.path("master.wav"))
+            out = ws.path("master.wav") if output is None else os.fspath(output)
+            raw = json.loads(_native.apply(mix_path, text, out, "32f" if output is None else depth))
+            audio, rate = _read(out)
         except RefmasterError as e:
             raise ws.rename_in(e) from None
-    m = Master(
+    return Master(
         audio=audio,
         sample_rate=rate,
         settings=raw["settings"],
@@ -331,11 +339,8 @@ def apply(
         target_profile=None,
         report=[],
         bits=depth,
+        output=None if output is None else out,
     )
-    if out is not None:
-        m.write(out, depth)
-        m.output = out
-    return m
 
 
 def analyze(audio: AudioInput, sample_rate: Optional[int] = None) -> Dict[str, Any]:

@@ -2,7 +2,7 @@
 (refmaster.master, apply, analyze); these are its building blocks."""
 
 from os import PathLike
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 _Path = Union[str, PathLike[str]]
 
@@ -23,8 +23,8 @@ class OptionError(RefmasterError):
 class OutputError(RefmasterError):
     """An output cannot be written (nothing was left behind)."""
 
-def master(mix: _Path, references: Sequence[_Path], options_json: str, master_path: _Path, preview: bool = False) -> str: ...
-def apply(mix: _Path, settings_json: str, master_path: _Path) -> str: ...
+def master(mix: _Path, references: Sequence[_Path], options_json: str, output: _Path, preview: bool = False) -> str: ...
+def apply(mix: _Path, settings_json: str, master_path: _Path, bits: str) -> str: ...
 def analyze(path: _Path) -> str: ...
 def read_audio(path: _Path) -> Tuple[bytes, int, int]: ...
 def write_audio(
@@ -34,6 +34,7 @@ def write_audio(
     sample_rate: int,
     bits: str,
     dither_seed: int,
+    ceiling_dbtp: Optional[float] = ...,
     inputs: Sequence[_Path] = ...,
 ) -> None: ...
 def check_output(path: _Path, inputs: Sequence[_Path] = ...) -> None: ...

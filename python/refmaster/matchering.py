@@ -168,12 +168,13 @@ def process(
                 _say("info", f"wrote {r.file}")
         if previews is not None:
             seed = int(m.settings["dither_seed"])
+            ceiling = float(m.settings["limiter"]["ceiling_dbtp"])
             for res, audio in ((preview_target, previews[0]), (preview_result, previews[1])):
                 if res is not None:
-                    _write(res.file, audio, m.sample_rate, _SUBTYPES[res.subtype], seed)
+                    _write(res.file, audio, m.sample_rate, _SUBTYPES[res.subtype], seed, ceiling)
                     _say("info", f"wrote {res.file}")
 
 
-def _write(path: str, audio: np.ndarray, sample_rate: int, bits: str, seed: int) -> None:
+def _write(path: str, audio: np.ndarray, sample_rate: int, bits: str, seed: int, ceiling: Optional[float]) -> None:
     data = np.ascontiguousarray(audio, dtype="<f4")
-    _native.write_audio(path, data.tobytes(), data.shape[1], sample_rate, _bits_name(bits), seed)
+    _native.write_audio(path, data.tobytes(), data.shape[1], sample_rate, _bits_name(bits), seed, ceiling)

@@ -17,11 +17,11 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use refmaster::encode::{write_wav, write_wav_stream, BitDepth};
+use refmaster::encode::{write_wav_stream, BitDepth};
 use refmaster::job::{check_outputs, JobFiles, JobOptions, OutputKind};
 use refmaster::settings::Settings;
 use refmaster::source::{open_mix, FrameSource};
-use refmaster::{AudioBuffer, Error};
+use refmaster::Error;
 
 create_exception!(
     refmaster,
@@ -86,40 +86,28 @@ fn parse_bits(bits: &str) -> refmaster::Result<BitDepth> {
     bits.parse().map_err(|e: <BitDepth as std::str::FromStr>::Err| Error::option("bits", e.to_string()))
 }
 
-fn bits_name(bits: BitDepth) -> &'static str {
-    match bits {
-        BitDepth::Int16 => "16",
-        BitDepth::Int24 => "24",
-        BitDepth::Float32 => "32f",
-    }
-}
-
 /// Masters `mix` toward `references` (or a learned target with none) with `options_json` (the
-/// command line's long options as a JSON object). The master is rendered as 32-bit float WAV to
-/// `master_path` (a private temporary file the caller owns); with `preview`, the loudness-matched
+/// command line's long options as a JSON object, `bits` included) into the WAV file `output`,
+/// exactly as `refmaster MIX --ref REF -o OUTPUT` does (the Python side passes a private
+/// temporary file when the caller asked for no file). With `preview`, the loudness-matched
 /// excerpts are written beside it. Returns a JSON object: `settings`, `mix_profile`,
-/// `master_profile`, `target_profile` (JSON values), `notes`, `warnings`, `report` (lines),
-/// `bits` (the output depth the options asked for), `dither_seed`, `sample_rate`, `channels`,
-/// `previews` ([mix, master] paths or null).
+/// `master_profile`, `target_profile` (JSON values), `target_note`, `notes`, `warnings`,
+/// `report` (lines), `previews` ([mix, master] paths or null).
 #[pyfunction]
-#[pyo3(signature = (mix, references, options_json, master_path, preview=false))]
+#[pyo3(signature = (mix, references, options_json, output, preview=false))]
 fn master(
     py: Python<'_>,
     mix: PathBuf,
     references: Vec<PathBuf>,
     options_json: &str,
-    master_path: PathBuf,
+    output: PathBuf,
     preview: bool,
 ) -> PyResult<String> {
     run_detached(py, move || {
         let value: serde_json::Value = serde_json::from_str(options_json)
             .map_err(|e| Error::settings("options", "", format!("not a JSON object: {e}")))?;
-        let mut opts = JobOptions::from_json_value(value, "options")?;
-        let bits = opts.bits;
-        // The job renders 32-bit float; the caller's file is quantised from exactly those
-        // samples with the settings' dither seed, as the command line's writer does.
-        opts.bits = BitDepth::Float32;
-        let files = JobFiles { mix, references, output: Some(master_path), preview, ..JobFiles::default() };
+        let opts = JobOptions::from_json_value(value, "options")?;
+        let files = JobFiles { mix, references, output: Some(output), preview, ..JobFiles::default() };
         let result = refmaster::job::run(&files, &opts, &|_| {})?;
         let previews = result
             .written
@@ -138,8 +126,6 @@ fn master(
             "notes": result.mastered.notes,
             "warnings": result.warnings(),
             "report": result.report_lines(),
-            "bits": bits_name(bits),
-            "dither_seed": result.mastered.settings.dither_seed,
             "previews": if previews.is_empty() { serde_json::Value::Null } else { serde_json::json!(previews) },
         });
         Ok(json.to_string())
@@ -147,12 +133,15 @@ fn master(
 }
 
 /// Renders `mix` with saved settings (`settings_json`, the JSON `refmaster --settings` writes)
-/// as 32-bit float WAV to `master_path`, as `refmaster apply` does. Returns a JSON object:
-/// `settings`, `master_profile`, `dither_seed`.
+/// into the WAV file `master_path` at `bits`, as `refmaster apply` does (the settings' dither
+/// seed, the writer's ceiling guard at the limiter's ceiling). Returns a JSON object:
+/// `settings`, `master_profile`.
 #[pyfunction]
-#[pyo3(signature = (mix, settings_json, master_path))]
-fn apply(py: Python<'_>, mix: PathBuf, settings_json: &str, master_path: PathBuf) -> PyResult<String> {
+#[pyo3(signature = (mix, settings_json, master_path, bits))]
+fn apply(py: Python<'_>, mix: PathBuf, settings_json: &str, master_path: PathBuf, bits: &str) -> PyResult<String> {
+    let bits = bits.to_string();
     run_detached(py, move || {
+        let depth = parse_bits(&bits)?;
         let settings = Settings::from_json(settings_json, "settings")?;
         check_outputs(&[(OutputKind::Master, master_path.clone())], &[&mix])?;
         let budget = JobOptions::default().memory_budget_bytes();
@@ -161,8 +150,11 @@ fn apply(py: Python<'_>, mix: PathBuf, settings_json: &str, master_path: PathBuf
             Error::Unsupported(reason) => Error::input(&mix, reason),
             other => other,
         })?;
-        write_wav_stream(&master_path, source.sample_rate_hz(), source.channel_count(), BitDepth::Float32, |w| {
+        write_wav_stream(&master_path, source.sample_rate_hz(), source.channel_count(), depth, |w| {
             w.set_dither_seed(settings.dither_seed);
+            if settings.limiter.enabled {
+                w.set_ceiling(settings.limiter.ceiling_dbtp);
+            }
             refmaster::render::stream::render_stream(&source, &settings, &mut |_, chunk| w.write(chunk)).map(|_| ())
         })?;
         let profile = refmaster::source::profile_file(&master_path)?;
@@ -171,7 +163,6 @@ fn apply(py: Python<'_>, mix: PathBuf, settings_json: &str, master_path: PathBuf
         Ok(serde_json::json!({
             "settings": settings_value,
             "master_profile": profile,
-            "dither_seed": settings.dither_seed,
         })
         .to_string())
     })
@@ -206,9 +197,11 @@ fn read_audio(py: Python<'_>, path: PathBuf) -> PyResult<(Py<PyBytes>, u32, usiz
 }
 
 /// Writes interleaved little-endian f32 frames as a WAV file (bits "16", "24" with TPDF dither
-/// from `dither_seed`, or "32f"), atomically, refusing to overwrite any of `inputs`.
+/// from `dither_seed`, or "32f"), atomically, refusing to overwrite any of `inputs`. With
+/// `ceiling_dbtp`, the writer's ceiling guard holds the written samples' true peak under it, as
+/// it does for a master the command line writes.
 #[pyfunction]
-#[pyo3(signature = (path, data, channels, sample_rate, bits, dither_seed, inputs=Vec::new()))]
+#[pyo3(signature = (path, data, channels, sample_rate, bits, dither_seed, ceiling_dbtp=None, inputs=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn write_audio(
     py: Python<'_>,
@@ -218,6 +211,7 @@ fn write_audio(
     sample_rate: u32,
     bits: &str,
     dither_seed: u64,
+    ceiling_dbtp: Option<f64>,
     inputs: Vec<PathBuf>,
 ) -> PyResult<()> {
     let data = data.to_vec();
@@ -237,8 +231,14 @@ fn write_audio(
         for (i, s) in data.chunks_exact(4).enumerate() {
             planes[i % channels].push(f32::from_le_bytes([s[0], s[1], s[2], s[3]]));
         }
-        let audio = AudioBuffer { sample_rate_hz: sample_rate, channels: planes };
-        write_wav(&path, &audio, depth, dither_seed)
+        write_wav_stream(&path, sample_rate, channels, depth, |w| {
+            w.set_dither_seed(dither_seed);
+            if let Some(c) = ceiling_dbtp {
+                w.set_ceiling(c);
+            }
+            let chunk: Vec<&[f32]> = planes.iter().map(Vec::as_slice).collect();
+            w.write(&chunk)
+        })
     })
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import refmaster
-from conftest import DEMO_MIX, DEMO_REF, cli, wav_format
+from conftest import DEMO_MIX, DEMO_REF, cli, ffmpeg_true_peak_dbtp, wav_format
 
 
 def test_the_package_imports_and_says_its_version() -> None:
@@ -37,10 +37,15 @@ def test_master_of_paths_is_bit_identical_to_the_command_lines(tmp_path: Path, o
     assert m.output == str(ours)
 
 
-def test_master_write_quantises_the_audio_as_the_command_line_does(tmp_path: Path) -> None:
-    m = refmaster.master(DEMO_MIX, DEMO_REF, tmp_path / "direct.wav", bits=24)
-    m.write(tmp_path / "again.wav", bits=24)
-    assert (tmp_path / "direct.wav").read_bytes() == (tmp_path / "again.wav").read_bytes()
+def test_master_write_keeps_the_ceiling_at_every_depth(tmp_path: Path) -> None:
+    m = refmaster.master(DEMO_MIX, DEMO_REF)
+    assert m.output is None and m.bits == "24"
+    for bits in (16, 24, "32f"):
+        path = tmp_path / f"m{bits}.wav"
+        m.write(path, bits=bits)
+        assert wav_format(path)[2] == {16: 16, 24: 24, "32f": 32}[bits]
+        # ffmpeg prints one decimal: -1.0 means at most -0.95 dBTP
+        assert ffmpeg_true_peak_dbtp(path) <= -1.0, path
 
 
 def test_array_form_gives_the_same_samples_as_the_path_form(signals: dict) -> None:
@@ -97,9 +102,18 @@ def test_apply_renders_saved_settings_to_the_same_master(signals: dict, tmp_path
     again = refmaster.apply(mix, m.settings, tmp_path / "a.wav", sample_rate=48000)
     assert np.array_equal(m.audio, again.audio)
     assert (tmp_path / "m.wav").read_bytes() == (tmp_path / "a.wav").read_bytes()
+    settings16 = tmp_path / "s16.json"
+    settings16.write_text(json.dumps(m.settings))
+    refmaster.apply(mix_path, m.settings, tmp_path / "p16.wav", bits=16)
+    subprocess.run(
+        [str(cli()), "apply", str(mix_path), "--settings", str(settings16), "-o", str(tmp_path / "c16.wav"), "--bits", "16", "--quiet"],
+        check=True,
+    )
+    assert (tmp_path / "p16.wav").read_bytes() == (tmp_path / "c16.wav").read_bytes()
     settings_file = tmp_path / "s.json"
     settings_file.write_text(json.dumps(m.settings))
-    assert np.array_equal(refmaster.apply(mix_path, settings_file).audio, m.audio)
+    rendered = refmaster.master(mix_path, ref_path)  # no file: 32-bit float, as apply without one
+    assert np.array_equal(refmaster.apply(mix_path, settings_file).audio, rendered.audio)
 
 
 def test_a_garbage_file_raises_refmaster_error_naming_the_file(tmp_path: Path) -> None:
