@@ -50,6 +50,7 @@ async function masterOnce(page) {
   await page.click("#go");
   await until(page, () => !document.getElementById("result").hidden && !!window.refmasterPlayer().job, null, 600000);
   await until(page, () => document.querySelectorAll("#downloads a").length > 3, null, 60000);
+  await until(page, () => window.refmasterPlayer().ready, null, 120000);
   return errors;
 }
 
@@ -90,6 +91,7 @@ try {
   await until(page, (j) => window.refmasterPlayer().job !== j && /mastered in/.test(document.getElementById("timing").textContent),
     firstJob, 600000);
   const timing = await page.$eval("#timing", (e) => e.textContent);
+  await until(page, () => window.refmasterPlayer().ready, null, 120000);
   const d = await page.evaluate(() => window.refmasterPlayer());
   check(d.job !== firstJob, `re-mastered at amount 50: "${timing}"`);
   const opts = await page.evaluate(async (j) => (await (await fetch(`/api/jobs/${j}`)).json()).result.options, d.job);

@@ -136,6 +136,7 @@ const fmt = (x, unit) => (x == null ? "n/a" : `${x.toFixed(1)} ${unit}`);
 
 async function showResult(r) {
   $("result").hidden = false;
+  $("play").disabled = true;
   const cells = [
     ["Master loudness", fmt(r.integrated_lufs, "LUFS")],
     ["Master true peak", fmt(r.true_peak_dbtp, "dBTP")],
@@ -189,6 +190,7 @@ const player = {
   playing: false, offset: 0, startedAt: 0, duration: 0, peaks: null, mixKey: null, refKey: null,
 
   async load(r) {
+    this.ready = false;
     this.ctx = this.ctx || new AudioContext();
     const ctx = this.ctx;
     const decode = async (buf) => ctx.decodeAudioData(buf);
@@ -220,6 +222,8 @@ const player = {
     this.peaks = null;
     if (this.playing) this.start(this.position());
     this.draw();
+    $("play").disabled = false;
+    this.ready = true;
   },
 
   position() {
@@ -340,7 +344,7 @@ document.addEventListener("keydown", (e) => {
 
 // For scripts and the browser test: what the player is doing.
 window.refmasterPlayer = () => ({
-  playing: player.playing, position: player.position(), active: player.active, matchDb: { ...player.matchDb },
+  ready: !!player.ready, playing: player.playing, position: player.position(), active: player.active, matchDb: { ...player.matchDb },
   gains: Object.fromEntries(Object.entries(player.gains).map(([k, g]) => [k, g.gain.value])),
   job: state.job,
 });
