@@ -233,7 +233,13 @@ pub fn start(state: &Arc<AppState>, id: JobId, dir: PathBuf, inputs: Inputs, opt
                     s.progress = fraction;
                 });
             };
-            crate::job::run(&files, &job.options, &progress)
+            let result = crate::job::run(&files, &job.options, &progress)?;
+            for (kind, path) in &result.written {
+                if *kind == OutputKind::Report {
+                    show_names_in_report(path, &job.inputs)?;
+                }
+            }
+            Ok::<_, crate::Error>(result)
         })
         .await;
         let seconds = started.elapsed().as_secs_f64();
@@ -265,6 +271,17 @@ pub fn start(state: &Arc<AppState>, id: JobId, dir: PathBuf, inputs: Inputs, opt
         }
     });
     job
+}
+
+/// The report names the inputs by path; the user knows them by the names they uploaded.
+fn show_names_in_report(path: &Path, inputs: &Inputs) -> crate::Result<()> {
+    let html = std::fs::read_to_string(path).map_err(|e| crate::Error::output(path, e.to_string()))?;
+    let mut shown = html;
+    for u in std::iter::once(&inputs.mix).chain(&inputs.references) {
+        let server_path = crate::report_html::escape(&u.path.display().to_string());
+        shown = shown.replace(&server_path, &crate::report_html::escape(&u.original_name));
+    }
+    crate::encode::write_text_atomically(path, &shown)
 }
 
 fn fail(job: &Job, error: String, seconds: f64) {

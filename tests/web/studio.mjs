@@ -129,6 +129,9 @@ try {
   const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 0, `nothing wider than the phone's screen (overflow ${overflow} px)`);
   await phone.screenshot({ path: path.join(outDir, "phone.png"), fullPage: true });
+  await phone.screenshot({ path: path.join(outDir, "phone-first-screen.png") });
+  await phone.$eval("#result", (e) => e.scrollIntoView());
+  await phone.screenshot({ path: path.join(outDir, "phone-player.png") });
   check(true, `screenshot ${path.join(outDir, "phone.png")}`);
   console.log("PASS");
 } finally {
