@@ -21,6 +21,7 @@ pub mod preview;
 pub mod render;
 pub mod report;
 pub mod report_html;
+pub mod serve;
 pub mod settings;
 pub mod solve;
 pub mod source;

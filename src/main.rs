@@ -42,6 +42,33 @@ enum Command {
     Learn(LearnArgs),
     /// List a model's targets with their character in numbers (default: the built-in model).
     Targets(TargetsArgs),
+    /// The mastering studio in a browser tab: a web server on this machine (127.0.0.1 by default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8440)]
+    port: u16,
+    /// Address to listen on; anything but a loopback address lets other machines in.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Open the page in the default browser.
+    #[arg(long)]
+    open: bool,
+    /// Largest upload (a job's files together), MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    max_upload_mb: u64,
+    /// Jobs mastered at once (each within --memory-budget); more wait in a queue.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Memory budget of each job, MiB (see the mastering command's --memory-budget).
+    #[arg(long = "memory-budget", default_value_t = refmaster::job::DEFAULT_MEMORY_BUDGET_MIB, value_name = "MIB")]
+    memory_budget_mb: u64,
+    /// Minutes a finished job's files are kept.
+    #[arg(long, default_value_t = 120)]
+    keep_minutes: u64,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +247,7 @@ fn main() -> ExitCode {
         Some(Command::Batch(a)) => run_album(&a, true),
         Some(Command::Learn(a)) => run_learn(&a),
         Some(Command::Targets(a)) => run_targets(&a),
+        Some(Command::Serve(a)) => run_serve(&a),
         None => run_master(&cli.master),
     };
     match result {
@@ -446,6 +474,45 @@ fn run_learn(a: &LearnArgs) -> Result<()> {
         print!("{}", learn_summary_text(&model, &a.output));
         println!("wrote {}", a.output.display());
     }
+    Ok(())
+}
+
+fn run_serve(a: &ServeArgs) -> Result<()> {
+    if a.jobs == 0 {
+        bail!("--jobs: must be at least 1");
+    }
+    if a.max_upload_mb == 0 {
+        bail!("--max-upload-mb: must be at least 1");
+    }
+    refmaster::job::JobOptions { memory_budget: a.memory_budget_mb, ..Default::default() }.validate()?;
+    if !a.host.is_loopback() {
+        eprintln!(
+            "warning: --host {} lets other machines reach this server: anyone who can connect can upload and master audio",
+            a.host
+        );
+    }
+    let config = refmaster::serve::ServeConfig {
+        host: a.host,
+        port: a.port,
+        max_upload_bytes: a.max_upload_mb.saturating_mul(1 << 20),
+        jobs: a.jobs,
+        job_memory_mib: a.memory_budget_mb,
+        retention: std::time::Duration::from_secs(a.keep_minutes.saturating_mul(60)),
+    };
+    let open = a.open;
+    refmaster::serve::serve(config, |url| {
+        println!("refmaster serve: open {url} in your browser (Ctrl-C stops it)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if open {
+            let _ = std::process::Command::new("xdg-open")
+                .arg(url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+        }
+    })
+    .context("refmaster serve")?;
     Ok(())
 }
 
