@@ -132,23 +132,12 @@ pub fn comparison_text(mix: &Profile, reference: &Profile, master: &Profile) -> 
 pub fn settings_text(st: &Settings) -> String {
     let mut s = String::new();
     if st.eq.enabled {
-        let describe = |p: &crate::solve::parametric::ParametricEq| {
-            let bands: Vec<String> = p
-                .bands
-                .iter()
-                .map(|b| {
-                    let kind = match b.kind {
-                        crate::dsp::biquad::FilterKind::LowShelf => "low shelf",
-                        crate::dsp::biquad::FilterKind::HighShelf => "high shelf",
-                        crate::dsp::biquad::FilterKind::Peaking => "peak",
-                    };
-                    format!("{kind} {} {:+.1} dB Q {:.2}", fmt_hz(b.freq_hz), b.gain_db, b.q)
-                })
-                .collect();
-            if bands.is_empty() {
-                "flat".to_string()
+        // The fine curve's parametric fit only approximates what renders: say by how much.
+        let describe_fit = |p: &crate::solve::parametric::ParametricEq| {
+            if p.bands.is_empty() {
+                describe_filters(p)
             } else {
-                format!("{} (parametric fit error {:.2} dB rms)", bands.join(", "), p.fit_rms_error_db)
+                format!("{} (parametric fit error {:.2} dB rms)", describe_filters(p), p.fit_rms_error_db)
             }
         };
         match st.eq.render {
@@ -162,8 +151,8 @@ pub fn settings_text(st: &Settings) -> String {
             }
             crate::settings::EqRender::Curve => {
                 let _ = writeln!(s, "EQ: fine match of the same music (the matched curve renders; exports fit it)");
-                let _ = writeln!(s, "EQ mid:  {}", describe(&st.eq.parametric_mid));
-                let _ = writeln!(s, "EQ side: {}", describe(&st.eq.parametric_side));
+                let _ = writeln!(s, "EQ mid:  {}", describe_fit(&st.eq.parametric_mid));
+                let _ = writeln!(s, "EQ side: {}", describe_fit(&st.eq.parametric_side));
             }
         }
     } else {
