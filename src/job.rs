@@ -547,6 +547,34 @@ pub fn load_reference(path: &Path) -> Result<Profile> {
     profile_file(path)
 }
 
+/// Renders saved `settings` onto the mix at `mix` into the WAV file `output` (what `refmaster
+/// apply` does, for every host): the settings' dither seed, and the ceiling guard when the
+/// limiter is on, so the file is the one the run that wrote the settings produced. `progress` is
+/// told when decoding and rendering start.
+pub fn apply(
+    mix: &Path,
+    settings: &crate::settings::Settings,
+    output: &Path,
+    bits: BitDepth,
+    memory_budget_bytes: usize,
+    progress: &dyn Fn(&str),
+) -> Result<()> {
+    progress("decoding");
+    let (source, _, _) = open_mix(mix, memory_budget_bytes / 2)?;
+    crate::render::check_channel_count(source.channel_count()).map_err(|e| match e {
+        Error::Unsupported(reason) => Error::input(mix, reason),
+        other => other,
+    })?;
+    progress("rendering");
+    crate::encode::write_wav_stream(output, source.sample_rate_hz(), source.channel_count(), bits, |w| {
+        w.set_dither_seed(settings.dither_seed);
+        if settings.limiter.enabled {
+            w.set_ceiling(settings.limiter.ceiling_dbtp);
+        }
+        crate::render::stream::render_stream(&source, settings, &mut |_, chunk| w.write(chunk)).map(|_| ())
+    })
+}
+
 /// Runs one mastering job (see the module doc). `progress` is called as each stage starts.
 pub fn run(files: &JobFiles, opts: &JobOptions, progress: &(dyn Fn(Progress<'_>) + Sync)) -> Result<JobResult> {
     opts.validate()?;

@@ -9,14 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use refmaster::analysis::Profile;
-use refmaster::encode::{
-    check_output_path, refuse_overwriting_inputs, write_text_atomically, write_wav_stream, BitDepth,
-};
+use refmaster::encode::{check_output_path, refuse_overwriting_inputs, write_text_atomically, BitDepth};
 use refmaster::job::{JobFiles, JobOptions, OutputKind, Progress};
+use refmaster::report;
 use refmaster::settings::Settings;
 use refmaster::solve::average_profiles;
-use refmaster::source::{open_mix, profile_file, FrameSource};
-use refmaster::{render, report};
+use refmaster::source::profile_file;
 
 /// Automatic reference-matching mastering: `refmaster mix.wav --ref favourite.flac`.
 #[derive(Parser, Debug)]
@@ -343,18 +341,8 @@ fn run_apply(a: &ApplyArgs) -> Result<()> {
     refmaster::job::check_outputs(&[(OutputKind::Master, a.output.clone())], &[&a.mix, &a.settings])?;
     let pb = spinner(a.quiet);
     stages(&pb, 2);
-    say(&pb, "decoding");
     let budget = usize::try_from(a.memory_budget_mb << 20).unwrap_or(usize::MAX);
-    let (mix, _, _) = open_mix(&a.mix, budget / 2)?;
-    render::check_channel_count(mix.channel_count()).with_context(|| a.mix.display().to_string())?;
-    say(&pb, "rendering");
-    write_wav_stream(&a.output, mix.sample_rate_hz(), mix.channel_count(), a.bits, |w| {
-        w.set_dither_seed(settings.dither_seed);
-        if settings.limiter.enabled {
-            w.set_ceiling(settings.limiter.ceiling_dbtp);
-        }
-        render::stream::render_stream(&mix, &settings, &mut |_, chunk| w.write(chunk)).map(|_| ())
-    })?;
+    refmaster::job::apply(&a.mix, &settings, &a.output, a.bits, budget, &|stage| say(&pb, stage))?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -20,7 +20,6 @@ use pyo3::types::PyBytes;
 use refmaster::encode::{write_wav_stream, BitDepth};
 use refmaster::job::{check_outputs, JobFiles, JobOptions, OutputKind};
 use refmaster::settings::Settings;
-use refmaster::source::{open_mix, FrameSource};
 use refmaster::Error;
 
 create_exception!(
@@ -145,18 +144,7 @@ fn apply(py: Python<'_>, mix: PathBuf, settings_json: &str, master_path: PathBuf
         let settings = Settings::from_json(settings_json, "settings")?;
         check_outputs(&[(OutputKind::Master, master_path.clone())], &[&mix])?;
         let budget = JobOptions::default().memory_budget_bytes();
-        let (source, _, _) = open_mix(&mix, budget / 2)?;
-        refmaster::render::check_channel_count(source.channel_count()).map_err(|e| match e {
-            Error::Unsupported(reason) => Error::input(&mix, reason),
-            other => other,
-        })?;
-        write_wav_stream(&master_path, source.sample_rate_hz(), source.channel_count(), depth, |w| {
-            w.set_dither_seed(settings.dither_seed);
-            if settings.limiter.enabled {
-                w.set_ceiling(settings.limiter.ceiling_dbtp);
-            }
-            refmaster::render::stream::render_stream(&source, &settings, &mut |_, chunk| w.write(chunk)).map(|_| ())
-        })?;
+        refmaster::job::apply(&mix, &settings, &master_path, depth, budget, &|_| {})?;
         let profile = refmaster::source::profile_file(&master_path)?;
         let settings_value: serde_json::Value = serde_json::from_str(&settings.to_json())
             .map_err(|e| Error::Unsupported(format!("internal: settings JSON: {e}")))?;
