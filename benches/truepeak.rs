@@ -1,7 +1,8 @@
 //! Criterion benchmark of true-peak measurement on 60 s of stereo 44.1 kHz: refmaster's precise
 //! detector (`dsp::truepeak::TruePeakDetector`, 4x, 48 taps per branch cut at Nyquist, with a
-//! parabolic reading) against the `ebur128` crate's true-peak mode (4x, 12 taps per branch),
-//! which the analysis asks for the profile's true peak. Run: `cargo bench --bench truepeak`.
+//! parabolic reading, screened) against the `ebur128` crate's true-peak mode (4x, 12 taps per
+//! branch), and the limiter's 4x 16-tap true-peak envelope (`peak_envelope`, every sample).
+//! Run: `cargo bench --bench truepeak`.
 
 use std::time::Duration;
 
@@ -34,6 +35,15 @@ fn truepeak(c: &mut Criterion) {
                 d.push(&[a, b]);
             }
             d.peak_dbtp()
+        })
+    });
+    g.bench_function("refmaster_limiter_envelope_4x16", |b| {
+        b.iter(|| {
+            let mut peak = 0f32;
+            for (a, b) in l.chunks(32_768).zip(r.chunks(32_768)) {
+                peak = refmaster::dsp::truepeak::peak_envelope(&[a, b]).iter().fold(peak, |m, &v| m.max(v));
+            }
+            peak
         })
     });
     g.bench_function("ebur128_crate_true_peak", |b| {

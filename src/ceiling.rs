@@ -195,8 +195,11 @@ impl CeilingNet {
             peaks.clear();
             peaks.resize(n, 0.0);
             one.resize(n, 0.0);
+            // Frames that can pass neither the limit nor the largest peak so far change
+            // nothing here, so the interpolator may skip them (its screen is exact).
+            let floor = self.limit.min(self.peak);
             for ch in &self.q {
-                self.interp.frame_peaks(ch, first, &mut one);
+                self.interp.frame_peaks_over(ch, first, &mut one, floor);
                 for (p, o) in peaks.iter_mut().zip(&one) {
                     *p = p.max(*o);
                 }

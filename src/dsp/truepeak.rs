@@ -53,6 +53,37 @@ pub(crate) fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
+/// Frames per block of the interpolators' kernels: each block's points are computed tap by tap
+/// into `BLOCK`-wide lanes ([`branch_block`]), so the inner loop is a plain multiply-add over
+/// contiguous samples that LLVM vectorises, with no horizontal sum per point.
+const BLOCK: usize = 16;
+
+/// The three branches' points for `BLOCK` consecutive frames: `out[b][l] = Σ_k br[b][k] ·
+/// w[l + k]`, summed in tap order from zero (so a lane's value does not depend on where its
+/// block starts: [`branch_point`] gives the same bits for one frame). `w` holds at least
+/// `T + BLOCK − 1` samples.
+#[inline(always)]
+fn branch_block<const T: usize>(w: &[f32], br: &[[f32; T]; OVERSAMPLING - 1]) -> [[f32; BLOCK]; OVERSAMPLING - 1] {
+    let w = &w[..T + BLOCK - 1];
+    let mut acc = [[0f32; BLOCK]; OVERSAMPLING - 1];
+    for k in 0..T {
+        let x = &w[k..k + BLOCK];
+        for (a, b) in acc.iter_mut().zip(br) {
+            let c = b[k];
+            for (a, &x) in a.iter_mut().zip(x) {
+                *a += c * x;
+            }
+        }
+    }
+    acc
+}
+
+/// One lane of [`branch_block`]: branch `b`'s point from the `T` samples of `w`, bit for bit.
+#[inline]
+fn branch_point<const T: usize>(w: &[f32], b: &[f32; T]) -> f32 {
+    w[..T].iter().zip(b).fold(0f32, |a, (x, c)| a + c * x)
+}
+
 /// For each frame, the largest |value| over all channels of the sample and of the three
 /// interpolated points after it: the true-peak envelope, linear.
 pub fn peak_envelope(channels: &[&[f32]]) -> Vec<f32> {
@@ -60,20 +91,44 @@ pub fn peak_envelope(channels: &[&[f32]]) -> Vec<f32> {
     let mut env = vec![0f32; n];
     let br = branches();
     let before = TAPS_PER_PHASE / 2 - 1;
-    let mut padded = vec![0f32; n + TAPS_PER_PHASE];
+    // Zeros before and after, and room for the last block's unused lanes.
+    let mut padded = vec![0f32; n.div_ceil(BLOCK) * BLOCK + TAPS_PER_PHASE];
     for ch in channels {
         padded[before..before + n].copy_from_slice(ch);
-        for i in 0..n {
-            let window = &padded[i..i + TAPS_PER_PHASE];
-            let mut m = ch[i].abs();
-            for b in &br {
-                let v: f32 = window.iter().zip(b).map(|(x, c)| x * c).sum();
-                m = m.max(v.abs());
-            }
-            env[i] = env[i].max(m);
-        }
+        envelope_channel(&padded, ch, &br, &mut env);
     }
     env
+}
+
+/// Raises `env` to the envelope of one channel (`padded`: the channel with `TAPS_PER_PHASE / 2 −
+/// 1` zeros before it and zeros after, to a whole number of blocks).
+fn envelope_channel(padded: &[f32], ch: &[f32], br: &[[f32; TAPS_PER_PHASE]; OVERSAMPLING - 1], env: &mut [f32]) {
+    #[inline(always)]
+    fn run(padded: &[f32], ch: &[f32], br: &[[f32; TAPS_PER_PHASE]; OVERSAMPLING - 1], env: &mut [f32]) {
+        for ((e, x), s) in env.chunks_mut(BLOCK).zip(ch.chunks(BLOCK)).zip((0..).step_by(BLOCK)) {
+            let [p1, p2, p3] = branch_block(&padded[s..], br);
+            for (l, (e, x)) in e.iter_mut().zip(x).enumerate() {
+                *e = e.max(x.abs().max(p1[l].abs()).max(p2[l].abs()).max(p3[l].abs()));
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        #[target_feature(enable = "avx2")]
+        fn avx2(padded: &[f32], ch: &[f32], br: &[[f32; TAPS_PER_PHASE]; OVERSAMPLING - 1], env: &mut [f32]) {
+            run(padded, ch, br, env)
+        }
+        // SAFETY: the CPU supports AVX2 (checked at run time just above).
+        return unsafe { avx2(padded, ch, br, env) };
+    }
+    run(padded, ch, br, env)
+}
+
+/// Whether the CPU has AVX2: the kernels then run on 8-lane registers. Multiplies and adds
+/// stay separate (no FMA), in the same order, so both builds give the same bits.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
 }
 
 /// Largest true peak of `channels` in dBTP (by this module's 4× interpolator).
@@ -129,35 +184,25 @@ fn precise_branches() -> [[f32; PRECISE_TAPS]; OVERSAMPLING - 1] {
     out
 }
 
-/// Dot product of two `PRECISE_TAPS`-long arrays in eight independent lanes (vectorises; fixed
-/// summation order, so deterministic).
-#[inline]
-fn dot_taps(a: &[f32], b: &[f32; PRECISE_TAPS]) -> f32 {
-    let a = &a[..PRECISE_TAPS];
-    let mut acc = [0f32; 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += ca[l] * cb[l];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
 /// The peak of the parabola through three equally spaced values whose middle one is the largest
 /// in magnitude (a closer reading of a maximum that falls between oversampled points: a 4×
 /// grid alone under-reads a tone near Nyquist by up to 0.7 dB).
-#[inline]
+///
+/// Never more than 1.125 times the middle value's magnitude: with `|y0|, |y2| ≤ |y1|` and one
+/// sign, the vertex rises at most `|y1| / 8` over it ([`PeakInterpolator`]'s screen relies on
+/// that). Written without early returns so a block of frames vectorises.
+#[inline(always)]
 fn parabola_peak(y0: f32, y1: f32, y2: f32) -> f32 {
     let (a0, a1, a2) = (y0.abs(), y1.abs(), y2.abs());
-    if a1 < a0 || a1 < a2 {
-        return a1;
-    }
     let curvature = y0 - 2.0 * y1 + y2;
-    if curvature == 0.0 || (y0 * y1 < 0.0) || (y1 * y2 < 0.0) {
-        return a1;
-    }
     let p = y1 - (y0 - y2) * (y0 - y2) / (8.0 * curvature);
-    p.abs().max(a1).min(a1 * 1.5)
+    let refined = p.abs().max(a1).min(a1 * 1.5);
+    let is_max = (a1 >= a0) & (a1 >= a2) & (curvature != 0.0) & (y0 * y1 >= 0.0) & (y1 * y2 >= 0.0);
+    if is_max {
+        refined
+    } else {
+        a1
+    }
 }
 
 /// A true-peak detector written for refmaster's ceiling: 4× polyphase oversampling with a
@@ -173,6 +218,9 @@ fn parabola_peak(y0: f32, y1: f32, y2: f32) -> f32 {
 #[derive(Debug, Clone)]
 pub struct PeakInterpolator {
     branches: [[f32; PRECISE_TAPS]; OVERSAMPLING - 1],
+    /// The most a frame's true peak can exceed the largest |sample| its interpolation weighs,
+    /// linear (the screen of [`Self::frame_peaks_over`]).
+    gain_bound: f32,
 }
 
 impl Default for PeakInterpolator {
@@ -184,39 +232,118 @@ impl Default for PeakInterpolator {
 impl PeakInterpolator {
     /// The interpolator (filter designed once).
     pub fn new() -> Self {
-        Self { branches: precise_branches() }
-    }
-
-    /// The three interpolated points between `ctx[i]` and `ctx[i + 1]`; `ctx` must hold
-    /// `PRECISE_TAPS / 2 − 1` samples before `i` and `PRECISE_TAPS / 2` after it.
-    #[inline]
-    fn points(&self, ctx: &[f32], i: usize) -> [f32; 3] {
-        let w = &ctx[i + 1 - PRECISE_TAPS / 2..];
-        [dot_taps(w, &self.branches[0]), dot_taps(w, &self.branches[1]), dot_taps(w, &self.branches[2])]
+        let branches = precise_branches();
+        let l1 = branches.iter().map(|b| b.iter().map(|t| f64::from(t.abs())).sum::<f64>()).fold(1.0, f64::max);
+        // 1.125: the parabolic reading's largest rise over a point; 1e-3: room for the float
+        // rounding of the dot products (about 1e-6 relative).
+        Self { branches, gain_bound: (1.125 * l1 * (1.0 + 1e-3)) as f32 }
     }
 
     /// Writes the true peak (linear) of frames `first .. first + out.len()` of `ctx` into `out`,
     /// where `ctx` holds at least [`PRECISE_REACH`] samples of context before `first` and after
     /// the last frame (zeros where the signal has none).
     pub fn frame_peaks(&self, ctx: &[f32], first: usize, out: &mut [f32]) {
+        self.frame_peaks_over(ctx, first, out, -1.0);
+    }
+
+    /// As [`Self::frame_peaks`], except that frames whose true peak cannot exceed `floor` may
+    /// read 0 instead (a negative `floor` screens nothing). Two screens, both exact: a block of
+    /// [`SCREEN_FRAMES`] frames is skipped when the largest |sample| its interpolation weighs,
+    /// times the interpolator's worst-case gain (the largest L1 norm of a branch, times the
+    /// parabola's 1.125), is at most `floor`; and a block of the kernel skips its parabolic
+    /// readings when its points times 1.125 stay at or under `floor`. So the maximum over the
+    /// frames, and any test of a frame against a level ≥ `floor`, read as without the screens.
+    pub fn frame_peaks_over(&self, ctx: &[f32], first: usize, out: &mut [f32], floor: f32) {
+        let half = PRECISE_TAPS / 2;
+        for (k, o) in out.chunks_mut(SCREEN_FRAMES).enumerate() {
+            let s = first + k * SCREEN_FRAMES;
+            if floor >= 0.0 && abs_max(&ctx[s - half..s + o.len() + half]) * self.gain_bound <= floor {
+                o.fill(0.0);
+                continue;
+            }
+            self.exact_peaks(ctx, s, o, floor);
+        }
+    }
+
+    fn exact_peaks(&self, ctx: &[f32], first: usize, out: &mut [f32], floor: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            #[target_feature(enable = "avx2")]
+            fn avx2(me: &PeakInterpolator, ctx: &[f32], first: usize, out: &mut [f32], floor: f32) {
+                me.exact_peaks_kernel(ctx, first, out, floor)
+            }
+            // SAFETY: the CPU supports AVX2 (checked at run time just above).
+            return unsafe { avx2(self, ctx, first, out, floor) };
+        }
+        self.exact_peaks_kernel(ctx, first, out, floor)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // lane arrays read side by side
+    fn exact_peaks_kernel(&self, ctx: &[f32], first: usize, out: &mut [f32], floor: f32) {
         if out.is_empty() {
             return;
         }
-        let mut prev = self.points(ctx, first - 1)[2];
-        for (k, o) in out.iter_mut().enumerate() {
-            let i = first + k;
-            let [p1, p2, p3] = self.points(ctx, i);
-            let (x0, x1) = (ctx[i], ctx[i + 1]);
-            let mut m = x0.abs().max(p1.abs()).max(p2.abs()).max(p3.abs());
-            m = m
-                .max(parabola_peak(prev, x0, p1))
-                .max(parabola_peak(x0, p1, p2))
-                .max(parabola_peak(p1, p2, p3))
-                .max(parabola_peak(p2, p3, x1));
-            *o = m;
-            prev = p3;
+        // Frame i's points weigh ctx[i + 1 − PRECISE_TAPS / 2 ..][..PRECISE_TAPS].
+        let lead = PRECISE_TAPS / 2 - 1;
+        let mut prev = branch_point(&ctx[first - 1 - lead..], &self.branches[2]);
+        let mut tail = [0f32; PRECISE_TAPS + BLOCK - 1];
+        for (k, o) in out.chunks_mut(BLOCK).enumerate() {
+            let i = first + k * BLOCK;
+            let w = &ctx[i - lead..];
+            let w = if w.len() >= tail.len() {
+                w
+            } else {
+                // The last block: its unused lanes read zeros.
+                tail[..w.len()].copy_from_slice(w);
+                &tail[..]
+            };
+            let [p1, p2, p3] = branch_block(w, &self.branches);
+            // Lane by lane over whole blocks (so it vectorises): the sample, the points, and the
+            // parabolic readings of the four intervals, each starting at the point before.
+            let x0: &[f32; BLOCK] = w[lead..lead + BLOCK].try_into().expect("block-long");
+            let x1: &[f32; BLOCK] = w[lead + 1..lead + 1 + BLOCK].try_into().expect("block-long");
+            let mut before = [prev; BLOCK];
+            before[1..].copy_from_slice(&p3[..BLOCK - 1]);
+            let mut m = [0f32; BLOCK];
+            for l in 0..BLOCK {
+                m[l] = x0[l].abs().max(p1[l].abs()).max(p2[l].abs()).max(p3[l].abs());
+            }
+            // The parabolic readings rise at most 1/8 over the points: a block whose points stay
+            // that far under the floor cannot pass it.
+            if floor >= 0.0 && abs_max(&m[..o.len()]) * (1.125 * (1.0 + 1e-3)) <= floor {
+                o.fill(0.0);
+                prev = p3[o.len() - 1];
+                continue;
+            }
+            for l in 0..BLOCK {
+                m[l] = m[l]
+                    .max(parabola_peak(before[l], x0[l], p1[l]))
+                    .max(parabola_peak(x0[l], p1[l], p2[l]))
+                    .max(parabola_peak(p1[l], p2[l], p3[l]))
+                    .max(parabola_peak(p2[l], p3[l], x1[l]));
+            }
+            o.copy_from_slice(&m[..o.len()]);
+            prev = p3[o.len() - 1];
         }
     }
+}
+
+/// Frames per block of [`PeakInterpolator::frame_peaks_over`]'s screen.
+pub const SCREEN_FRAMES: usize = 64;
+
+/// The largest |x| of `x` (0 for none), in eight lanes so it vectorises.
+#[inline]
+pub fn abs_max(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder().iter().fold(0f32, |a, v| a.max(v.abs()));
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.max(v.abs());
+        }
+    }
+    acc.iter().fold(rest, |a, &b| a.max(b))
 }
 
 impl PeakInterpolator {
@@ -319,8 +446,11 @@ impl TruePeakDetector {
             if n == 0 {
                 continue;
             }
+            // Each frame's true peak is at least its own |sample|, so the largest of those is a
+            // floor the screen may skip under.
+            self.peak = self.peak.max(abs_max(&b[first..first + n]));
             self.scratch.resize(n, 0.0);
-            self.interp.frame_peaks(b, first, &mut self.scratch);
+            self.interp.frame_peaks_over(b, first, &mut self.scratch, self.peak);
             self.peak = self.scratch.iter().fold(self.peak, |a, &v| a.max(v));
             b.drain(..n);
         }
@@ -376,6 +506,89 @@ mod precise_tests {
                 assert!((tp + 6.0206).abs() < 0.1, "{f} Hz, phase {phase}: {tp}");
             }
         }
+    }
+
+    /// A music-like test signal with loud bursts and quiet stretches (so the screen has both
+    /// blocks to skip and blocks to read).
+    fn bursts(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let u = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+                let level = if (i / 700) % 5 == 0 { 1.8 } else { 0.05 };
+                u * level + 0.2 * (i as f32 * 0.07).sin()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_block_kernel_reads_what_a_per_frame_f64_interpolation_reads() {
+        let x = bursts(3000, 4);
+        let interp = PeakInterpolator::new();
+        let mut ctx = vec![0f32; PRECISE_REACH];
+        ctx.extend_from_slice(&x);
+        ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + 1));
+        let mut out = vec![0f32; x.len() + 1];
+        interp.frame_peaks(&ctx, PRECISE_REACH - 1, &mut out);
+        let point = |i: usize, b: usize| -> f64 {
+            let w = &ctx[i + 1 - PRECISE_TAPS / 2..];
+            w.iter().zip(&interp.branches[b]).map(|(x, c)| f64::from(*x) * f64::from(*c)).sum()
+        };
+        for (k, o) in out.iter().enumerate() {
+            let i = PRECISE_REACH - 1 + k;
+            let m = (0..3).map(|b| point(i, b).abs()).fold(f64::from(ctx[i].abs()), f64::max);
+            // The parabola reads at most 1/8 over the points; the f32 sums differ by rounding.
+            let o = f64::from(*o);
+            assert!(o >= m * (1.0 - 1e-5) && o <= m * 1.125 * (1.0 + 1e-5), "frame {i}: {o} vs points {m}");
+        }
+    }
+
+    #[test]
+    fn the_screened_reading_is_the_exact_maximum_and_skips_quiet_blocks() {
+        let x = bursts(40_000, 5);
+        let interp = PeakInterpolator::new();
+        let mut ctx = vec![0f32; PRECISE_REACH];
+        ctx.extend_from_slice(&x);
+        ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + 1));
+        let n = x.len() + 1;
+        let (mut exact, mut screened) = (vec![0f32; n], vec![0f32; n]);
+        interp.frame_peaks(&ctx, PRECISE_REACH - 1, &mut exact);
+        let max = exact.iter().fold(0f32, |a, &b| a.max(b));
+        for floor in [0.0, 0.3, 0.9 * max, max] {
+            interp.frame_peaks_over(&ctx, PRECISE_REACH - 1, &mut screened, floor);
+            for (e, s) in exact.iter().zip(&screened) {
+                assert!(s == e || (*s == 0.0 && *e <= floor), "floor {floor}: {s} for {e}");
+            }
+        }
+        interp.frame_peaks_over(&ctx, PRECISE_REACH - 1, &mut screened, 0.9 * max);
+        let skipped = screened.iter().filter(|&&v| v == 0.0).count();
+        assert!(skipped > n / 2, "only {skipped} of {n} frames skipped");
+        // The streamed detector (which screens under its running maximum) reads the same.
+        assert_eq!(precise_true_peak_db(&[&x]), 20.0 * f64::from(max).log10());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_and_plain_kernels_give_the_same_bits() {
+        let x = bursts(5000, 6);
+        let interp = PeakInterpolator::new();
+        let mut ctx = vec![0f32; PRECISE_REACH];
+        ctx.extend_from_slice(&x);
+        ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + 1));
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        interp.exact_peaks(&ctx, PRECISE_REACH, &mut a, -1.0);
+        interp.exact_peaks_kernel(&ctx, PRECISE_REACH, &mut b, -1.0);
+        assert_eq!(a, b);
+        let br = branches();
+        let mut padded = vec![0f32; x.len().div_ceil(BLOCK) * BLOCK + TAPS_PER_PHASE];
+        padded[TAPS_PER_PHASE / 2 - 1..][..x.len()].copy_from_slice(&x);
+        let mut plain = vec![0f32; x.len()];
+        for (i, e) in plain.iter_mut().enumerate() {
+            let w = &padded[i..];
+            *e = br.iter().fold(x[i].abs(), |m, b| m.max(branch_point(w, b).abs()));
+        }
+        assert_eq!(peak_envelope(&[&x]), plain);
     }
 
     #[test]
