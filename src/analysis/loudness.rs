@@ -1,5 +1,6 @@
-//! Loudness per ITU-R BS.1770-4 / EBU R128, measured with the `ebur128` crate (a port of
-//! libebur128, the reference most tools use) rather than a hand-written meter.
+//! Loudness per ITU-R BS.1770-4 / EBU R128: one K-weighting pass ([`KMeter`], the coefficient
+//! formulas and gating of libebur128, the reference most tools use) gives every loudness
+//! figure; checked against ffmpeg's `ebur128` filter and the `ebur128` crate in the tests.
 
 use ebur128::{EbuR128, Mode};
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,9 @@ pub struct Loudness {
     /// Highest short-term (3 s) loudness in LUFS.
     #[serde(with = "crate::analysis::db_or_null")]
     pub max_short_term_lufs: f64,
-    /// True peak in dBTP (4× oversampled at 44.1/48 kHz, per BS.1770-4), highest channel.
+    /// True peak in dBTP, highest channel: refmaster's precise detector
+    /// ([`crate::dsp::truepeak::TruePeakDetector`], 4× with a 48-tap interpolator cut at Nyquist),
+    /// the meter the ceiling is held to; within 0.2 dB of ffmpeg's BS.1770-4 meter on music.
     #[serde(with = "crate::analysis::db_or_null")]
     pub true_peak_dbtp: f64,
     /// Sample peak in dBFS, highest channel.
@@ -39,55 +42,22 @@ pub struct Loudness {
 /// Lowest loudness written into series and percentiles (the BS.1770 absolute gate).
 pub const ABSOLUTE_GATE_LUFS: f64 = -70.0;
 
-/// The `ebur128` crate's meter (integrated loudness, true and sample peak), fed chunk by chunk.
-/// Those three figures come from it so they agree with libebur128 and ffmpeg; the momentary and
-/// short-term series come from [`KMeter`] (see [`loudness_of`]).
-pub struct Ebur128Meter {
-    /// The meter, or None when it could not be created or refused audio (then every figure reads
-    /// as silence, as a failed measurement always has).
-    meter: Option<EbuR128>,
-    /// Channels fed (the meter has at least one).
-    channel_count: usize,
-}
-
-impl Ebur128Meter {
-    /// A meter for `channel_count` channels at `sample_rate_hz`.
-    pub fn new(sample_rate_hz: u32, channel_count: usize) -> Self {
-        let mode = Mode::I | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
-        let meter = u32::try_from(channel_count.max(1)).ok().and_then(|ch| EbuR128::new(ch, sample_rate_hz, mode).ok());
-        Self { meter, channel_count }
-    }
-
-    /// Feeds one planar chunk (one slice per channel, equal lengths). The meter's state runs on
-    /// sample by sample, so how the audio is cut into chunks does not change the figures.
-    pub fn push(&mut self, chunk: &[&[f32]]) {
-        if chunk.first().is_none_or(|c| c.is_empty()) {
-            return;
-        }
-        if self.meter.as_mut().is_some_and(|m| m.add_frames_planar_f32(chunk).is_err()) {
-            self.meter = None;
-        }
-    }
-}
-
-/// All loudness figures of the audio both meters saw: integrated loudness, true and sample peak
-/// from `meter`; momentary (400 ms) and short-term (3 s) loudness every 100 ms, their maxima, LRA
-/// and percentiles from `k`'s sub-blocks. Querying the `ebur128` meter every 100 ms would re-sum a
-/// 3 s window each time, and its LRA samples short-term loudness once a second where ffmpeg and
-/// EBU Tech 3342 use 100 ms.
-pub fn loudness_of(meter: &Ebur128Meter, k: &KMeter) -> Loudness {
-    let Some(ebu) = &meter.meter else {
-        return silent_loudness();
-    };
+/// All loudness figures of audio measured in one K-weighting pass: integrated loudness (gated
+/// 400 ms blocks), momentary (400 ms) and short-term (3 s) loudness every 100 ms, their maxima,
+/// LRA and percentiles, all from `k`'s 100 ms sub-blocks; `true_peak` and `sample_peak` (linear,
+/// highest channel) from the caller's peak meters. The integrated figure is the `ebur128`
+/// crate's (libebur128's) gating on the same filter, and ffmpeg's within its rounding
+/// (`tests/loudness_vs_ffmpeg.rs`); its LRA samples short-term loudness once a second where
+/// ffmpeg and EBU Tech 3342 use 100 ms, as done here.
+pub fn loudness_of(k: &KMeter, true_peak: f32, sample_peak: f32) -> Loudness {
     let momentary = sliding_lufs(k, 4);
     let short_term = sliding_lufs(k, 30);
     let max_m = momentary.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let max_s = short_term.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let integrated = ebu.loudness_global().unwrap_or(f64::NEG_INFINITY);
+    let integrated = k.integrated_lufs();
     let range = loudness_range_lu(&short_term);
-    let channels = 0..meter.channel_count as u32;
-    let true_peak = lin_to_db(channels.clone().map(|c| ebu.true_peak(c).unwrap_or(0.0)).fold(0.0, f64::max));
-    let sample_peak = lin_to_db(channels.map(|c| ebu.sample_peak(c).unwrap_or(0.0)).fold(0.0, f64::max));
+    let true_peak = lin_to_db(f64::from(true_peak));
+    let sample_peak = lin_to_db(f64::from(sample_peak));
     let percentiles = short_term_percentiles(&short_term, integrated);
     let series = short_term.iter().step_by(10).map(|s| s.max(ABSOLUTE_GATE_LUFS)).collect();
     Loudness {
@@ -426,20 +396,6 @@ pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     let frac = pos - i as f64;
     let next = sorted[(i + 1).min(sorted.len() - 1)];
     sorted[i] + (next - sorted[i]) * frac
-}
-
-pub(crate) fn silent_loudness() -> Loudness {
-    Loudness {
-        integrated_lufs: f64::NEG_INFINITY,
-        range_lu: 0.0,
-        max_momentary_lufs: f64::NEG_INFINITY,
-        max_short_term_lufs: f64::NEG_INFINITY,
-        true_peak_dbtp: f64::NEG_INFINITY,
-        sample_peak_dbfs: f64::NEG_INFINITY,
-        short_term_percentiles_lufs: [ABSOLUTE_GATE_LUFS; 4],
-        plr_db: 0.0,
-        short_term_series_lufs: Vec::new(),
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio::AudioBuffer;
 use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
+use crate::dsp::truepeak::TruePeakDetector;
 pub use dynamics::{BandDynamics, BandEnvelopes, LevelMotion};
 pub use loudness::Loudness;
 use spectrum::{band_levels_db, content_cutoff_hz, grid_hz, power_to_db, PowerSpectrum};
@@ -124,9 +125,10 @@ pub fn analyze(audio: &AudioBuffer, source: &str, lossy: bool) -> Profile {
 /// sub-blocks: about 35 MB for 90 minutes at 48 kHz, independent of the channel count).
 ///
 /// Every meter runs sample by sample over fixed blocks, so the profile is the same bit for bit
-/// however the audio was cut into chunks. Each block is measured on two threads: the `ebur128`
-/// meter (its 4× oversampled true peak is the costliest part) with the stereo sums on one, the
-/// K-weighting, the mid/side spectra and the band envelopes on the other.
+/// however the audio was cut into chunks. Each block is measured on two threads of about equal
+/// cost: the K-weighting (every loudness figure), the true-peak detector, the sample extremes,
+/// the stereo sums and the mid/side spectra on one; the band envelopes (the crossover) on the
+/// other.
 pub struct Analyzer {
     sample_rate_hz: u32,
     channel_count: usize,
@@ -134,32 +136,29 @@ pub struct Analyzer {
     frames: usize,
     /// Frames pushed but not yet measured (fewer than [`BLOCK_FRAMES`]), one vector per channel.
     staging: Vec<Vec<f32>>,
-    /// What runs on the second thread.
-    peaks: PeakMeters,
+    /// The block's mid and side (mid = the mono channel, side silent, for mono).
+    mid: Vec<f32>,
+    side: Vec<f32>,
     /// What runs on the calling thread.
-    signal: SignalMeters,
+    levels: LevelMeters,
+    /// What runs on the second thread.
+    envelopes: dynamics::EnvelopeFollower,
 }
 
-/// The `ebur128` meter, the stereo sums and each channel's lowest and highest sample.
-struct PeakMeters {
-    ebur128: loudness::Ebur128Meter,
+/// K-weighting, true peak, each channel's lowest and highest sample, the stereo sums and the
+/// mid/side spectra.
+struct LevelMeters {
+    k: loudness::KMeter,
+    true_peak: TruePeakDetector,
     stereo: StereoSums,
     /// (lowest, highest) sample per channel.
     extremes: Vec<(f32, f32)>,
+    welch: spectrum::Welch,
 }
 
 /// Peak-to-peak swing under which a signal holds nothing audible, as a linear amplitude
 /// (-80 dBFS: under the dither of a 16-bit file's quietest passage).
 const INAUDIBLE_SWING: f32 = 1e-4;
-
-/// K-weighting, the mid/side spectra and the mid's band envelopes, with the block's mid and side.
-struct SignalMeters {
-    k: loudness::KMeter,
-    welch: spectrum::Welch,
-    envelopes: dynamics::EnvelopeFollower,
-    mid: Vec<f32>,
-    side: Vec<f32>,
-}
 
 /// Σ L², Σ R², Σ L·R over the first two channels, for correlation and balance.
 #[derive(Debug, Clone, Copy, Default)]
@@ -181,18 +180,16 @@ impl Analyzer {
             channel_count,
             frames: 0,
             staging: vec![Vec::new(); channel_count],
-            peaks: PeakMeters {
-                ebur128: loudness::Ebur128Meter::new(sample_rate_hz, channel_count),
+            mid: Vec::new(),
+            side: Vec::new(),
+            levels: LevelMeters {
+                k: loudness::KMeter::new(sample_rate_hz, channel_count),
+                true_peak: TruePeakDetector::new(channel_count),
                 stereo: StereoSums::default(),
                 extremes: vec![(f32::INFINITY, f32::NEG_INFINITY); channel_count],
-            },
-            signal: SignalMeters {
-                k: loudness::KMeter::new(sample_rate_hz, channel_count),
                 welch: spectrum::Welch::new(sample_rate_hz, 2, total_frames),
-                envelopes: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
-                mid: Vec::new(),
-                side: Vec::new(),
             },
+            envelopes: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
         }
     }
 
@@ -229,7 +226,7 @@ impl Analyzer {
     /// it would only turn a click up; digital silence is `None` (the loudness gate names it).
     pub fn constant_offset_dbfs(&mut self) -> Option<f64> {
         self.measure_staging();
-        let e = &self.peaks.extremes;
+        let e = &self.levels.extremes;
         let swing = e.iter().map(|(lo, hi)| hi - lo).fold(0.0f32, f32::max);
         let offset = e.iter().map(|(lo, hi)| lo.abs().max(hi.abs())).fold(0.0f32, f32::max);
         (self.frames > 0 && swing.is_finite() && swing < INAUDIBLE_SWING && offset >= INAUDIBLE_SWING)
@@ -239,16 +236,17 @@ impl Analyzer {
     /// The profile of everything pushed.
     pub fn finish(mut self, source: &str, lossy: bool) -> Profile {
         self.measure_staging();
-        let Self { sample_rate_hz: rate, channel_count, frames, peaks, signal, .. } = self;
-        let spectra = signal.welch.finish();
-        let envelopes = signal.envelopes.finish();
-        let loudness = loudness::loudness_of(&peaks.ebur128, &signal.k);
+        let Self { sample_rate_hz: rate, channel_count, frames, levels, envelopes, .. } = self;
+        let spectra = levels.welch.finish();
+        let envelopes = envelopes.finish();
+        let sample_peak = levels.extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
+        let loudness = loudness::loudness_of(&levels.k, levels.true_peak.peak(), sample_peak);
         let grid = grid_hz();
         let nyquist = f64::from(rate) / 2.0;
         let mid_db = band_levels_db(&spectra[0], &grid);
         let side_db = band_levels_db(&spectra[1], &grid);
         let cutoff = content_cutoff_hz(&grid, &mid_db, nyquist);
-        let stereo = stereo(peaks.stereo, channel_count, &spectra[0], &spectra[1]);
+        let stereo = stereo(levels.stereo, channel_count, &spectra[0], &spectra[1]);
         Profile {
             schema_version: PROFILE_SCHEMA_VERSION,
             source: source.to_string(),
@@ -280,10 +278,22 @@ impl Analyzer {
 
     /// Feeds one block to every meter, the two halves on two threads.
     fn measure(&mut self, block: &[&[f32]]) {
-        let (peaks, signal) = (&mut self.peaks, &mut self.signal);
+        let (mid, side): (&[f32], &[f32]) = match block {
+            [] => return,
+            [mono] => {
+                self.side.clear();
+                self.side.resize(mono.len(), 0.0);
+                (mono, &self.side)
+            }
+            [l, r, ..] => {
+                crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side);
+                (&self.mid, &self.side)
+            }
+        };
+        let (levels, envelopes) = (&mut self.levels, &mut self.envelopes);
         std::thread::scope(|s| {
-            let other = s.spawn(move || peaks.push(block));
-            signal.push(block);
+            let other = s.spawn(move || envelopes.push(mid));
+            levels.push(block, mid, side);
             if let Err(panic) = other.join() {
                 std::panic::resume_unwind(panic);
             }
@@ -291,35 +301,17 @@ impl Analyzer {
     }
 }
 
-impl PeakMeters {
-    fn push(&mut self, block: &[&[f32]]) {
-        self.ebur128.push(block);
+impl LevelMeters {
+    fn push(&mut self, block: &[&[f32]], mid: &[f32], side: &[f32]) {
+        self.k.push(block);
+        self.true_peak.push(block);
         for (e, c) in self.extremes.iter_mut().zip(block) {
             *e = c.iter().fold(*e, |(lo, hi), &x| (lo.min(x), hi.max(x)));
         }
         if let [l, r, ..] = block {
             self.stereo.add(l, r);
         }
-    }
-}
-
-impl SignalMeters {
-    fn push(&mut self, block: &[&[f32]]) {
-        self.k.push(block);
-        let mid: &[f32] = match block {
-            [] => return,
-            [mono] => {
-                self.side.clear();
-                self.side.resize(mono.len(), 0.0);
-                mono
-            }
-            [l, r, ..] => {
-                crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side);
-                &self.mid
-            }
-        };
-        self.welch.push(&[mid, &self.side]);
-        self.envelopes.push(mid);
+        self.welch.push(&[mid, side]);
     }
 }
 

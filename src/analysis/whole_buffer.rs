@@ -1,17 +1,20 @@
 //! The whole-buffer analysis as it was before the streaming [`super::Analyzer`] (commit 4a0317a),
-//! kept verbatim (only paths adjusted) as the specification the analyser is tested against: the
+//! kept (only paths adjusted, and the `ebur128` crate's integrated loudness and true peak
+//! replaced by BS.1770 gating of the K-weighted energy and the precise true-peak detector, as
+//! the analyser now measures them) as the specification the analyser is tested against: the
 //! same profile, with the signal held whole. A change to what the analysis measures must be made
 //! here too (or this reference retired for property tests).
 
 use super::dynamics::{BandEnvelope, BandEnvelopes, BLOCK_S};
 use super::loudness::{
-    k_weighted_energy, loudness_range_lu, short_term_percentiles, silent_loudness, Loudness, ABSOLUTE_GATE_LUFS,
+    block_energies, gated_loudness, k_weighted_energy, loudness_range_lu, short_term_percentiles, Loudness,
+    ABSOLUTE_GATE_LUFS,
 };
 use super::spectrum::{band_levels_db, content_cutoff_hz, fft_len, grid_hz, power_to_db, PowerSpectrum};
 use super::{dynamics, Profile, Spectrum, Stereo, WidthBand, PROFILE_SCHEMA_VERSION, WIDTH_BAND_EDGES_HZ};
 use crate::audio::{lin_to_db, AudioBuffer};
 use crate::dsp::crossover::{crossovers_for_rate, Crossover4, DEFAULT_CROSSOVERS_HZ};
-use ebur128::{EbuR128, Mode};
+use crate::dsp::truepeak::precise_true_peak_db;
 use realfft::RealFftPlanner;
 
 pub fn analyze(audio: &AudioBuffer, source: &str, lossy: bool) -> Profile {
@@ -93,28 +96,14 @@ fn stereo(audio: &AudioBuffer, mid: &PowerSpectrum, side: &PowerSpectrum) -> Ste
 
 pub fn measure(audio: &AudioBuffer) -> Loudness {
     let rate = audio.sample_rate_hz;
-    let ch = audio.channel_count() as u32;
-    let mode = Mode::I | Mode::TRUE_PEAK | Mode::SAMPLE_PEAK;
-    let Ok(mut meter) = EbuR128::new(ch.max(1), rate, mode) else {
-        return silent_loudness();
-    };
-    let (fed, energy) = std::thread::scope(|s| {
+    // Integrated loudness from the same per-sample K-weighted energy as the sliding windows
+    // (BS.1770 gating), true peak by the precise detector, sample peak the largest |sample|.
+    let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+    let (true_peak_db, energy) = std::thread::scope(|s| {
         let energy = s.spawn(|| k_weighted_energy(audio));
-        let frames = audio.frames();
-        let step = rate as usize;
-        let mut start = 0;
-        let mut ok = true;
-        while start < frames && ok {
-            let end = (start + step).min(frames);
-            let planes: Vec<&[f32]> = audio.channels.iter().map(|c| &c[start..end]).collect();
-            ok = meter.add_frames_planar_f32(&planes).is_ok();
-            start = end;
-        }
-        (ok, energy.join().unwrap_or_default())
+        let tp = precise_true_peak_db(&planes);
+        (tp, energy.join().unwrap_or_default())
     });
-    if !fed {
-        return silent_loudness();
-    }
     let hop = (rate / 10).max(1) as usize;
     let mut prefix = Vec::with_capacity(energy.len() / hop + 2);
     prefix.push(0f64);
@@ -137,11 +126,10 @@ pub fn measure(audio: &AudioBuffer) -> Loudness {
     let short_term = window(30);
     let max_m = momentary.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let max_s = short_term.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let integrated = meter.loudness_global().unwrap_or(f64::NEG_INFINITY);
+    let integrated = gated_loudness(&block_energies(&energy, rate, |_| 1.0));
     let range = loudness_range_lu(&short_term);
-    let peak_of = |f: &dyn Fn(u32) -> f64| (0..ch).map(f).fold(0.0f64, f64::max);
-    let true_peak = lin_to_db(peak_of(&|c| meter.true_peak(c).unwrap_or(0.0)));
-    let sample_peak = lin_to_db(peak_of(&|c| meter.sample_peak(c).unwrap_or(0.0)));
+    let true_peak = true_peak_db;
+    let sample_peak = lin_to_db(f64::from(audio.channels.iter().flatten().fold(0f32, |a, x| a.max(x.abs()))));
     let percentiles = short_term_percentiles(&short_term, integrated);
     let series = short_term.iter().step_by(10).map(|s| s.max(ABSOLUTE_GATE_LUFS)).collect();
     Loudness {
@@ -297,6 +285,8 @@ mod tests {
     /// up to 3.1e-9 LU apart on these signals. Everything else is bit-identical.
     fn tolerance(figure: &str) -> f64 {
         let k_weighted = [
+            ".loudness.integrated_lufs",
+            ".loudness.plr_db",
             ".loudness.max_momentary_lufs",
             ".loudness.max_short_term_lufs",
             ".loudness.range_lu",
