@@ -99,9 +99,8 @@ pub struct WidthBand {
 }
 
 /// Frames per internal measuring block (1.5 s at 44.1 kHz). Pushed chunks are regrouped into
-/// blocks of this size, so each block's two halves run on two threads at a negligible start-up
-/// cost whatever the chunking (one frame at a time included); chunks of a multiple of it are
-/// measured in place, without the copy into the staging block.
+/// blocks of this size, each handed to the meters' two threads at a negligible cost whatever
+/// the chunking (one frame at a time included).
 pub const BLOCK_FRAMES: usize = 1 << 16;
 
 /// Analyses `audio` (any channel count; mid/side use the first two channels): an [`Analyzer`]
@@ -120,15 +119,17 @@ pub fn analyze(audio: &AudioBuffer, source: &str, lossy: bool) -> Profile {
 /// Measures audio pushed to it chunk by chunk into a [`Profile`], holding only per-block figures,
 /// never the signal.
 ///
-/// Memory: one block of [`BLOCK_FRAMES`] frames (staging, and mid/side), one FFT window of mid and
-/// side (about 0.7 s), and the series the profile keeps (5 ms band envelopes, 100 ms loudness
-/// sub-blocks: about 35 MB for 90 minutes at 48 kHz, independent of the channel count).
+/// Memory: a few blocks of [`BLOCK_FRAMES`] frames (staging, and the blocks queued for the
+/// meters), one FFT window of mid and side (about 0.7 s), and the series the profile keeps (5 ms
+/// band envelopes, 100 ms loudness sub-blocks: about 35 MB for 90 minutes at 48 kHz,
+/// independent of the channel count).
 ///
 /// Every meter runs sample by sample over fixed blocks, so the profile is the same bit for bit
-/// however the audio was cut into chunks. Each block is measured on two threads of about equal
-/// cost: the K-weighting (every loudness figure), the true-peak detector, the sample extremes,
-/// the stereo sums and the mid/side spectra on one; the band envelopes (the crossover) on the
-/// other.
+/// however the audio was cut into chunks. The meters run on two threads of their own, of about
+/// equal cost, fed each block in order through a short queue: the K-weighting (every loudness
+/// figure), the true-peak detector, the stereo sums and the mid/side spectra on one, the band
+/// envelopes (the crossover) on the other. So the caller (a decoder) goes on with the next
+/// chunk while a block is measured, and a file decodes and analyses on both cores.
 pub struct Analyzer {
     sample_rate_hz: u32,
     channel_count: usize,
@@ -136,24 +137,66 @@ pub struct Analyzer {
     frames: usize,
     /// Frames pushed but not yet measured (fewer than [`BLOCK_FRAMES`]), one vector per channel.
     staging: Vec<Vec<f32>>,
-    /// The block's mid and side (mid = the mono channel, side silent, for mono).
-    mid: Vec<f32>,
-    side: Vec<f32>,
-    /// What runs on the calling thread.
-    levels: LevelMeters,
-    /// What runs on the second thread.
-    envelopes: dynamics::EnvelopeFollower,
+    /// (lowest, highest) sample per channel, of everything pushed.
+    extremes: Vec<(f32, f32)>,
+    levels: Worker<LevelMeters>,
+    envelopes: Worker<EnvelopeMeter>,
 }
 
-/// K-weighting, true peak, each channel's lowest and highest sample, the stereo sums and the
-/// mid/side spectra.
+/// One block of planar frames, shared by the meters' threads.
+type Block = std::sync::Arc<Vec<Vec<f32>>>;
+
+/// A meter on its own thread, fed blocks in order through a bounded queue (two blocks: enough to
+/// keep it busy, little memory), handed back when the stream ends.
+struct Worker<M> {
+    queue: std::sync::mpsc::SyncSender<Block>,
+    thread: std::thread::JoinHandle<M>,
+}
+
+impl<M: Meter + Send + 'static> Worker<M> {
+    fn spawn(mut meter: M) -> Self {
+        let (queue, blocks) = std::sync::mpsc::sync_channel::<Block>(2);
+        let thread = std::thread::spawn(move || {
+            for block in blocks {
+                let planes: Vec<&[f32]> = block.iter().map(Vec::as_slice).collect();
+                meter.push(&planes);
+            }
+            meter
+        });
+        Self { queue, thread }
+    }
+
+    fn send(&self, block: &Block) {
+        // Fails only when the thread has died (a panic), which `finish` re-raises.
+        let _ = self.queue.send(block.clone());
+    }
+
+    fn finish(self) -> M {
+        drop(self.queue);
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// What a [`Worker`] runs on each block.
+trait Meter {
+    fn push(&mut self, block: &[&[f32]]);
+}
+
+/// K-weighting, true peak, the stereo sums and the mid/side spectra.
 struct LevelMeters {
     k: loudness::KMeter,
     true_peak: TruePeakDetector,
     stereo: StereoSums,
-    /// (lowest, highest) sample per channel.
-    extremes: Vec<(f32, f32)>,
     welch: spectrum::Welch,
+    mid: Vec<f32>,
+    side: Vec<f32>,
+}
+
+/// The mid's band envelopes.
+struct EnvelopeMeter {
+    follower: dynamics::EnvelopeFollower,
+    mid: Vec<f32>,
+    side: Vec<f32>,
 }
 
 /// Peak-to-peak swing under which a signal holds nothing audible, as a linear amplitude
@@ -180,16 +223,20 @@ impl Analyzer {
             channel_count,
             frames: 0,
             staging: vec![Vec::new(); channel_count],
-            mid: Vec::new(),
-            side: Vec::new(),
-            levels: LevelMeters {
+            extremes: vec![(f32::INFINITY, f32::NEG_INFINITY); channel_count],
+            levels: Worker::spawn(LevelMeters {
                 k: loudness::KMeter::new(sample_rate_hz, channel_count),
                 true_peak: TruePeakDetector::new(channel_count),
                 stereo: StereoSums::default(),
-                extremes: vec![(f32::INFINITY, f32::NEG_INFINITY); channel_count],
                 welch: spectrum::Welch::new(sample_rate_hz, 2, total_frames),
-            },
-            envelopes: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
+                mid: Vec::new(),
+                side: Vec::new(),
+            }),
+            envelopes: Worker::spawn(EnvelopeMeter {
+                follower: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
+                mid: Vec::new(),
+                side: Vec::new(),
+            }),
         }
     }
 
@@ -204,29 +251,25 @@ impl Analyzer {
             "Analyzer::push: one slice per channel, all of the same length"
         );
         self.frames += len;
+        for (e, c) in self.extremes.iter_mut().zip(chunk) {
+            *e = c.iter().fold(*e, |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        }
         let mut start = 0;
-        let staged = self.staging.first().map_or(0, Vec::len);
-        if staged > 0 || len < BLOCK_FRAMES {
-            start = len.min(BLOCK_FRAMES - staged);
-            self.staging.iter_mut().zip(chunk).for_each(|(s, c)| s.extend_from_slice(&c[..start]));
-            if staged + start == BLOCK_FRAMES {
+        while start < len {
+            let take = (len - start).min(BLOCK_FRAMES - self.staging.first().map_or(0, Vec::len));
+            self.staging.iter_mut().zip(chunk).for_each(|(s, c)| s.extend_from_slice(&c[start..start + take]));
+            start += take;
+            if self.staging.first().is_some_and(|s| s.len() == BLOCK_FRAMES) {
                 self.measure_staging();
             }
         }
-        while len - start >= BLOCK_FRAMES {
-            let block: Vec<&[f32]> = chunk.iter().map(|c| &c[start..start + BLOCK_FRAMES]).collect();
-            self.measure(&block);
-            start += BLOCK_FRAMES;
-        }
-        self.staging.iter_mut().zip(chunk).for_each(|(s, c)| s.extend_from_slice(&c[start..]));
     }
 
     /// When every channel holds one constant value that is not zero (a DC offset and nothing
     /// audible: it swings less than -80 dBFS peak to peak), that offset's level, dBFS. Mastering
     /// it would only turn a click up; digital silence is `None` (the loudness gate names it).
-    pub fn constant_offset_dbfs(&mut self) -> Option<f64> {
-        self.measure_staging();
-        let e = &self.levels.extremes;
+    pub fn constant_offset_dbfs(&self) -> Option<f64> {
+        let e = &self.extremes;
         let swing = e.iter().map(|(lo, hi)| hi - lo).fold(0.0f32, f32::max);
         let offset = e.iter().map(|(lo, hi)| lo.abs().max(hi.abs())).fold(0.0f32, f32::max);
         (self.frames > 0 && swing.is_finite() && swing < INAUDIBLE_SWING && offset >= INAUDIBLE_SWING)
@@ -236,10 +279,11 @@ impl Analyzer {
     /// The profile of everything pushed.
     pub fn finish(mut self, source: &str, lossy: bool) -> Profile {
         self.measure_staging();
-        let Self { sample_rate_hz: rate, channel_count, frames, levels, envelopes, .. } = self;
+        let Self { sample_rate_hz: rate, channel_count, frames, extremes, levels, envelopes, .. } = self;
+        let (levels, envelopes) = (levels.finish(), envelopes.finish());
         let spectra = levels.welch.finish();
-        let envelopes = envelopes.finish();
-        let sample_peak = levels.extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
+        let envelopes = envelopes.follower.finish();
+        let sample_peak = extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
         let loudness = loudness::loudness_of(&levels.k, levels.true_peak.peak(), sample_peak);
         let grid = grid_hz();
         let nyquist = f64::from(rate) / 2.0;
@@ -263,55 +307,54 @@ impl Analyzer {
         }
     }
 
-    /// Measures the staged frames (a full block, or the partial last one) and empties the stage,
-    /// keeping its capacity.
+    /// Hands the staged frames (a full block, or the partial last one) to the meters and starts
+    /// a new stage.
     fn measure_staging(&mut self) {
         if self.staging.first().is_none_or(Vec::is_empty) {
             return;
         }
-        let mut staging = std::mem::take(&mut self.staging);
-        let block: Vec<&[f32]> = staging.iter().map(Vec::as_slice).collect();
-        self.measure(&block);
-        staging.iter_mut().for_each(Vec::clear);
-        self.staging = staging;
-    }
-
-    /// Feeds one block to every meter, the two halves on two threads.
-    fn measure(&mut self, block: &[&[f32]]) {
-        let (mid, side): (&[f32], &[f32]) = match block {
-            [] => return,
-            [mono] => {
-                self.side.clear();
-                self.side.resize(mono.len(), 0.0);
-                (mono, &self.side)
-            }
-            [l, r, ..] => {
-                crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side);
-                (&self.mid, &self.side)
-            }
-        };
-        let (levels, envelopes) = (&mut self.levels, &mut self.envelopes);
-        std::thread::scope(|s| {
-            let other = s.spawn(move || envelopes.push(mid));
-            levels.push(block, mid, side);
-            if let Err(panic) = other.join() {
-                std::panic::resume_unwind(panic);
-            }
-        });
+        let fresh = self.staging.iter().map(|_| Vec::with_capacity(BLOCK_FRAMES)).collect();
+        let block: Block = std::sync::Arc::new(std::mem::replace(&mut self.staging, fresh));
+        self.levels.send(&block);
+        self.envelopes.send(&block);
     }
 }
 
-impl LevelMeters {
-    fn push(&mut self, block: &[&[f32]], mid: &[f32], side: &[f32]) {
+/// The block's mid and side into `mid` and `side` (for mono: the channel, and silence); `None`
+/// for a block without channels.
+fn mid_side<'a>(block: &[&'a [f32]], mid: &'a mut Vec<f32>, side: &'a mut Vec<f32>) -> Option<(&'a [f32], &'a [f32])> {
+    match block {
+        [] => None,
+        [mono] => {
+            side.clear();
+            side.resize(mono.len(), 0.0);
+            Some((mono, side))
+        }
+        [l, r, ..] => {
+            crate::audio::split_mid_side(l, r, mid, side);
+            Some((mid, side))
+        }
+    }
+}
+
+impl Meter for LevelMeters {
+    fn push(&mut self, block: &[&[f32]]) {
         self.k.push(block);
         self.true_peak.push(block);
-        for (e, c) in self.extremes.iter_mut().zip(block) {
-            *e = c.iter().fold(*e, |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        }
         if let [l, r, ..] = block {
             self.stereo.add(l, r);
         }
-        self.welch.push(&[mid, side]);
+        if let Some((mid, side)) = mid_side(block, &mut self.mid, &mut self.side) {
+            self.welch.push(&[mid, side]);
+        }
+    }
+}
+
+impl Meter for EnvelopeMeter {
+    fn push(&mut self, block: &[&[f32]]) {
+        if let Some((mid, _)) = mid_side(block, &mut self.mid, &mut self.side) {
+            self.follower.push(mid);
+        }
     }
 }
 
