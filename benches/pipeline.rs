@@ -48,6 +48,8 @@ fn pipeline(c: &mut Criterion) {
             analyze(&a, "mix", i.lossy)
         })
     });
+    // What refmaster does with a file it analyses: decode and measure in one streamed read.
+    g.bench_function("profile_flac_streamed", |b| b.iter(|| profile_file(&mix_path).expect("profile")));
     let mp = analyze(&mix, "mix", false);
     let rp = analyze(&reference, "ref", true);
     g.bench_function("solve", |b| b.iter(|| solve(&mp, &rp, &SolveOptions::default())));
