@@ -1,4 +1,5 @@
-//! `refmaster analyze --json` measures loudness as ffmpeg's `ebur128=peak=true` filter does.
+//! `refmaster analyze --json` measures loudness as ffmpeg's `ebur128=peak=true` filter does, and
+//! its true peak (refmaster's own detector) as the `ebur128` crate's BS.1770 meter does.
 //!
 //! Tolerances (the acceptance figures): integrated within 0.1 LU, loudness range within
 //! 0.3 LU, true peak within 0.2 dB. ffmpeg prints its summary to one decimal, so up to 0.05 of each
@@ -59,6 +60,18 @@ fn assert_agrees_with_ffmpeg(label: &str, path: &Path) -> (OurLoudness, FfmpegLo
         "{label}: true peak {:.3} dBTP, ffmpeg says {:.1} dBTP (tolerance {TRUE_PEAK_TOLERANCE_DB} dB)",
         ours.true_peak_dbtp,
         theirs.true_peak_dbtp
+    );
+    // The same samples through the `ebur128` crate's BS.1770 true-peak meter (libebur128's 4x
+    // interpolator): refmaster's detector, which the analysis now reports, is held to it with
+    // the same tolerance as to ffmpeg.
+    let (audio, _) = refmaster::decode::decode_file(path).expect("the test file decodes");
+    let crate_tp = refmaster::analysis::loudness::true_peak_dbtp(&audio);
+    let dc = ours.true_peak_dbtp - crate_tp;
+    println!("{label:<34} TP {:>7.3} vs the ebur128 crate's {crate_tp:>7.3} ({dc:+.3})", ours.true_peak_dbtp);
+    assert!(
+        dc.abs() <= TRUE_PEAK_TOLERANCE_DB,
+        "{label}: true peak {:.3} dBTP, the ebur128 crate says {crate_tp:.3} dBTP (tolerance {TRUE_PEAK_TOLERANCE_DB} dB)",
+        ours.true_peak_dbtp
     );
     (ours, theirs)
 }

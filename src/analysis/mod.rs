@@ -127,8 +127,8 @@ pub fn analyze(audio: &AudioBuffer, source: &str, lossy: bool) -> Profile {
 /// Every meter runs sample by sample over fixed blocks, so the profile is the same bit for bit
 /// however the audio was cut into chunks. The meters run on two threads of their own, of about
 /// equal cost, fed each block in order through a short queue: the K-weighting (every loudness
-/// figure), the true-peak detector, the stereo sums and the mid/side spectra on one, the band
-/// envelopes (the crossover) on the other. So the caller (a decoder) goes on with the next
+/// figure), the true-peak detector, the stereo sums and the side's spectrum on one, the band
+/// envelopes (the crossover) and the mid's spectrum on the other. So the caller (a decoder) goes on with the next
 /// chunk while a block is measured, and a file decodes and analyses on both cores.
 pub struct Analyzer {
     sample_rate_hz: u32,
@@ -182,19 +182,20 @@ trait Meter {
     fn push(&mut self, block: &[&[f32]]);
 }
 
-/// K-weighting, true peak, the stereo sums and the mid/side spectra.
+/// K-weighting, true peak, the stereo sums and the side's spectrum.
 struct LevelMeters {
     k: loudness::KMeter,
     true_peak: TruePeakDetector,
     stereo: StereoSums,
-    welch: spectrum::Welch,
+    side_welch: spectrum::Welch,
     mid: Vec<f32>,
     side: Vec<f32>,
 }
 
-/// The mid's band envelopes.
+/// The mid's band envelopes and spectrum.
 struct EnvelopeMeter {
     follower: dynamics::EnvelopeFollower,
+    mid_welch: spectrum::Welch,
     mid: Vec<f32>,
     side: Vec<f32>,
 }
@@ -228,12 +229,13 @@ impl Analyzer {
                 k: loudness::KMeter::new(sample_rate_hz, channel_count),
                 true_peak: TruePeakDetector::new(channel_count),
                 stereo: StereoSums::default(),
-                welch: spectrum::Welch::new(sample_rate_hz, 2, total_frames),
+                side_welch: spectrum::Welch::new(sample_rate_hz, 1, total_frames),
                 mid: Vec::new(),
                 side: Vec::new(),
             }),
             envelopes: Worker::spawn(EnvelopeMeter {
                 follower: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
+                mid_welch: spectrum::Welch::new(sample_rate_hz, 1, total_frames),
                 mid: Vec::new(),
                 side: Vec::new(),
             }),
@@ -281,7 +283,10 @@ impl Analyzer {
         self.measure_staging();
         let Self { sample_rate_hz: rate, channel_count, frames, extremes, levels, envelopes, .. } = self;
         let (levels, envelopes) = (levels.finish(), envelopes.finish());
-        let spectra = levels.welch.finish();
+        // Each signal's spectrum is its own sum (a Welch of one signal is that signal's part of
+        // a Welch of several), so mid and side are measured on the two threads.
+        let spectra: Vec<PowerSpectrum> =
+            envelopes.mid_welch.finish().into_iter().chain(levels.side_welch.finish()).collect();
         let envelopes = envelopes.follower.finish();
         let sample_peak = extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
         let loudness = loudness::loudness_of(&levels.k, levels.true_peak.peak(), sample_peak);
@@ -344,8 +349,8 @@ impl Meter for LevelMeters {
         if let [l, r, ..] = block {
             self.stereo.add(l, r);
         }
-        if let Some((mid, side)) = mid_side(block, &mut self.mid, &mut self.side) {
-            self.welch.push(&[mid, side]);
+        if let Some((_, side)) = mid_side(block, &mut self.mid, &mut self.side) {
+            self.side_welch.push(&[side]);
         }
     }
 }
@@ -354,6 +359,7 @@ impl Meter for EnvelopeMeter {
     fn push(&mut self, block: &[&[f32]]) {
         if let Some((mid, _)) = mid_side(block, &mut self.mid, &mut self.side) {
             self.follower.push(mid);
+            self.mid_welch.push(&[mid]);
         }
     }
 }
