@@ -71,6 +71,9 @@ pub struct MasterOptions {
     /// samples when its source holds them ([`FrameSource::resident_bytes`]); what does not fit
     /// is rendered again from the mix for every read (`--memory-budget`).
     pub memory_budget_bytes: usize,
+    /// Run the intermediate passes on a proxy of the song's excerpts ([`crate::proxy`]) when the
+    /// song is long enough for one; `false` renders the whole song on every pass (`--full-loop`).
+    pub proxy: bool,
 }
 
 impl Default for MasterOptions {
@@ -83,6 +86,7 @@ impl Default for MasterOptions {
             min_plr_db: MIN_PLR_DB,
             allow_crush: false,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            proxy: true,
         }
     }
 }
@@ -321,6 +325,18 @@ pub fn master_stream(
     let cutoff = follow_limit_hz(mix_profile, target);
     let mut loop_opts = opts.solve.clone();
     loop_opts.amount = 1.0;
+    // The intermediate passes read only what the chain does to the spectrum and how hard the
+    // peak stages work: on a long song they run on a proxy of its excerpts, and only the last
+    // pass renders the whole song.
+    let proxy = match crate::proxy::choose_excerpts(mix_profile) {
+        Some(excerpts) if opts.proxy && opts.closed_loop_passes > 0 && settings.eq.enabled => {
+            progress("reading the proxy excerpts");
+            let audio = crate::proxy::read_proxy(source, &excerpts)?;
+            let [mid, side] = measure_spectra(&audio).map(|p| band_levels_db(&p, &grid));
+            Some(ProxyMix { audio, mid_db: mid, side_db: side })
+        }
+        _ => None,
+    };
     let mut bias = 0.0;
     let mut depth = 0.0;
     let mut pass = 0;
@@ -340,7 +356,9 @@ pub fn master_stream(
         // again, 1.27 kept, as with --no-saturation).
         let replan = !last || work.is_empty();
         let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
-        let prepared = prepare(source, &mut settings, plan, quality, cache)?;
+        let on_proxy = proxy.as_ref().filter(|_| !last);
+        let pass_source: &dyn FrameSource = on_proxy.map_or(source, |p| &p.audio as &dyn FrameSource);
+        let prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some())?;
         sat_stats = prepared.saturation.clone();
         let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
         let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
@@ -355,10 +373,17 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
-        let Some([out_mid, out_side]) = search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
+        let Some([mut out_mid, mut out_side]) =
+            search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
             break (prepared.pre, search);
         };
+        if let Some(p) = on_proxy {
+            // What the chain did to the proxy's spectrum, band by band, is what it would do to
+            // the song's: the song's output is its mix moved by that.
+            out_mid = p.predict(&mix_profile.spectrum.mid_db, &p.mid_db, &out_mid);
+            out_side = p.predict(&mix_profile.spectrum.side_db, &p.side_db, &out_side);
+        }
         let (e_mid, e_side) = crate::solve::correct_eq(
             &mut settings.eq,
             &grid,
@@ -421,33 +446,84 @@ pub fn master_stream(
         ceiling_dbtp: settings.limiter.enabled.then_some(settings.limiter.ceiling_dbtp),
     };
     sink.begin(&info)?;
-    let mut analyzer = Analyzer::new(rate, channels, Some(frames));
     let mut limiter = StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db);
-    let mut out: Planes = vec![Vec::new(); channels];
-    let mut written = 0usize;
-    let mut emit = |out: &mut Planes, analyzer: &mut Analyzer| -> Result<()> {
-        if out[0].is_empty() {
-            return Ok(());
+    // The master's own analysis (the verification) runs on the other core, a chunk behind the
+    // limiter and the writer.
+    let profile = std::thread::scope(|scope| -> Result<Profile> {
+        let (to_meter, chunks) = std::sync::mpsc::sync_channel::<Planes>(2);
+        let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
+        let meter = scope.spawn(move || {
+            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            for planes in chunks {
+                analyzer.push(&slices(&planes));
+                let _ = recycle.send(planes);
+            }
+            analyzer.finish("master", false)
+        });
+        let mut out: Planes = vec![Vec::new(); channels];
+        let mut written = 0usize;
+        let mut emit = |out: &mut Planes| -> Result<()> {
+            if out[0].is_empty() {
+                return Ok(());
+            }
+            sink.write(written, &slices(out))?;
+            written += out[0].len();
+            let mut copy = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+            for (c, o) in copy.iter_mut().zip(out.iter_mut()) {
+                c.clear();
+                c.extend_from_slice(o);
+                o.clear();
+            }
+            // A send fails only when the meter thread has died; its join reports that.
+            let _ = to_meter.send(copy);
+            Ok(())
+        };
+        pre.replay(&mut |p, e| {
+            limiter.process(p, e, &mut out);
+            emit(&mut out)
+        })?;
+        limiter.finish(&mut out);
+        emit(&mut out)?;
+        drop(to_meter);
+        if let Some(net) = sink.end()? {
+            notes.extend(net_note(&net, rate));
         }
-        let planes = slices(out);
-        analyzer.push(&planes);
-        sink.write(written, &planes)?;
-        written += out[0].len();
-        out.iter_mut().for_each(Vec::clear);
-        Ok(())
-    };
-    pre.replay(&mut |p, e| {
-        limiter.process(p, e, &mut out);
-        emit(&mut out, &mut analyzer)
+        progress("verifying");
+        meter.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into()))
     })?;
-    limiter.finish(&mut out);
-    emit(&mut out, &mut analyzer)?;
-    if let Some(net) = sink.end()? {
-        notes.extend(net_note(&net, rate));
-    }
-    progress("verifying");
-    let profile = analyzer.finish("master", false);
     Ok(Mastered { settings, profile, limiter: stats, saturation: sat_stats, notes })
+}
+
+/// The proxy of a long mix ([`crate::proxy`]) and its own mid and side band levels, dB on the
+/// profile's grid: what the intermediate passes' measurements are read against.
+struct ProxyMix {
+    audio: AudioBuffer,
+    mid_db: Vec<f64>,
+    side_db: Vec<f64>,
+}
+
+impl ProxyMix {
+    /// The song's output band levels predicted from the proxy's: the song's mix levels
+    /// (`song_db`) moved by what the chain did to each band of the proxy (`out_db` over
+    /// `proxy_db`). A band the proxy lacks (no level to compare) keeps the song's mix level.
+    fn predict(&self, song_db: &[f64], proxy_db: &[f64], out_db: &[f64]) -> Vec<f64> {
+        song_db
+            .iter()
+            .zip(proxy_db)
+            .zip(out_db)
+            .map(|((&s, &i), &o)| if i.is_finite() && o.is_finite() { s + (o - i) } else { s })
+            .collect()
+    }
+}
+
+/// Mid and side Welch spectra of a whole buffer, measured as the loop measures its output.
+fn measure_spectra(audio: &AudioBuffer) -> [PowerSpectrum; 2] {
+    let mut meter = SpectrumMeter::new(audio.sample_rate_hz, audio.frames());
+    let _ = audio.stream(&mut |chunk| {
+        meter.push(chunk);
+        Ok(())
+    });
+    meter.finish()
 }
 
 /// The note that says the ceiling's last guard had to act (`None` when it only measured).
