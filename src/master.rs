@@ -312,7 +312,7 @@ pub fn master_stream(
     let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
     let cache = frames.saturating_mul(channels + 1).saturating_mul(4)
         <= opts.memory_budget_bytes.saturating_sub(source.resident_bytes());
-    let mut sat_stats: SaturationStats;
+    let mut sat_stats = SaturationStats::default();
     // (peaks into the clipper, limiter gain reduction) of each pass so far, dB.
     let mut work: Vec<(f64, f64)> = Vec::new();
     let grid = mix_profile.spectrum.frequencies_hz.clone();
@@ -358,8 +358,10 @@ pub fn master_stream(
         let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
         let on_proxy = proxy.as_ref().filter(|_| !last);
         let pass_source: &dyn FrameSource = on_proxy.map_or(source, |p| &p.audio as &dyn FrameSource);
-        let prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some())?;
-        sat_stats = prepared.saturation.clone();
+        let prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some(), frames)?;
+        if let Some(measured) = &prepared.saturation {
+            sat_stats = measured.clone();
+        }
         let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
         let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
@@ -429,13 +431,6 @@ pub fn master_stream(
             sat_stats.peak_drive_db.max(0.0)
         ));
     }
-    let stats = search.stats.clone();
-    if settings.limiter.enabled {
-        notes.push(format!(
-            "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
-            stats.loud_gain_reduction_db, stats.max_gain_reduction_db
-        ));
-    }
     progress("writing");
     let info = WriteInfo {
         sample_rate_hz: rate,
@@ -491,6 +486,14 @@ pub fn master_stream(
         progress("verifying");
         meter.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into()))
     })?;
+    // What the limiter did as it wrote the master (the same gain the last reading measured).
+    let stats = limiter.stats();
+    if settings.limiter.enabled {
+        notes.push(format!(
+            "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
+            stats.loud_gain_reduction_db, stats.max_gain_reduction_db
+        ));
+    }
     Ok(Mastered { settings, profile, limiter: stats, saturation: sat_stats, notes })
 }
 
@@ -611,13 +614,26 @@ struct Prepared<'a> {
     rate: u32,
     channels: usize,
     frames: usize,
-    saturation: SaturationStats,
+    /// What the saturator does, when this pass measured what enters it (`None`: the last pass,
+    /// which keeps the drive and the figures of the pass before).
+    saturation: Option<SaturationStats>,
     /// First pass with saturation: the limiter's estimated depth without it, dB.
     limiting_estimate: Option<f64>,
 }
 
 /// Most frames of the decimated estimate signals (4 Mi: 16 MB each).
 const ESTIMATE_FRAMES: usize = 1 << 22;
+
+/// Frames per value of the decimated estimate signals of a song of `frames` frames: 8, doubled
+/// until there are at most [`ESTIMATE_FRAMES`] values. A proxy is measured at its song's
+/// decimation, so that what its readings teach the estimate holds for the song.
+fn decimation_for(frames: usize) -> usize {
+    let mut decimation = 8;
+    while frames / decimation > ESTIMATE_FRAMES {
+        decimation *= 2;
+    }
+    decimation
+}
 
 /// The sample rate of the decimated estimate signals (one value per `decimation` frames), Hz.
 fn decimated_rate(rate: u32, decimation: usize) -> u32 {
@@ -643,11 +659,7 @@ struct Measure {
 impl Measure {
     /// A measurement of `frames` frames; `decimate`: keep the decimated signals too (reserved
     /// at their final length: grown by doubling they would briefly need three times that).
-    fn new(rate: u32, channels: usize, frames: usize, decimate: bool) -> Self {
-        let mut decimation = 8;
-        while frames / decimation > ESTIMATE_FRAMES {
-            decimation *= 2;
-        }
+    fn new(rate: u32, channels: usize, frames: usize, decimation: usize, decimate: bool) -> Self {
         let reserve = if decimate { frames / decimation + 1 } else { 0 };
         Self {
             rate,
@@ -716,8 +728,10 @@ fn prepare<'a>(
     saturation: Option<SaturationPlan<'_>>,
     quality: Quality,
     cache: bool,
+    song_frames: usize,
 ) -> Result<Prepared<'a>> {
     let (rate, channels, frames) = (source.sample_rate_hz(), source.channel_count(), source.frames());
+    let decimation = decimation_for(song_frames);
     let keep = |store: &mut Option<(Planes, Vec<f32>)>, p: &[&[f32]], e: &[f32]| {
         if let Some((pre, env)) = store.as_mut() {
             for (c, x) in pre.iter_mut().zip(p) {
@@ -734,12 +748,16 @@ fn prepare<'a>(
     let mut sat_stats = SaturationStats::default();
     let mut limiting_estimate = None;
     let mut unsaturated: Option<(Planes, Vec<f32>)> = None;
-    if let Some(SaturationPlan { work, cap_db, replan }) = saturation {
+    // The last pass keeps the drive the pass before planned and capped: it is not rendered
+    // once more without the saturator only to measure what enters it.
+    let measure_first = saturation.as_ref().is_some_and(|p| p.replan);
+    if let Some(SaturationPlan { work, cap_db, replan }) = saturation.as_ref().filter(|_| measure_first) {
+        let (work, cap_db, replan) = (*work, *cap_db, *replan);
         // Measure what enters the saturator (kept, when it fits, to saturate without rendering
         // the EQ and compressor again).
         // The first pass estimates the limiter's work from the decimated signal; later passes
         // have measured it.
-        let mut m0 = Measure::new(rate, channels, frames, work.is_empty());
+        let mut m0 = Measure::new(rate, channels, frames, decimation, work.is_empty());
         let mut store = new_store();
         render_pre(source, settings, None, &mut |p, e| {
             m0.push(p, e);
@@ -763,7 +781,7 @@ fn prepare<'a>(
         }
         unsaturated = store;
     }
-    let mut m = Measure::new(rate, channels, frames, true);
+    let mut m = Measure::new(rate, channels, frames, decimation, true);
     let store;
     let saturating = settings.saturation.enabled && saturation.is_some();
     match unsaturated {
@@ -850,7 +868,7 @@ fn prepare<'a>(
         rate,
         channels,
         frames,
-        saturation: sat_stats,
+        saturation: measure_first.then_some(sat_stats),
         limiting_estimate,
     })
 }
