@@ -98,6 +98,10 @@ pub struct JobOptions {
     /// Closed-loop EQ correction passes after the first render (0 = open loop, at most 6).
     #[arg(long, default_value_t = 2)]
     pub passes: u8,
+    /// Run every closed-loop pass on the whole song instead of the intermediate ones on a short
+    /// proxy of its excerpts (slower; for checking what the proxy gives).
+    #[arg(long)]
+    pub full_loop: bool,
 }
 
 /// The default `--memory-budget`, MiB.
@@ -127,6 +131,7 @@ impl Default for JobOptions {
             memory_budget: DEFAULT_MEMORY_BUDGET_MIB,
             max_limiting_db: crate::master::MAX_LIMITING_DB,
             passes: 2,
+            full_loop: false,
         }
     }
 }
@@ -227,6 +232,7 @@ impl JobOptions {
             min_plr_db: self.min_plr,
             allow_crush: self.allow_crush,
             memory_budget_bytes: self.memory_budget_bytes(),
+            proxy: !self.full_loop,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod learn;
 pub mod master;
 pub mod platform;
 pub mod preview;
+pub mod proxy;
 pub mod render;
 pub mod report;
 pub mod report_html;

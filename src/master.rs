@@ -71,6 +71,9 @@ pub struct MasterOptions {
     /// samples when its source holds them ([`FrameSource::resident_bytes`]); what does not fit
     /// is rendered again from the mix for every read (`--memory-budget`).
     pub memory_budget_bytes: usize,
+    /// Run the intermediate passes on a proxy of the song's excerpts ([`crate::proxy`]) when the
+    /// song is long enough for one; `false` renders the whole song on every pass (`--full-loop`).
+    pub proxy: bool,
 }
 
 impl Default for MasterOptions {
@@ -83,6 +86,7 @@ impl Default for MasterOptions {
             min_plr_db: MIN_PLR_DB,
             allow_crush: false,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            proxy: true,
         }
     }
 }
@@ -308,7 +312,7 @@ pub fn master_stream(
     let cap = if opts.allow_crush { CRUSH_MAX_SATURATION_DB } else { MAX_SATURATION_DB };
     let cache = frames.saturating_mul(channels + 1).saturating_mul(4)
         <= opts.memory_budget_bytes.saturating_sub(source.resident_bytes());
-    let mut sat_stats: SaturationStats;
+    let mut sat_stats = SaturationStats::default();
     // (peaks into the clipper, limiter gain reduction) of each pass so far, dB.
     let mut work: Vec<(f64, f64)> = Vec::new();
     let grid = mix_profile.spectrum.frequencies_hz.clone();
@@ -321,6 +325,18 @@ pub fn master_stream(
     let cutoff = follow_limit_hz(mix_profile, target);
     let mut loop_opts = opts.solve.clone();
     loop_opts.amount = 1.0;
+    // The intermediate passes read only what the chain does to the spectrum and how hard the
+    // peak stages work: on a long song they run on a proxy of its excerpts, and only the last
+    // pass renders the whole song.
+    let proxy = match crate::proxy::choose_excerpts(mix_profile) {
+        Some(excerpts) if opts.proxy && opts.closed_loop_passes > 0 && settings.eq.enabled => {
+            progress("reading the proxy excerpts");
+            let audio = crate::proxy::read_proxy(source, &excerpts)?;
+            let [mid, side] = measure_spectra(&audio).map(|p| band_levels_db(&p, &grid));
+            Some(ProxyMix { audio, mid_db: mid, side_db: side })
+        }
+        _ => None,
+    };
     let mut bias = 0.0;
     let mut depth = 0.0;
     let mut pass = 0;
@@ -340,8 +356,12 @@ pub fn master_stream(
         // again, 1.27 kept, as with --no-saturation).
         let replan = !last || work.is_empty();
         let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
-        let prepared = prepare(source, &mut settings, plan, quality, cache)?;
-        sat_stats = prepared.saturation.clone();
+        let on_proxy = proxy.as_ref().filter(|_| !last);
+        let pass_source: &dyn FrameSource = on_proxy.map_or(source, |p| &p.audio as &dyn FrameSource);
+        let prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some(), frames)?;
+        if let Some(measured) = &prepared.saturation {
+            sat_stats = measured.clone();
+        }
         let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
         let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
@@ -355,10 +375,17 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
-        let Some([out_mid, out_side]) = search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
+        let Some([mut out_mid, mut out_side]) =
+            search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
             break (prepared.pre, search);
         };
+        if let Some(p) = on_proxy {
+            // What the chain did to the proxy's spectrum, band by band, is what it would do to
+            // the song's: the song's output is its mix moved by that.
+            out_mid = p.predict(&mix_profile.spectrum.mid_db, &p.mid_db, &out_mid);
+            out_side = p.predict(&mix_profile.spectrum.side_db, &p.side_db, &out_side);
+        }
         let (e_mid, e_side) = crate::solve::correct_eq(
             &mut settings.eq,
             &grid,
@@ -404,13 +431,6 @@ pub fn master_stream(
             sat_stats.peak_drive_db.max(0.0)
         ));
     }
-    let stats = search.stats.clone();
-    if settings.limiter.enabled {
-        notes.push(format!(
-            "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
-            stats.loud_gain_reduction_db, stats.max_gain_reduction_db
-        ));
-    }
     progress("writing");
     let info = WriteInfo {
         sample_rate_hz: rate,
@@ -421,33 +441,92 @@ pub fn master_stream(
         ceiling_dbtp: settings.limiter.enabled.then_some(settings.limiter.ceiling_dbtp),
     };
     sink.begin(&info)?;
-    let mut analyzer = Analyzer::new(rate, channels, Some(frames));
     let mut limiter = StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db);
-    let mut out: Planes = vec![Vec::new(); channels];
-    let mut written = 0usize;
-    let mut emit = |out: &mut Planes, analyzer: &mut Analyzer| -> Result<()> {
-        if out[0].is_empty() {
-            return Ok(());
+    // The master's own analysis (the verification) runs on the other core, a chunk behind the
+    // limiter and the writer.
+    let profile = std::thread::scope(|scope| -> Result<Profile> {
+        let (to_meter, chunks) = std::sync::mpsc::sync_channel::<Planes>(2);
+        let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
+        let meter = scope.spawn(move || {
+            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            for planes in chunks {
+                analyzer.push(&slices(&planes));
+                let _ = recycle.send(planes);
+            }
+            analyzer.finish("master", false)
+        });
+        let mut out: Planes = vec![Vec::new(); channels];
+        let mut written = 0usize;
+        let mut emit = |out: &mut Planes| -> Result<()> {
+            if out[0].is_empty() {
+                return Ok(());
+            }
+            sink.write(written, &slices(out))?;
+            written += out[0].len();
+            let mut copy = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+            for (c, o) in copy.iter_mut().zip(out.iter_mut()) {
+                c.clear();
+                c.extend_from_slice(o);
+                o.clear();
+            }
+            // A send fails only when the meter thread has died; its join reports that.
+            let _ = to_meter.send(copy);
+            Ok(())
+        };
+        pre.replay(&mut |p, e| {
+            limiter.process(p, e, &mut out);
+            emit(&mut out)
+        })?;
+        limiter.finish(&mut out);
+        emit(&mut out)?;
+        drop(to_meter);
+        if let Some(net) = sink.end()? {
+            notes.extend(net_note(&net, rate));
         }
-        let planes = slices(out);
-        analyzer.push(&planes);
-        sink.write(written, &planes)?;
-        written += out[0].len();
-        out.iter_mut().for_each(Vec::clear);
-        Ok(())
-    };
-    pre.replay(&mut |p, e| {
-        limiter.process(p, e, &mut out);
-        emit(&mut out, &mut analyzer)
+        progress("verifying");
+        meter.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into()))
     })?;
-    limiter.finish(&mut out);
-    emit(&mut out, &mut analyzer)?;
-    if let Some(net) = sink.end()? {
-        notes.extend(net_note(&net, rate));
+    // What the limiter did as it wrote the master (the same gain the last reading measured).
+    let stats = limiter.stats();
+    if settings.limiter.enabled {
+        notes.push(format!(
+            "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
+            stats.loud_gain_reduction_db, stats.max_gain_reduction_db
+        ));
     }
-    progress("verifying");
-    let profile = analyzer.finish("master", false);
     Ok(Mastered { settings, profile, limiter: stats, saturation: sat_stats, notes })
+}
+
+/// The proxy of a long mix ([`crate::proxy`]) and its own mid and side band levels, dB on the
+/// profile's grid: what the intermediate passes' measurements are read against.
+struct ProxyMix {
+    audio: AudioBuffer,
+    mid_db: Vec<f64>,
+    side_db: Vec<f64>,
+}
+
+impl ProxyMix {
+    /// The song's output band levels predicted from the proxy's: the song's mix levels
+    /// (`song_db`) moved by what the chain did to each band of the proxy (`out_db` over
+    /// `proxy_db`). A band the proxy lacks (no level to compare) keeps the song's mix level.
+    fn predict(&self, song_db: &[f64], proxy_db: &[f64], out_db: &[f64]) -> Vec<f64> {
+        song_db
+            .iter()
+            .zip(proxy_db)
+            .zip(out_db)
+            .map(|((&s, &i), &o)| if i.is_finite() && o.is_finite() { s + (o - i) } else { s })
+            .collect()
+    }
+}
+
+/// Mid and side Welch spectra of a whole buffer, measured as the loop measures its output.
+fn measure_spectra(audio: &AudioBuffer) -> [PowerSpectrum; 2] {
+    let mut meter = SpectrumMeter::new(audio.sample_rate_hz, audio.frames());
+    let _ = audio.stream(&mut |chunk| {
+        meter.push(chunk);
+        Ok(())
+    });
+    meter.finish()
 }
 
 /// The note that says the ceiling's last guard had to act (`None` when it only measured).
@@ -535,13 +614,26 @@ struct Prepared<'a> {
     rate: u32,
     channels: usize,
     frames: usize,
-    saturation: SaturationStats,
+    /// What the saturator does, when this pass measured what enters it (`None`: the last pass,
+    /// which keeps the drive and the figures of the pass before).
+    saturation: Option<SaturationStats>,
     /// First pass with saturation: the limiter's estimated depth without it, dB.
     limiting_estimate: Option<f64>,
 }
 
 /// Most frames of the decimated estimate signals (4 Mi: 16 MB each).
 const ESTIMATE_FRAMES: usize = 1 << 22;
+
+/// Frames per value of the decimated estimate signals of a song of `frames` frames: 8, doubled
+/// until there are at most [`ESTIMATE_FRAMES`] values. A proxy is measured at its song's
+/// decimation, so that what its readings teach the estimate holds for the song.
+fn decimation_for(frames: usize) -> usize {
+    let mut decimation = 8;
+    while frames / decimation > ESTIMATE_FRAMES {
+        decimation *= 2;
+    }
+    decimation
+}
 
 /// The sample rate of the decimated estimate signals (one value per `decimation` frames), Hz.
 fn decimated_rate(rate: u32, decimation: usize) -> u32 {
@@ -567,11 +659,7 @@ struct Measure {
 impl Measure {
     /// A measurement of `frames` frames; `decimate`: keep the decimated signals too (reserved
     /// at their final length: grown by doubling they would briefly need three times that).
-    fn new(rate: u32, channels: usize, frames: usize, decimate: bool) -> Self {
-        let mut decimation = 8;
-        while frames / decimation > ESTIMATE_FRAMES {
-            decimation *= 2;
-        }
+    fn new(rate: u32, channels: usize, frames: usize, decimation: usize, decimate: bool) -> Self {
         let reserve = if decimate { frames / decimation + 1 } else { 0 };
         Self {
             rate,
@@ -640,8 +728,10 @@ fn prepare<'a>(
     saturation: Option<SaturationPlan<'_>>,
     quality: Quality,
     cache: bool,
+    song_frames: usize,
 ) -> Result<Prepared<'a>> {
     let (rate, channels, frames) = (source.sample_rate_hz(), source.channel_count(), source.frames());
+    let decimation = decimation_for(song_frames);
     let keep = |store: &mut Option<(Planes, Vec<f32>)>, p: &[&[f32]], e: &[f32]| {
         if let Some((pre, env)) = store.as_mut() {
             for (c, x) in pre.iter_mut().zip(p) {
@@ -658,12 +748,16 @@ fn prepare<'a>(
     let mut sat_stats = SaturationStats::default();
     let mut limiting_estimate = None;
     let mut unsaturated: Option<(Planes, Vec<f32>)> = None;
-    if let Some(SaturationPlan { work, cap_db, replan }) = saturation {
+    // The last pass keeps the drive the pass before planned and capped: it is not rendered
+    // once more without the saturator only to measure what enters it.
+    let measure_first = saturation.as_ref().is_some_and(|p| p.replan);
+    if let Some(SaturationPlan { work, cap_db, replan }) = saturation.as_ref().filter(|_| measure_first) {
+        let (work, cap_db, replan) = (*work, *cap_db, *replan);
         // Measure what enters the saturator (kept, when it fits, to saturate without rendering
         // the EQ and compressor again).
         // The first pass estimates the limiter's work from the decimated signal; later passes
         // have measured it.
-        let mut m0 = Measure::new(rate, channels, frames, work.is_empty());
+        let mut m0 = Measure::new(rate, channels, frames, decimation, work.is_empty());
         let mut store = new_store();
         render_pre(source, settings, None, &mut |p, e| {
             m0.push(p, e);
@@ -687,7 +781,7 @@ fn prepare<'a>(
         }
         unsaturated = store;
     }
-    let mut m = Measure::new(rate, channels, frames, true);
+    let mut m = Measure::new(rate, channels, frames, decimation, true);
     let store;
     let saturating = settings.saturation.enabled && saturation.is_some();
     match unsaturated {
@@ -774,7 +868,7 @@ fn prepare<'a>(
         rate,
         channels,
         frames,
-        saturation: sat_stats,
+        saturation: measure_first.then_some(sat_stats),
         limiting_estimate,
     })
 }

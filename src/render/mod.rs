@@ -3,6 +3,7 @@
 //! limiter.
 //! Dither happens on the way out ([`crate::encode`]). Same input and settings, same bits.
 
+pub mod chain;
 pub mod dynamics;
 pub mod eq;
 pub mod limiter;

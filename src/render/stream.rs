@@ -9,12 +9,10 @@
 //! result: every stage works internally in blocks counted from the first sample.
 
 use crate::audio::{db_to_lin, AudioBuffer};
-use crate::dsp::fir::StreamConvolver;
 use crate::dsp::oversample::Oversampler;
 use crate::dsp::truepeak::{peak_envelope, TruePeakDetector};
 use crate::error::Result;
-use crate::render::dynamics::Compressor;
-use crate::render::eq;
+use crate::render::chain::{Chain, Envelope, StageSpec};
 use crate::render::limiter::{safety_trim_db, GainComputer, LimiterStats};
 use crate::render::saturation::{saturate_with, Quality};
 use crate::settings::{LimiterSettings, SaturationSettings, Settings};
@@ -196,118 +194,6 @@ fn envelope_window(window: &[&[f32]], off: usize, len: usize, out: &mut Planes, 
     }
 }
 
-/// Everything before the limiter, as a stream: mid/side EQ (width folded into the side filter),
-/// multiband compression, back to L/R, and the saturator when `saturation` is given.
-pub struct PreChain {
-    stereo: bool,
-    fir_mid: Option<StreamConvolver>,
-    fir_side: Option<StreamConvolver>,
-    compressor: Compressor,
-    saturator: Option<SaturatorStage>,
-    mid: Vec<f32>,
-    side: Vec<f32>,
-    eq_mid: Vec<f32>,
-    eq_side: Vec<f32>,
-    comp_mid: Vec<f32>,
-    comp_side: Vec<f32>,
-    lr: Planes,
-}
-
-impl PreChain {
-    /// The chain of `s` for a mix of `channels` (1 or 2) at `rate`; `saturation`: the quality to
-    /// saturate at, or `None` to leave the saturator out (the loop measures before it).
-    pub fn new(rate: u32, channels: usize, s: &Settings, saturation: Option<Quality>) -> Self {
-        let stereo = channels == 2;
-        let fir = |curve: &dyn Fn(f64) -> f64| -> Option<StreamConvolver> {
-            eq::curve_taps(rate, curve).map(|taps| StreamConvolver::new(&taps, taps.len() / 2))
-        };
-        let fir_mid = fir(&|f| eq::mid_curve_db(&s.eq, f));
-        let fir_side = if stereo { fir(&|f| eq::side_curve_db(&s.eq, &s.width, f)) } else { None };
-        let saturator = saturation
-            .filter(|_| s.saturation.enabled)
-            .map(|q| SaturatorStage::new(rate, channels, &s.saturation, s.limiter.ceiling_dbtp, q));
-        Self {
-            stereo,
-            fir_mid,
-            fir_side,
-            compressor: Compressor::new(rate, &s.dynamics, stereo),
-            saturator,
-            mid: Vec::new(),
-            side: Vec::new(),
-            eq_mid: Vec::new(),
-            eq_side: Vec::new(),
-            comp_mid: Vec::new(),
-            comp_side: Vec::new(),
-            lr: vec![Vec::new(); channels],
-        }
-    }
-
-    /// Renders a chunk of the mix, appending what is ready to `out` (L/R or mono).
-    pub fn process(&mut self, chunk: &[&[f32]], out: &mut Planes) {
-        self.mid.clear();
-        self.side.clear();
-        match chunk {
-            [l, r, ..] if self.stereo => crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side),
-            [m, ..] => self.mid.extend_from_slice(m),
-            [] => return,
-        }
-        match self.fir_mid.as_mut() {
-            Some(f) => f.process(&self.mid, &mut self.eq_mid),
-            None => self.eq_mid.extend_from_slice(&self.mid),
-        }
-        if self.stereo {
-            match self.fir_side.as_mut() {
-                Some(f) => f.process(&self.side, &mut self.eq_side),
-                None => self.eq_side.extend_from_slice(&self.side),
-            }
-        }
-        self.after_eq(false, out);
-    }
-
-    /// Flushes the filters and stages: after this, `out` has received as many frames as went in.
-    pub fn finish(&mut self, out: &mut Planes) {
-        if let Some(f) = self.fir_mid.as_mut() {
-            f.finish(&mut self.eq_mid);
-        }
-        if let Some(f) = self.fir_side.as_mut() {
-            f.finish(&mut self.eq_side);
-        }
-        self.after_eq(true, out);
-    }
-
-    fn after_eq(&mut self, last: bool, out: &mut Planes) {
-        // The two filters may hand on different amounts (one may be bypassed): only frames both
-        // have go on.
-        let n = if self.stereo { self.eq_mid.len().min(self.eq_side.len()) } else { self.eq_mid.len() };
-        let side_in: &[f32] = if self.stereo { &self.eq_side[..n] } else { &[] };
-        self.compressor.process(&self.eq_mid[..n], side_in, &mut self.comp_mid, &mut self.comp_side);
-        self.eq_mid.drain(..n);
-        if self.stereo {
-            self.eq_side.drain(..n);
-        }
-        if last {
-            self.compressor.finish(&mut self.comp_mid, &mut self.comp_side);
-        }
-        let target: &mut Planes = if self.saturator.is_some() { &mut self.lr } else { out };
-        if self.stereo {
-            let (m, s) = (&self.comp_mid, &self.comp_side);
-            target[0].extend(m.iter().zip(s).map(|(m, s)| m + s));
-            target[1].extend(m.iter().zip(s).map(|(m, s)| m - s));
-        } else {
-            target[0].extend_from_slice(&self.comp_mid);
-        }
-        self.comp_mid.clear();
-        self.comp_side.clear();
-        if let Some(sat) = self.saturator.as_mut() {
-            sat.process(&slices(&self.lr), out);
-            self.lr.iter_mut().for_each(Vec::clear);
-            if last {
-                sat.finish(out);
-            }
-        }
-    }
-}
-
 /// Renders the chain before the limiter over the whole of `source` (the saturator at `quality`,
 /// or left out for `None`), calling `f` with aligned chunks of the signal and its true-peak
 /// envelope.
@@ -318,28 +204,26 @@ pub fn render_pre(
     f: &mut PreSink<'_>,
 ) -> Result<()> {
     let channels = source.channel_count();
-    let mut chain = PreChain::new(source.sample_rate_hz(), channels, settings, quality);
-    let mut stage = EnvelopeStage::new(channels);
-    let (mut a, mut b, mut env): (Planes, Planes, Vec<f32>) =
-        (vec![Vec::new(); channels], vec![Vec::new(); channels], Vec::new());
+    let spec = StageSpec { sample_rate_hz: source.sample_rate_hz(), channels };
+    let mut chain = Chain::pre_limiter(spec, settings, quality);
+    chain.push(Box::new(Envelope::new(spec)), channels + 1);
+    let mut out: Planes = vec![Vec::new(); channels + 1];
     source.stream(&mut |chunk| {
-        chain.process(chunk, &mut a);
-        stage.process(&slices(&a), &mut b, &mut env);
-        hand_on(&mut a, &mut b, &mut env, f)
+        chain.process(chunk, &mut out);
+        hand_on(&mut out, f)
     })?;
-    chain.finish(&mut a);
-    stage.process(&slices(&a), &mut b, &mut env);
-    stage.finish(&mut b, &mut env);
-    hand_on(&mut a, &mut b, &mut env, f)
+    chain.finish(&mut out);
+    hand_on(&mut out, f)
 }
 
-fn hand_on(a: &mut Planes, b: &mut Planes, env: &mut Vec<f32>, f: &mut PreSink<'_>) -> Result<()> {
-    a.iter_mut().for_each(Vec::clear);
-    if !env.is_empty() {
-        f(&slices(b), env)?;
+/// Hands the audio planes and the envelope plane of `out` to `f`, then empties them.
+fn hand_on(out: &mut Planes, f: &mut PreSink<'_>) -> Result<()> {
+    if let Some((env, audio)) = out.split_last() {
+        if !env.is_empty() {
+            f(&slices(audio), env)?;
+        }
     }
-    b.iter_mut().for_each(Vec::clear);
-    env.clear();
+    out.iter_mut().for_each(Vec::clear);
     Ok(())
 }
 
@@ -349,22 +233,23 @@ fn hand_on(a: &mut Planes, b: &mut Planes, env: &mut Vec<f32>, f: &mut PreSink<'
 /// second applies it on the way out. Returns the limiter's statistics.
 pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut OutputSink<'_>) -> Result<LimiterStats> {
     let (rate, channels) = (source.sample_rate_hz(), source.channel_count());
+    let spec = StageSpec { sample_rate_hz: rate, channels };
     let mut trim_db = 0.0;
     if settings.limiter.enabled {
-        let mut lim = StreamLimiter::new(rate, channels, &settings.limiter, 0.0);
+        let mut chain = Chain::whole(spec, settings, 0.0);
         let mut meter = TruePeakMeter::new(channels);
         let mut out: Planes = vec![Vec::new(); channels];
-        render_pre(source, settings, Some(Quality::Oversampled), &mut |p, e| {
-            lim.process(p, e, &mut out);
+        source.stream(&mut |chunk| {
+            chain.process(chunk, &mut out);
             meter.push(&slices(&out));
             out.iter_mut().for_each(Vec::clear);
             Ok(())
         })?;
-        lim.finish(&mut out);
+        chain.finish(&mut out);
         meter.push(&slices(&out));
         trim_db = safety_trim_db(settings.limiter.ceiling_dbtp, meter.true_peak_dbtp());
     }
-    let mut lim = StreamLimiter::new(rate, channels, &settings.limiter, trim_db);
+    let mut chain = Chain::whole(spec, settings, trim_db);
     let mut out: Planes = vec![Vec::new(); channels];
     let mut written = 0;
     let mut emit = |out: &mut Planes, f: &mut OutputSink<'_>| -> Result<()> {
@@ -376,13 +261,13 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
         out.iter_mut().for_each(Vec::clear);
         Ok(())
     };
-    render_pre(source, settings, Some(Quality::Oversampled), &mut |p, e| {
-        lim.process(p, e, &mut out);
+    source.stream(&mut |chunk| {
+        chain.process(chunk, &mut out);
         emit(&mut out, f)
     })?;
-    lim.finish(&mut out);
+    chain.finish(&mut out);
     emit(&mut out, f)?;
-    Ok(lim.stats())
+    Ok(chain.limiter_stats().unwrap_or_default())
 }
 
 /// The true-peak limiter as a stream: the gain comes from [`GainComputer`] (the one the loop's
@@ -391,6 +276,8 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
 /// `look-ahead` frames for their gain; the output is `sample × (drive × gain) × trim`.
 pub struct StreamLimiter {
     enabled: bool,
+    /// Frames the gain lags the envelope (the look-ahead), 0 when disabled.
+    latency: usize,
     drive: f32,
     trim: f32,
     gain: GainComputer,
@@ -404,8 +291,10 @@ impl StreamLimiter {
     /// safety trim, ≤ 0).
     pub fn new(rate: u32, channels: usize, s: &LimiterSettings, trim_db: f64) -> Self {
         let drive = db_to_lin(s.drive_db) as f32;
+        let look = ((s.lookahead_ms * 1e-3 * f64::from(rate)).round() as usize).max(1);
         Self {
             enabled: s.enabled,
+            latency: if s.enabled { look - 1 } else { 0 },
             drive,
             trim: db_to_lin(trim_db) as f32,
             gain: GainComputer::new(rate, s, drive),
@@ -438,6 +327,12 @@ impl StreamLimiter {
         }
         self.gain.finish(&mut self.gains);
         self.apply(out);
+    }
+
+    /// Frames the output lags the input inside the limiter (its look-ahead): the output is
+    /// aligned with the input, the last frames arrive with [`Self::finish`].
+    pub fn latency_frames(&self) -> usize {
+        self.latency
     }
 
     /// Statistics of the gain so far (complete after [`Self::finish`]).
@@ -634,6 +529,7 @@ impl TruePeakMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dsp::fir::StreamConvolver;
     use crate::dsp::fir::{design, fir_len};
     use crate::render::limiter::CEILING_MARGIN_DB;
     use std::collections::VecDeque;
