@@ -4,9 +4,8 @@
 //! spectrum and how hard the limiter had to work, and corrects the settings. Those are
 //! *properties of the chain on this kind of music*, not of every second of it, so they can be
 //! read off a sample of the song: a few short excerpts chosen so that their short-term loudness
-//! spreads like the song's (one at each of evenly spaced quantiles of the song's loudness), plus
-//! the loudest stretch and the stretch around the hottest instant (where the limiter and the
-//! saturator work hardest). The excerpts are joined in song order with short crossfades.
+//! spreads like the song's (one at each of evenly spaced quantiles of the song's loudness, a
+//! stratified sample). The excerpts are joined in song order with short crossfades.
 //!
 //! Only the last pass, the one that writes the master, renders the whole song; the proxy's
 //! readings are checked against it in `tests/proxy.rs`.
@@ -48,10 +47,8 @@ pub struct Excerpt {
 /// series to choose from).
 ///
 /// The candidates are the song's non-overlapping `EXCERPT_S` windows that are not silence,
-/// each with the short-term loudness of its window. The loudest is always taken, and so is the
-/// window around the hottest 5 ms block of the mix's band envelopes when the profile has them;
-/// the others are taken at evenly spaced quantiles of the candidates' loudness, so that the
-/// proxy's loudness spreads like the song's.
+/// each with the short-term loudness of its window; one is taken at the middle of each of
+/// equal shares of their loudness distribution.
 pub fn choose_excerpts(profile: &Profile) -> Option<Vec<Excerpt>> {
     let rate = profile.sample_rate_hz as usize;
     let frames = (profile.duration_s * rate as f64).round() as usize;
@@ -72,31 +69,19 @@ pub fn choose_excerpts(profile: &Profile) -> Option<Vec<Excerpt>> {
         return None;
     }
     candidates.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let mut chosen: Vec<usize> = Vec::with_capacity(count + 1);
-    if let Some(&(k, _)) = candidates.last() {
-        chosen.push(k);
-    }
-    if let Some(k) = hottest_window(profile) {
-        if k < windows && !chosen.contains(&k) {
-            chosen.push(k);
-        }
-    }
-    let spread = count.saturating_sub(chosen.len()).max(1);
-    for i in 0..spread {
-        let q = (i as f64 + 0.5) / spread as f64;
-        let at = ((q * candidates.len() as f64) as usize).min(candidates.len() - 1);
-        // The nearest candidate at this quantile not yet taken (ties in loudness are common).
-        let pick = (0..candidates.len())
-            .flat_map(|d| [at.checked_sub(d), at.checked_add(d)])
-            .flatten()
-            .filter(|&j| j < candidates.len())
-            .map(|j| candidates[j].0)
-            .find(|k| !chosen.contains(k));
-        if let Some(k) = pick {
-            chosen.push(k);
-        }
-    }
+    // One excerpt at the middle of each of `count` equal shares of the loudness distribution:
+    // a stratified sample, so every percentile of the proxy (of loudness, of the peak envelope
+    // the saturator and limiter are planned on) estimates the song's without bias. Forcing the
+    // loudest stretch in would weigh it as one excerpt in `count` instead of one in the song's
+    // hundred, and the loop would correct the EQ for more saturation than the song gets.
+    let mut chosen: Vec<usize> = (0..count)
+        .map(|i| {
+            let q = (i as f64 + 0.5) / count as f64;
+            candidates[((q * candidates.len() as f64) as usize).min(candidates.len() - 1)].0
+        })
+        .collect();
     chosen.sort_unstable();
+    chosen.dedup();
     let len = EXCERPT_S * rate;
     Some(
         chosen
@@ -105,18 +90,6 @@ pub fn choose_excerpts(profile: &Profile) -> Option<Vec<Excerpt>> {
             .filter(|e| e.frames > 0)
             .collect(),
     )
-}
-
-/// The `EXCERPT_S` window holding the mix's hottest 5 ms block (largest sum of band mean
-/// squares), from the band envelopes the analysis keeps for the dynamics solver.
-fn hottest_window(profile: &Profile) -> Option<usize> {
-    let env = profile.envelopes.as_ref()?;
-    let n = env.bands.iter().map(|b| b.mean_square.len()).min()?;
-    let (block, _) = (0..n)
-        .map(|i| (i, env.bands.iter().map(|b| b.mean_square[i]).sum::<f32>()))
-        .max_by(|a, b| a.1.total_cmp(&b.1))?;
-    let seconds = block as f64 * crate::analysis::dynamics::BLOCK_S;
-    Some(seconds as usize / EXCERPT_S)
 }
 
 /// Reads the excerpts from `source` (one streaming read) and joins them in order, each join a

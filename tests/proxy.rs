@@ -7,7 +7,7 @@ mod common;
 use common::{ffmpeg_ebur128, kellet_pink, temp_dir, write_wav_f32, Rng};
 use refmaster::analysis::{analyze, Profile};
 use refmaster::master::{master, MasterOptions};
-use refmaster::proxy::{choose_excerpts, read_proxy, EXCERPT_S};
+use refmaster::proxy::{choose_excerpts, read_proxy};
 use refmaster::AudioBuffer;
 
 const RATE: u32 = 44_100;
@@ -83,7 +83,7 @@ fn reference() -> Profile {
 }
 
 #[test]
-fn the_proxy_is_a_short_sample_of_the_song_in_song_order_holding_its_loudest_stretch() {
+fn the_proxy_is_a_short_sample_of_the_song_in_song_order_whose_loudness_spreads_like_the_songs() {
     let song = sectioned_song(200, 1);
     let profile = analyze(&song, "song", false);
     let excerpts = choose_excerpts(&profile).expect("a 200 s song gets a proxy");
@@ -93,13 +93,6 @@ fn the_proxy_is_a_short_sample_of_the_song_in_song_order_holding_its_loudest_str
     for pair in excerpts.windows(2) {
         assert!(pair[0].start_frame + pair[0].frames <= pair[1].start_frame, "excerpts overlap or are out of order");
     }
-    // The loudest 3 s window of the song is in it.
-    let series = &profile.loudness.short_term_series_lufs;
-    let loudest = (0..series.len() / EXCERPT_S)
-        .max_by(|&a, &b| series[a * EXCERPT_S].total_cmp(&series[b * EXCERPT_S]))
-        .expect("windows");
-    let start = loudest * EXCERPT_S * RATE as usize;
-    assert!(excerpts.iter().any(|e| e.start_frame == start), "the loudest window at {loudest} is missing");
     // Its loudness spreads like the song's: the proxy's integrated loudness within 1 LU.
     let proxy = read_proxy(&song, &excerpts).expect("reads");
     assert_eq!(proxy.frames(), excerpts.iter().map(|e| e.frames).sum::<usize>() - (excerpts.len() - 1) * 441);
