@@ -401,7 +401,7 @@ pub fn master_stream(
             let gap = crate::solve::difference(&sm(&want_side, &want_mid), &sm(&out_side, &out_mid));
             // What the EQ corrections above already do to side/mid is not the width stage's job.
             let wanted = crate::solve::difference(&gap, &sm(&e_side, &e_mid));
-            let e_w = crate::solve::width_curve(&grid, &wanted, cutoff, &loop_opts);
+            let e_w = crate::solve::width_curve(&grid, &wanted, cutoff, &loop_opts, settings.eq.render);
             let bound = opts.solve.max_width_db;
             for ((b, e), f) in settings.width.bands.iter_mut().zip(&e_w).zip(&grid) {
                 let mut g = (b.side_gain_db + e).clamp(-bound, bound);

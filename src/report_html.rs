@@ -976,7 +976,7 @@ pub fn report_html(r: &ReportInput<'_>) -> String {
 }
 
 /// The mix notes (gaps mastering leaves to the mix) as a list, or a line saying there are none.
-fn mix_notes_html(st: &crate::settings::Settings) -> String {
+pub fn mix_notes_html(st: &crate::settings::Settings) -> String {
     let mut h = String::from("\n<h2>Mix notes</h2>\n");
     if st.mix_notes.is_empty() {
         h.push_str("<p id=\"mix-notes\">none: every gap to the reference is within what mastering should move</p>\n");

@@ -86,7 +86,8 @@ pub enum EqRender {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixNote {
-    /// What the gap is in: "tone" (the mid's tonal balance) or "width" (side-to-mid).
+    /// What the gap is in: "tone" (the mid's tonal balance), "width" (side-to-mid) or
+    /// "dynamics" (the mix is denser than the reference; the range is then the whole band).
     pub kind: String,
     /// Lower edge of the range, Hz.
     pub low_hz: f64,

@@ -121,3 +121,70 @@ fn the_same_music_is_recognised_through_eq_level_and_offset_and_different_songs_
     let (s, _) = solve(&nebula, &original, &SolveOptions::default());
     assert_eq!(s.eq.render, EqRender::Filters, "different songs get the broad match");
 }
+
+/// Pink noise whose level steps between full and `step_db` under it every 1.2 s (a mix with
+/// hits and breaks), or stays at full level when `step_db` is 0 (a mix pressed flat).
+fn pink_in_sections(seed: u64, seconds: f64, step_db: f64) -> Vec<f32> {
+    let x = synth_pink(seed, RATE, seconds, 20.0, 20_000.0, -20.0);
+    let section = (1.2 * f64::from(RATE)) as usize;
+    let quiet = 10f32.powf(-step_db as f32 / 20.0);
+    x.iter().enumerate().map(|(i, v)| if (i / section) % 2 == 1 { v * quiet } else { *v }).collect()
+}
+
+#[test]
+fn a_mix_denser_than_the_reference_gets_a_mix_note_saying_mastering_cannot_give_dynamics_back() {
+    let seconds = 24.0;
+    let dense = analyze(&stereo(pink_in_sections(3, seconds, 0.0)), "dense mix", false);
+    let dynamic = analyze(&stereo(pink_in_sections(4, seconds, 15.0)), "dynamic reference", false);
+    let (s, _) = solve(&dense, &dynamic, &SolveOptions::default());
+    let notes: Vec<_> = s.mix_notes.iter().filter(|n| n.kind == "dynamics").collect();
+    assert_eq!(notes.len(), 1, "{:#?}", s.mix_notes);
+    let n = notes[0];
+    // The reference's sections are 15 dB apart and 1.2 s long, so most of its 400 ms windows sit
+    // inside one section and its level spread reads about 15 dB; the steady mix's about 1 (the
+    // noise's own window-to-window wobble). Its peak-to-loudness is no smaller than the mix's
+    // (the quiet sections fall under the loudness gate), so the level spread decides.
+    assert!((12.0..=16.0).contains(&n.gap_db), "shortfall {:.1} dB for sections 15 dB apart", n.gap_db);
+    assert_eq!(n.applied_db, 0.0, "mastering gives nothing back");
+    assert!(n.text.starts_with("the mix is denser than the reference ("), "{}", n.text);
+    assert!(n.text.contains("cannot give the mix the reference's dynamics back"), "{}", n.text);
+    let text = refmaster::report::settings_text(&s);
+    assert!(text.lines().any(|l| l.starts_with("mix note: the mix is denser than the reference")), "{text}");
+    let back = refmaster::settings::Settings::from_json(&s.to_json(), "test").expect("settings read back");
+    assert_eq!(back.mix_notes, s.mix_notes);
+    let html = refmaster::report_html::mix_notes_html(&s);
+    assert!(html.contains("mix note: the mix is denser than the reference"), "{html}");
+
+    // The other way round the chain can compress the dynamic mix toward the dense reference:
+    // nothing to note.
+    let (s, _) = solve(&dynamic, &dense, &SolveOptions::default());
+    assert!(s.mix_notes.iter().all(|n| n.kind != "dynamics"), "{:#?}", s.mix_notes);
+}
+
+#[test]
+fn beside_a_broad_eq_the_width_stage_spreads_a_narrow_gap_over_an_octave_and_a_same_music_match_keeps_it_fine() {
+    // A side-to-mid gap of 6 dB in one 1/6-octave band at 1 kHz, nothing elsewhere.
+    let grid = refmaster::analysis::spectrum::grid_hz();
+    let spike_at = grid.iter().position(|f| (f - 1_000.0).abs() < 60.0).expect("a band near 1 kHz");
+    let mut wanted = vec![0.0; grid.len()];
+    wanted[spike_at] = 6.0;
+    let opts = SolveOptions::default();
+    let broad = refmaster::solve::width_curve(&grid, &wanted, 20_000.0, &opts, EqRender::Filters);
+    let fine = refmaster::solve::width_curve(&grid, &wanted, 20_000.0, &opts, EqRender::Curve);
+    // Triangular smoothing over ±w octaves on a 1/6-octave grid spreads one band's value over
+    // weights summing to 1 + 2·Σ(1 − k/(6w)): 4.56 at the broad 3/4 octave, 2.0 at 1/3 octave.
+    let weights = |w: f64| 1.0 + 2.0 * (1..).map(|k| 1.0 - k as f64 / (6.0 * w)).take_while(|v| *v > 0.0).sum::<f64>();
+    let peak = |g: &[f64]| g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert!((peak(&broad) - 6.0 / weights(0.75)).abs() < 1e-6, "broad peak {:.2} dB", peak(&broad));
+    assert!((peak(&fine) - 6.0 / weights(1.0 / 3.0)).abs() < 1e-6, "fine peak {:.2} dB", peak(&fine));
+    // The broad one reaches half an octave each side; the fine one stays within 1/3 octave.
+    let reach = |g: &[f64]| {
+        g.iter()
+            .zip(&grid)
+            .filter(|(v, _)| **v > 1e-9)
+            .map(|(_, f)| (f / grid[spike_at]).log2().abs())
+            .fold(0.0, f64::max)
+    };
+    assert!(reach(&broad) >= 0.5 && reach(&broad) < 0.75, "broad reach {:.2} oct", reach(&broad));
+    assert!(reach(&fine) < 1.0 / 3.0, "fine reach {:.2} oct", reach(&fine));
+}

@@ -47,6 +47,11 @@ pub const SAME_MUSIC_MAX_LAG_S: usize = 10;
 const SAME_MUSIC_MIN_SECONDS: usize = 12;
 /// How far past the EQ bound (dB) an octave-scale gap must be before a mix note calls it out.
 const MIX_NOTE_MARGIN_DB: f64 = 1.0;
+/// How much less peak-to-loudness ratio or 400 ms level spread (dB) the mix may have than the
+/// reference before a mix note calls it too dense: about what an ear notices between two songs.
+const DENSE_SHORTFALL_DB: f64 = 3.0;
+/// Level-motion scale the density note reads: 400 ms windows (EBU momentary).
+const DENSE_MOTION_SCALE: usize = 1;
 
 /// What the user asked of the solver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,7 +144,7 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
         let eq_sm = difference(&side_gain, &mid_gain);
         let gap = width_difference(mix, target);
         let wanted = difference(&gap, &eq_sm);
-        let gains = width_curve(&grid, &wanted, cutoff, opts);
+        let gains = width_curve(&grid, &wanted, cutoff, opts, render);
         report_width_bound(&grid, &wanted, cutoff, opts, &mut notes);
         mix_notes.extend(width_notes(&grid, &wanted, &gains, cutoff, opts));
         report_bass_width_held(&grid, &gap, &mut notes);
@@ -160,6 +165,7 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
         }
         Vec::new()
     };
+    mix_notes.extend(density_note(mix, target));
     let dynamics = if opts.dynamics {
         dynamics::solve_dynamics(mix, target, &grid, &mid_gain, &mut notes)
     } else {
@@ -442,7 +448,7 @@ pub fn finish_eq(settings: &mut Settings, cutoff_hz: f64) {
         fit_curves_for_export(&mut settings.eq, &settings.width, cutoff_hz);
     }
     let (eq, width) = (&settings.eq, &settings.width);
-    for note in &mut settings.mix_notes {
+    for note in settings.mix_notes.iter_mut().filter(|n| n.kind == "tone" || n.kind == "width") {
         let grid: Vec<f64> =
             eq.frequencies_hz.iter().copied().filter(|f| (note.low_hz..=note.high_hz).contains(f)).collect();
         if grid.is_empty() {
@@ -575,6 +581,55 @@ fn width_notes(grid: &[f64], wanted: &[f64], applied: &[f64], cutoff: f64, opts:
     let clean: Vec<f64> = wanted.iter().map(|d| if d.is_finite() { *d } else { 0.0 }).collect();
     let smoothed = smooth(grid, &clean, &valid, BROAD_OCTAVES);
     notes_for_runs("width", grid, &smoothed, applied, &valid, opts.max_width_db)
+}
+
+/// The spread of a profile's 400 ms window levels, dB (95th minus 10th percentile; None for a
+/// profile saved without level motion).
+fn motion_spread_db(p: &Profile) -> Option<f64> {
+    let scale = p.level_motion.as_ref()?.broadband.percentiles_db.get(DENSE_MOTION_SCALE)?;
+    let spread = scale.last()? - scale.first()?;
+    spread.is_finite().then_some(spread)
+}
+
+/// A mix note when the mix is denser than the reference: its peak-to-loudness ratio, or (when
+/// both profiles carry it) the spread of its 400 ms levels, falls short of the reference's by
+/// [`DENSE_SHORTFALL_DB`] or more. Those are what bus compression and limiting take away, and
+/// the chain only takes more away, so no setting gives them back: the mix has to leave them in.
+/// (The loudness range is printed beside them but does not decide: over 3 s windows it reads
+/// the arrangement, a quiet verse and a loud chorus, as much as the mix's density.) `gap_db` is
+/// the larger shortfall, dB; `applied_db` 0.
+pub fn density_note(mix: &Profile, target: &Profile) -> Option<MixNote> {
+    let (lra_mix, lra_ref) = (mix.loudness.range_lu, target.loudness.range_lu);
+    let (plr_mix, plr_ref) = (mix.loudness.plr_db, target.loudness.plr_db);
+    let plr_short = if plr_mix.is_finite() && plr_ref.is_finite() { plr_ref - plr_mix } else { f64::NAN };
+    let motion = motion_spread_db(mix).zip(motion_spread_db(target));
+    let motion_short = motion.map_or(f64::NAN, |(m, r)| r - m);
+    let short = plr_short.max(motion_short);
+    if short.is_nan() || short < DENSE_SHORTFALL_DB {
+        return None;
+    }
+    let mut figures = Vec::new();
+    if lra_mix.is_finite() && lra_ref.is_finite() {
+        figures.push(format!("loudness range {lra_mix:.1} LU against {lra_ref:.1} LU"));
+    }
+    if let Some((m, r)) = motion {
+        figures.push(format!("400 ms level spread {m:.1} dB against {r:.1} dB"));
+    }
+    if plr_short.is_finite() {
+        figures.push(format!("peak-to-loudness {plr_mix:.1} dB against {plr_ref:.1} dB"));
+    }
+    let text = format!(
+        "the mix is denser than the reference ({}): mastering only compresses and limits, it cannot give the mix the reference's dynamics back; leave them in the mix (less bus compression and limiting)",
+        figures.join(", ")
+    );
+    Some(MixNote {
+        kind: "dynamics".into(),
+        low_hz: EQ_LOWEST_HZ,
+        high_hz: 20_000.0,
+        gap_db: short,
+        applied_db: 0.0,
+        text,
+    })
 }
 
 /// Band-by-band difference `a − b` in dB.
@@ -741,13 +796,25 @@ pub fn hold_bass_width(grid: &[f64], mid_db: &[f64], side_db: &mut [f64], width_
     }
 }
 
-/// Turns a wanted side-to-mid change into per-band side gains: smoothed like the EQ, bounded by
-/// the width bound, never wider below [`NO_WIDENING_BELOW_HZ`], held beyond the followed range.
-pub fn width_curve(grid: &[f64], wanted: &[f64], cutoff_hz: f64, opts: &SolveOptions) -> Vec<f64> {
+/// How widely the width stage's gains are smoothed, octaves: as the EQ is. Beside a
+/// filter-rendered (broad, different-song) EQ that is [`BROAD_OCTAVES`] at least, so that the
+/// side with its width gain moves no faster than the broad side EQ under it; a same-music
+/// (curve-rendered) match keeps the finer `--smoothing`.
+pub fn width_smoothing_octaves(render: EqRender, opts: &SolveOptions) -> f64 {
+    match render {
+        EqRender::Filters => opts.smoothing_octaves.max(BROAD_OCTAVES),
+        EqRender::Curve => opts.smoothing_octaves,
+    }
+}
+
+/// Turns a wanted side-to-mid change into per-band side gains: smoothed like the EQ
+/// ([`width_smoothing_octaves`] for an EQ rendered as `render`), bounded by the width bound,
+/// never wider below [`NO_WIDENING_BELOW_HZ`], held beyond the followed range.
+pub fn width_curve(grid: &[f64], wanted: &[f64], cutoff_hz: f64, opts: &SolveOptions, render: EqRender) -> Vec<f64> {
     let valid: Vec<bool> =
         grid.iter().zip(wanted).map(|(f, d)| *f >= EQ_LOWEST_HZ && *f <= cutoff_hz && d.is_finite()).collect();
     let clean: Vec<f64> = wanted.iter().map(|d| if d.is_finite() { *d } else { 0.0 }).collect();
-    let smoothed = smooth(grid, &clean, &valid, opts.smoothing_octaves);
+    let smoothed = smooth(grid, &clean, &valid, width_smoothing_octaves(render, opts));
     let (Some(first), Some(last)) = (valid.iter().position(|v| *v), valid.iter().rposition(|v| *v)) else {
         return vec![0.0; grid.len()];
     };

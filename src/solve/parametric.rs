@@ -271,44 +271,70 @@ pub fn fit_within(
         bands.retain(|b| b.p[1].abs() >= MIN_BAND_GAIN_DB);
     }
     if limits.bound_total {
-        if merge_twins(&mut bands) {
-            refine(&problem, &mut bands, 0, JOINT_ITERATIONS);
-        }
+        tidy(&problem, &mut bands);
         problem.bound_total(&mut bands);
     }
 
     problem.finish(&bands)
 }
 
-/// Merges bells that sit within a quarter octave of each other with Qs within a factor 1.5
-/// into one (gains added, frequency and Q averaged on a log scale): the gain penalty makes two
-/// half-size twins cheaper than one band, and nobody imports two identical bells. True when any
-/// were merged.
-fn merge_twins(bands: &mut Vec<Band>) -> bool {
-    let quarter_octave = 0.25 * std::f64::consts::LN_2;
-    let mut merged = false;
-    let mut i = 0;
-    while i < bands.len() {
-        let mut j = i + 1;
-        while j < bands.len() {
-            let (a, b) = (bands[i], bands[j]);
-            let twins = a.kind == FilterKind::Peaking
-                && b.kind == FilterKind::Peaking
-                && (a.p[0] - b.p[0]).abs() < quarter_octave
-                && (a.p[2] - b.p[2]).abs() < 1.5f64.ln()
-                && a.p[1].signum() == b.p[1].signum();
-            if twins {
-                let w = a.p[1].abs() / (a.p[1].abs() + b.p[1].abs()).max(1e-12);
-                bands[i].p = [w * a.p[0] + (1.0 - w) * b.p[0], a.p[1] + b.p[1], w * a.p[2] + (1.0 - w) * b.p[2]];
-                bands.remove(j);
-                merged = true;
-            } else {
-                j += 1;
+/// How much RMS error (dB) tidying a broad fit may cost: merging two overlapping bells into one
+/// or dropping a small one is kept only if the refitted filters stay this close to the fit.
+/// A broad target is an octave-smoothed music spectrum, itself uncertain by a few tenths of a
+/// dB, so a tenth of a dB of fit is not worth a filter.
+const TIDY_TOLERANCE_DB: f64 = 0.1;
+/// Bells closer than this (octaves) and boosting or cutting alike are tried as one bell.
+const MERGE_OCTAVES: f64 = 0.5;
+/// Bells closer than this (octaves) are tried as one bell whatever their signs (a boost beside
+/// a cut that close is two filters drawing what one draws).
+const CANCEL_OCTAVES: f64 = 0.25;
+
+/// Tidies a broad fit the way an engineer would set it: two same-signed bells within
+/// [`MERGE_OCTAVES`] become one (gains added, frequency and Q averaged on a log scale, weighted
+/// by gain, then everything refitted), and the smallest bells are dropped one by one, as long
+/// as each step costs at most [`TIDY_TOLERANCE_DB`] of RMS error against the fit as it was.
+/// The gain penalty makes two half-size twins cheaper than one band, and a greedy fit can park
+/// a narrow bell beside a broad one; nobody imports either.
+fn tidy(problem: &Problem, bands: &mut Vec<Band>) {
+    let rms_of = |b: &[Band]| problem.errors(&problem.model(b)).0;
+    let allowed = rms_of(bands) + TIDY_TOLERANCE_DB;
+    let close = MERGE_OCTAVES * std::f64::consts::LN_2;
+    let very_close = CANCEL_OCTAVES * std::f64::consts::LN_2;
+    loop {
+        let peaks: Vec<usize> = (0..bands.len()).filter(|&i| bands[i].kind == FilterKind::Peaking).collect();
+        let mut trials: Vec<Vec<Band>> = Vec::new();
+        for (x, &i) in peaks.iter().enumerate() {
+            for &j in &peaks[x + 1..] {
+                let (a, b) = (bands[i], bands[j]);
+                let apart = (a.p[0] - b.p[0]).abs();
+                if (apart < close && a.p[1].signum() == b.p[1].signum()) || apart < very_close {
+                    let w = a.p[1].abs() / (a.p[1].abs() + b.p[1].abs()).max(1e-12);
+                    let mut t = bands.clone();
+                    t[i].p = [w * a.p[0] + (1.0 - w) * b.p[0], a.p[1] + b.p[1], w * a.p[2] + (1.0 - w) * b.p[2]];
+                    problem.project(&mut t[i]);
+                    t.remove(j);
+                    trials.push(t);
+                }
             }
         }
-        i += 1;
+        if let Some(&i) = peaks.iter().min_by(|&&a, &&b| bands[a].p[1].abs().total_cmp(&bands[b].p[1].abs())) {
+            let mut t = bands.clone();
+            t.remove(i);
+            trials.push(t);
+        }
+        let best = trials
+            .into_iter()
+            .map(|mut t| {
+                refine(problem, &mut t, 0, JOINT_ITERATIONS);
+                (rms_of(&t), t)
+            })
+            .filter(|(rms, _)| *rms <= allowed)
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        match best {
+            Some((_, t)) => *bands = t,
+            None => return,
+        }
     }
-    merged
 }
 
 /// Adds the best of the peaking-band candidates at the residual's extrema
