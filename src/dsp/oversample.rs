@@ -29,8 +29,10 @@ pub struct Oversampler {
     /// Zero-phase taps at the oversampled rate, `2·half + 1` of them, DC gain 1.
     taps: Vec<f32>,
     half: usize,
-    /// Interpolator phases: `phases[p][j]` weighs input `q − reach + j` for output `q·FACTOR + p`.
-    phases: Vec<Vec<f32>>,
+    /// Interpolator phases, transposed: `lanes[j][p]` weighs input `q − reach + j` for output
+    /// `q·FACTOR + p`, so that the eight outputs after an input sample are eight lanes summed
+    /// side by side (no sum across lanes per point).
+    lanes: Vec<[f32; FACTOR]>,
     /// Input samples each side an interpolated point depends on.
     reach: usize,
 }
@@ -72,7 +74,7 @@ impl Oversampler {
         let sum: f64 = taps64.iter().sum();
         taps64.iter_mut().for_each(|t| *t /= sum);
         let reach = half / FACTOR + 1;
-        let phases = (0..FACTOR)
+        let phases: Vec<Vec<f32>> = (0..FACTOR)
             .map(|p| {
                 (0..=2 * reach)
                     .map(|j| {
@@ -88,7 +90,8 @@ impl Oversampler {
                     .collect()
             })
             .collect();
-        Self { taps: taps64.iter().map(|&t| t as f32).collect(), half, phases, reach }
+        let lanes = (0..=2 * reach).map(|j| std::array::from_fn(|p: usize| phases[p][j])).collect();
+        Self { taps: taps64.iter().map(|&t| t as f32).collect(), half, lanes, reach }
     }
 
     /// Input samples on each side of a span that its oversampled values depend on, and that its
@@ -106,10 +109,10 @@ impl Oversampler {
         for q in start..end {
             self.window(x, q, &mut window);
             let base = (q - start) * FACTOR;
+            let points = self.interpolate(&window);
+            out[base..base + FACTOR].copy_from_slice(&points);
+            // A Nyquist filter: the point at the input instant is the input sample itself.
             out[base] = x[q];
-            for (p, phase) in self.phases.iter().enumerate().skip(1) {
-                out[base + p] = dot(&window, phase);
-            }
         }
     }
 
@@ -118,7 +121,20 @@ impl Oversampler {
     pub fn between_peak(&self, x: &[f32], i: usize, window: &mut Vec<f32>) -> f32 {
         window.resize(2 * self.reach + 1, 0.0);
         self.window(x, i, window);
-        self.phases.iter().skip(1).fold(0f32, |peak, phase| peak.max(dot(window, phase).abs()))
+        self.interpolate(window).iter().skip(1).fold(0f32, |peak, v| peak.max(v.abs()))
+    }
+
+    /// The eight interpolated points after the window's centre (lane `p` at time `p/8`), each
+    /// summed over the window in order, the eight side by side (vectorises).
+    #[inline]
+    fn interpolate(&self, window: &[f32]) -> [f32; FACTOR] {
+        let mut acc = [0f32; FACTOR];
+        for (&w, lane) in window.iter().zip(&self.lanes) {
+            for (a, &t) in acc.iter_mut().zip(lane) {
+                *a += w * t;
+            }
+        }
+        acc
     }
 
     /// The inputs `q − reach ..= q + reach` that the interpolated points after sample `q` weigh,
