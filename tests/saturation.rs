@@ -116,10 +116,14 @@ fn with_a_loud_reference_saturation_lowers_the_limiters_work_and_keeps_the_tonal
     let mp = analyze(&mix, "mix", false);
     let rp = analyze(&reference, "reference", false);
     let quiet = |_: &str| {};
-    // -13 LUFS: without saturation the limiter alone reaches it within its 12 dB depth limit (the
-    // dynamics stage now leaves this mix uncompressed: it is not judged closer to the
+    // -12.5 LUFS: without saturation the limiter alone reaches it within its 12 dB depth limit
+    // (the dynamics stage leaves this mix uncompressed: it is not judged closer to the
     // reference's level motion), so both masters sit at the same loudness and compare fairly.
-    let solve = SolveOptions { target_lufs: Some(-13.0), ..SolveOptions::default() };
+    // The saturator hands the limiter its 3 dB share (`LIMITER_SHARE_DB`), so the limiter alone
+    // must work well over 6 dB for "several dB" to be measurable: at -13 LUFS, with the broad
+    // EQ's tidied fit, it works 6.1 dB alone.
+    let target = -12.5;
+    let solve = SolveOptions { target_lufs: Some(target), ..SolveOptions::default() };
     let (on, _) = master(&mix, &mp, &rp, &MasterOptions { solve: solve.clone(), ..MasterOptions::default() }, &quiet)
         .expect("masters with saturation");
     let (off, _) =
@@ -135,7 +139,7 @@ fn with_a_loud_reference_saturation_lowers_the_limiters_work_and_keeps_the_tonal
              peaks {:.1} dB into the clipper",
             m.limiter.loud_gain_reduction_db, m.limiter.max_gain_reduction_db, m.saturation.peak_drive_db
         );
-        assert!((i + 13.0).abs() <= 0.1, "saturation {name}: {i:.2} LUFS, target -13");
+        assert!((i - target).abs() <= 0.1, "saturation {name}: {i:.2} LUFS, target {target}");
         assert!(tp <= -1.0, "saturation {name}: true peak {tp:.2} dBTP");
     }
     assert!(
@@ -147,7 +151,8 @@ fn with_a_loud_reference_saturation_lowers_the_limiters_work_and_keeps_the_tonal
     // And it buys that without giving up the tonal and width match: at most a tenth of a dB more
     // shape error on any measure, a level step under the smallest audible one. Both masters come
     // from the same mix, so the spectra's estimation noise is common to them. Measured (mid,
-    // side, width): on 0.11/0.21/0.16 dB, off 0.10/0.20/0.14 dB, from the mix's 1.32/0.15/1.67.
+    // side, width, with the broad EQ): on 0.33/0.58/0.38 dB, off 0.31/0.51/0.36 dB, from the
+    // mix's 1.32/0.15/1.67.
     // (The corpus pairs, scored at equal loudness, are in the issue notes.)
     let top_hz = refmaster::solve::follow_limit_hz(&mp, &rp);
     let start = shape_errors_db(&mp, &rp, top_hz);
