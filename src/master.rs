@@ -383,8 +383,8 @@ pub fn master_stream(
         if let Some(p) = on_proxy {
             // What the chain did to the proxy's spectrum, band by band, is what it would do to
             // the song's: the song's output is its mix moved by that.
-            out_mid = p.predict(&mix_profile.spectrum.mid_db, &p.mid_db, &out_mid);
-            out_side = p.predict(&mix_profile.spectrum.side_db, &p.side_db, &out_side);
+            out_mid = predict_from_proxy(&mix_profile.spectrum.mid_db, &p.mid_db, &out_mid);
+            out_side = predict_from_proxy(&mix_profile.spectrum.side_db, &p.side_db, &out_side);
         }
         let (e_mid, e_side) = crate::solve::correct_eq(
             &mut settings.eq,
@@ -505,18 +505,16 @@ struct ProxyMix {
     side_db: Vec<f64>,
 }
 
-impl ProxyMix {
-    /// The song's output band levels predicted from the proxy's: the song's mix levels
-    /// (`song_db`) moved by what the chain did to each band of the proxy (`out_db` over
-    /// `proxy_db`). A band the proxy lacks (no level to compare) keeps the song's mix level.
-    fn predict(&self, song_db: &[f64], proxy_db: &[f64], out_db: &[f64]) -> Vec<f64> {
-        song_db
-            .iter()
-            .zip(proxy_db)
-            .zip(out_db)
-            .map(|((&s, &i), &o)| if i.is_finite() && o.is_finite() { s + (o - i) } else { s })
-            .collect()
-    }
+/// The song's output band levels predicted from the proxy's: the song's mix levels (`song_db`)
+/// moved by what the chain did to each band of the proxy (`out_db` over `proxy_db`). A band the
+/// proxy lacks (no level to compare) keeps the song's mix level.
+fn predict_from_proxy(song_db: &[f64], proxy_db: &[f64], out_db: &[f64]) -> Vec<f64> {
+    song_db
+        .iter()
+        .zip(proxy_db)
+        .zip(out_db)
+        .map(|((&s, &i), &o)| if i.is_finite() && o.is_finite() { s + (o - i) } else { s })
+        .collect()
 }
 
 /// Mid and side Welch spectra of a whole buffer, measured as the loop measures its output.
@@ -716,7 +714,8 @@ struct SaturationPlan<'w> {
     work: &'w [(f64, f64)],
     /// Deepest drive into the clipper, dB.
     cap_db: f64,
-    /// Plan the drive again (false: keep the one in the settings).
+    /// Measure what enters the saturator and plan the drive again (false: keep the drive in the
+    /// settings, planned and capped by the pass before, and render it without measuring first).
     replan: bool,
 }
 
@@ -751,8 +750,7 @@ fn prepare<'a>(
     // The last pass keeps the drive the pass before planned and capped: it is not rendered
     // once more without the saturator only to measure what enters it.
     let measure_first = saturation.as_ref().is_some_and(|p| p.replan);
-    if let Some(SaturationPlan { work, cap_db, replan }) = saturation.as_ref().filter(|_| measure_first) {
-        let (work, cap_db, replan) = (*work, *cap_db, *replan);
+    if let Some(&SaturationPlan { work, cap_db, .. }) = saturation.as_ref().filter(|_| measure_first) {
         // Measure what enters the saturator (kept, when it fits, to saturate without rendering
         // the EQ and compressor again).
         // The first pass estimates the limiter's work from the decimated signal; later passes
@@ -768,13 +766,7 @@ fn prepare<'a>(
         let loud_db = m0.quantile.quantile_db(0.999);
         let base = m0.loudness_lufs();
         let first_limiting = work.is_empty().then(|| estimated_limiting_db(&m0, &settings.limiter, base));
-        if replan {
-            plan_saturation(loud_db, first_limiting, settings, work, cap_db);
-        } else if settings.saturation.enabled {
-            // Kept, but never past the cap: the EQ correction may have raised the peaks.
-            let most = clipper_drive_db(cap_db, settings.limiter.ceiling_dbtp, loud_db);
-            settings.saturation.drive_db = settings.saturation.drive_db.min(most);
-        }
+        plan_saturation(loud_db, first_limiting, settings, work, cap_db);
         limiting_estimate = first_limiting;
         if settings.saturation.enabled {
             sat_stats.peak_drive_db = loud_db + settings.saturation.drive_db - settings.limiter.ceiling_dbtp;
