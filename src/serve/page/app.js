@@ -274,7 +274,10 @@ const player = {
     if (k === "ref" && !this.buffers.ref) return;
     this.active = k;
     for (const [name, g] of Object.entries(this.gains)) {
-      g.gain.setValueAtTime(name === k ? Math.pow(10, this.matchDb[name] / 20) : 0, this.ctx.currentTime);
+      // Set as the value itself (as start() does), not as an event at currentTime: an event is
+      // applied, and read back through gain.value, only when the audio thread next renders, so
+      // for a moment after the switch the player reported the old source's gains.
+      g.gain.value = name === k ? Math.pow(10, this.matchDb[name] / 20) : 0;
     }
     for (const b of document.querySelectorAll(".ab button")) b.classList.toggle("on", b.dataset.src === k);
     this.peaks = null;
