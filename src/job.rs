@@ -628,7 +628,13 @@ pub fn run(files: &JobFiles, opts: &JobOptions, progress: &(dyn Fn(Progress<'_>)
         (choice.target.profile, Some(note))
     } else {
         let refs = loaded_refs.map_err(|_| Error::Unsupported("internal: the reference loader panicked".into()))??;
-        (average_profiles(&refs).ok_or_else(|| Error::Unsupported("no reference profile".into()))?, None)
+        // One reference is its own target, envelopes included (the same-music dynamics fit
+        // reads them); several are averaged.
+        let target = match <[Profile; 1]>::try_from(refs) {
+            Ok([one]) => one,
+            Err(refs) => average_profiles(&refs).ok_or_else(|| Error::Unsupported("no reference profile".into()))?,
+        };
+        (target, None)
     };
     let out = files.master_path();
     let mut written = Vec::new();

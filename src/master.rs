@@ -331,9 +331,26 @@ pub fn master_stream(
     let proxy = match crate::proxy::choose_excerpts(mix_profile) {
         Some(excerpts) if opts.proxy && opts.closed_loop_passes > 0 && settings.eq.enabled => {
             progress("reading the proxy excerpts");
-            let audio = crate::proxy::read_proxy(source, &excerpts)?;
-            let [mid, side] = measure_spectra(&audio).map(|p| band_levels_db(&p, &grid));
-            Some(ProxyMix { audio, mid_db: mid, side_db: side })
+            let preroll = crate::proxy::preroll_frames(slowest_time_ms(&settings), source.sample_rate_hz());
+            let proxy = crate::proxy::read_proxy(source, &excerpts, preroll)?;
+            let [mid, side] = measure_spectra(&proxy.audio, Some(&proxy.measured)).map(|p| band_levels_db(&p, &grid));
+            // The proxy's sampling error in what the compressor does to each band, known from
+            // the song's envelopes, is taken out of its reading.
+            let shift: [f64; 4] = std::array::from_fn(|b| {
+                let edges = mix_profile.envelopes.as_ref().map_or([0.0; 5], |e| e.edges_hz);
+                crate::solve::mean_between(&grid, &settings.eq.mid_gain_db, edges[b].max(20.0), edges[b + 1])
+            });
+            let bias =
+                crate::proxy::compressor_bias_db(mix_profile, &excerpts, &settings.dynamics, shift).map(|bias| {
+                    grid.iter()
+                        .map(|&f| {
+                            (0..4)
+                                .map(|b| bias[b] * crate::proxy::band_share(f, settings.dynamics.crossovers_hz, b))
+                                .sum::<f64>()
+                        })
+                        .collect::<Vec<f64>>()
+                });
+            Some(ProxyMix { audio: proxy.audio, measured: proxy.measured, mid_db: mid, side_db: side, bias_db: bias })
         }
         _ => None,
     };
@@ -358,7 +375,8 @@ pub fn master_stream(
         let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
         let on_proxy = proxy.as_ref().filter(|_| !last);
         let pass_source: &dyn FrameSource = on_proxy.map_or(source, |p| &p.audio as &dyn FrameSource);
-        let prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some(), frames)?;
+        let mut prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some(), frames)?;
+        prepared.measured = on_proxy.map(|p| p.measured.clone());
         if let Some(measured) = &prepared.saturation {
             sat_stats = measured.clone();
         }
@@ -385,6 +403,12 @@ pub fn master_stream(
             // the song's: the song's output is its mix moved by that.
             out_mid = predict_from_proxy(&mix_profile.spectrum.mid_db, &p.mid_db, &out_mid);
             out_side = predict_from_proxy(&mix_profile.spectrum.side_db, &p.side_db, &out_side);
+            if let Some(bias) = &p.bias_db {
+                for ((m, s), b) in out_mid.iter_mut().zip(out_side.iter_mut()).zip(bias) {
+                    *m -= b;
+                    *s -= b;
+                }
+            }
         }
         let (e_mid, e_side) = crate::solve::correct_eq(
             &mut settings.eq,
@@ -501,8 +525,27 @@ pub fn master_stream(
 /// profile's grid: what the intermediate passes' measurements are read against.
 struct ProxyMix {
     audio: AudioBuffer,
+    /// The frames of `audio` that are excerpts (the rest is pre-roll): the only ones measured.
+    measured: Vec<std::ops::Range<usize>>,
     mid_db: Vec<f64>,
     side_db: Vec<f64>,
+    /// How far the proxy over-reads what the compressor does at each grid frequency, dB
+    /// ([`crate::proxy::compressor_bias_db`]); `None` without compression.
+    bias_db: Option<Vec<f64>>,
+}
+
+/// The slowest time constant of the chain's stages with memory, ms: what a proxy's pre-roll
+/// must let settle.
+fn slowest_time_ms(settings: &Settings) -> f64 {
+    let dynamics = settings
+        .dynamics
+        .bands
+        .iter()
+        .filter(|b| settings.dynamics.enabled && !b.is_neutral())
+        .map(|b| b.attack_ms.max(b.release_ms))
+        .fold(0.0, f64::max);
+    let limiter = if settings.limiter.enabled { settings.limiter.release_ms } else { 0.0 };
+    dynamics.max(limiter)
 }
 
 /// The song's output band levels predicted from the proxy's: the song's mix levels (`song_db`)
@@ -517,9 +560,10 @@ fn predict_from_proxy(song_db: &[f64], proxy_db: &[f64], out_db: &[f64]) -> Vec<
         .collect()
 }
 
-/// Mid and side Welch spectra of a whole buffer, measured as the loop measures its output.
-fn measure_spectra(audio: &AudioBuffer) -> [PowerSpectrum; 2] {
-    let mut meter = SpectrumMeter::new(audio.sample_rate_hz, audio.frames());
+/// Mid and side Welch spectra of a buffer (of its `measured` frames, or all), measured as the
+/// loop measures its output.
+fn measure_spectra(audio: &AudioBuffer, measured: Option<&[std::ops::Range<usize>]>) -> [PowerSpectrum; 2] {
+    let mut meter = SpectrumMeter::new(audio.sample_rate_hz, audio.frames(), measured);
     let _ = audio.stream(&mut |chunk| {
         meter.push(chunk);
         Ok(())
@@ -617,6 +661,9 @@ struct Prepared<'a> {
     saturation: Option<SaturationStats>,
     /// First pass with saturation: the limiter's estimated depth without it, dB.
     limiting_estimate: Option<f64>,
+    /// On a proxy, the frames whose spectrum is measured (its excerpts, not their pre-rolls);
+    /// `None`: every frame.
+    measured: Option<Vec<std::ops::Range<usize>>>,
 }
 
 /// Most frames of the decimated estimate signals (4 Mi: 16 MB each).
@@ -862,6 +909,7 @@ fn prepare<'a>(
         frames,
         saturation: measure_first.then_some(sat_stats),
         limiting_estimate,
+        measured: None,
     })
 }
 
@@ -992,7 +1040,7 @@ fn read_limited(
     let mut kmeter = KMeter::new(rate, channels);
     let mut tp = true_peak.then(|| TruePeakMeter::new(channels));
     let frames = prepared.frames;
-    let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames));
+    let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames, prepared.measured.as_deref()));
     let mut out: Planes = vec![Vec::new(); channels];
     let mut take = |out: &mut Planes| {
         let planes = slices(out);
@@ -1190,21 +1238,47 @@ struct SpectrumMeter {
     welch: Welch,
     mid: Vec<f32>,
     side: Vec<f32>,
+    /// Frames measured (`None`: all), in order; the frame position of the next chunk.
+    measured: Option<Vec<std::ops::Range<usize>>>,
+    at: usize,
 }
 
 impl SpectrumMeter {
-    fn new(rate: u32, frames: usize) -> Self {
-        Self { welch: Welch::new(rate, 2, Some(frames)), mid: Vec::new(), side: Vec::new() }
+    fn new(rate: u32, frames: usize, measured: Option<&[std::ops::Range<usize>]>) -> Self {
+        let counted = measured.map_or(frames, |m| m.iter().map(|r| r.len()).sum());
+        Self {
+            welch: Welch::new(rate, 2, Some(counted)),
+            mid: Vec::new(),
+            side: Vec::new(),
+            measured: measured.map(<[_]>::to_vec),
+            at: 0,
+        }
     }
 
     fn push(&mut self, chunk: &[&[f32]]) {
+        let n = chunk.first().map_or(0, |c| c.len());
+        let start = self.at;
+        self.at += n;
+        let Some(measured) = self.measured.take() else {
+            self.push_frames(chunk, 0..n);
+            return;
+        };
+        for r in measured.iter().filter(|r| r.start < start + n && r.end > start) {
+            let (s, e) = (r.start.max(start) - start, r.end.min(start + n) - start);
+            self.push_frames(chunk, s..e);
+        }
+        self.measured = Some(measured);
+    }
+
+    /// Pushes the frames `range` of `chunk`.
+    fn push_frames(&mut self, chunk: &[&[f32]], range: std::ops::Range<usize>) {
         self.mid.clear();
         self.side.clear();
         match chunk {
-            [l, r, ..] => crate::audio::split_mid_side(l, r, &mut self.mid, &mut self.side),
+            [l, r, ..] => crate::audio::split_mid_side(&l[range.clone()], &r[range], &mut self.mid, &mut self.side),
             [m] => {
-                self.mid.extend_from_slice(m);
-                self.side.resize(m.len(), 0.0);
+                self.mid.extend_from_slice(&m[range]);
+                self.side.resize(self.mid.len(), 0.0);
             }
             [] => return,
         }

@@ -94,8 +94,11 @@ fn the_proxy_is_a_short_sample_of_the_song_in_song_order_whose_loudness_spreads_
         assert!(pair[0].start_frame + pair[0].frames <= pair[1].start_frame, "excerpts overlap or are out of order");
     }
     // Its loudness spreads like the song's: the proxy's integrated loudness within 1 LU.
-    let proxy = read_proxy(&song, &excerpts).expect("reads");
-    assert_eq!(proxy.frames(), excerpts.iter().map(|e| e.frames).sum::<usize>() - (excerpts.len() - 1) * 441);
+    // Without pre-roll the excerpts join with 10 ms crossfades (or none where they follow each
+    // other in the song).
+    let proxy = read_proxy(&song, &excerpts, 0).expect("reads").audio;
+    let total: usize = excerpts.iter().map(|e| e.frames).sum();
+    assert!(proxy.frames() >= total && proxy.frames() <= total + (excerpts.len() - 1) * 441);
     let p = analyze(&proxy, "proxy", false);
     let gap = p.loudness.integrated_lufs - profile.loudness.integrated_lufs;
     eprintln!("proxy {total_s:.1} s in {} excerpts, loudness {gap:+.2} LU from the song's", excerpts.len());
@@ -170,4 +173,26 @@ fn the_master_solved_on_the_proxy_matches_the_one_solved_on_every_pass_in_full()
         by_proxy.settings.limiter.drive_db,
         in_full.settings.limiter.drive_db
     );
+}
+
+#[test]
+fn each_excerpt_of_a_pre_rolled_proxy_is_the_songs_own_samples_where_the_proxy_says_it_is() {
+    let song = sectioned_song(200, 4);
+    let excerpts = choose_excerpts(&analyze(&song, "song", false)).expect("a 200 s song gets a proxy");
+    let preroll = RATE as usize; // 1 s
+    let proxy = read_proxy(&song, &excerpts, preroll).expect("reads");
+    assert_eq!(proxy.measured.len(), excerpts.len());
+    for (e, r) in excerpts.iter().zip(&proxy.measured) {
+        // The excerpt, less at most the next join's 10 ms crossfade, and not its pre-roll.
+        assert!(r.len() <= e.frames && r.len() + 441 >= e.frames, "measured {} of {} frames", r.len(), e.frames);
+        for (c, channel) in proxy.audio.channels.iter().enumerate() {
+            let same = channel[r.clone()] == song.channels[c][e.start_frame..e.start_frame + r.len()];
+            assert!(same, "the measured frames of channel {c} are not the song's excerpt at {}", e.start_frame);
+        }
+    }
+    // Pre-rolls lie between excerpts, never inside one.
+    for pair in proxy.measured.windows(2) {
+        assert!(pair[1].start >= pair[0].end, "measured ranges overlap");
+        assert!(pair[1].start - pair[0].end <= preroll + 882, "the pre-roll is at most what was asked");
+    }
 }

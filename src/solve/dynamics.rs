@@ -37,6 +37,7 @@ use crate::analysis::Profile;
 use crate::dsp::crossover::DEFAULT_CROSSOVERS_HZ;
 use crate::settings::{CompressorBand, DynamicsSettings};
 use crate::solve::mean_between;
+use crate::solve::restore::restore;
 
 /// Attack and release per band (low to high), ms, of a band left neutral (they do nothing there
 /// but keep hand edits sensible).
@@ -474,6 +475,7 @@ pub fn solve_dynamics(
     target: &Profile,
     grid: &[f64],
     mid_gain: &[f64],
+    same_music: bool,
     notes: &mut Vec<String>,
 ) -> DynamicsSettings {
     let Some(envs) = mix.envelopes.as_ref() else {
@@ -497,6 +499,13 @@ pub fn solve_dynamics(
             env.mean_square.iter().map(|&v| (f64::from(v) * shift) as f32).collect()
         })
         .collect();
+    // The same music: the reference says what level each band should have, moment by moment.
+    if same_music {
+        if let Some(r) = target.envelopes.as_ref().and_then(|e| restore(&bands, envs.edges_hz, e)) {
+            notes.push(r.note);
+            return r.dynamics;
+        }
+    }
     let n = bands.iter().map(Vec::len).max().unwrap_or(0);
     let mut broadband = vec![0f32; n];
     for s in &bands {

@@ -9,6 +9,7 @@
 
 pub mod dynamics;
 pub mod parametric;
+pub mod restore;
 
 use serde::{Deserialize, Serialize};
 
@@ -167,7 +168,7 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
     };
     mix_notes.extend(density_note(mix, target));
     let dynamics = if opts.dynamics {
-        dynamics::solve_dynamics(mix, target, &grid, &mid_gain, &mut notes)
+        dynamics::solve_dynamics(mix, target, &grid, &mid_gain, same.is_some(), &mut notes)
     } else {
         dynamics::neutral(DEFAULT_CROSSOVERS_HZ)
     };

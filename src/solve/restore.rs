@@ -1,0 +1,473 @@
+//! Dynamics restored from the same music.
+//!
+//! When the reference is the same music as the mix (the finished track a mix was un-mastered
+//! from, an earlier master of this very mix), the level-motion statistics of [`super::dynamics`]
+//! are a blunt yardstick: the reference says, moment by moment, what level each band should
+//! have. So the gain that turns the mix into the reference is read per 20 ms chunk and band
+//! (reference level over mix level, after aligning the two), and the compressor whose gain law
+//! explains it best is fitted to it.
+//!
+//! A compressor whose threshold sits under the music's quiet passages applies
+//! `(1/ratio − 1) · (level − threshold) + make-up` dB: a line in the detector's level. So for
+//! each pair of detector times the wanted gain (dB) is regressed on the detector's level (dB),
+//! with one intercept per band (a static gain per band is the EQ's business, not the
+//! compressor's):
+//! - **broadband**: one detector on the whole mid and one slope for every band (what undoes a
+//!   level expander without moving the tonal balance);
+//! - **multiband**: each band its own detector, times and slope.
+//!
+//! The yardstick is the rms of what the fitted gain leaves unexplained, in dB, with each band
+//! weighted by the third-octave bands it spans (as a spectrogram distance weighs them). The
+//! stage is used only when its gain explains clearly more of the wanted gain than static gains
+//! do: measured against the truth, so it never compresses where the reference did not.
+
+use crate::analysis::dynamics::{power_db, BandEnvelopes};
+use crate::analysis::loudness::percentile_sorted;
+use crate::settings::{CompressorBand, DynamicsSettings};
+use crate::solve::dynamics::{detector_levels_db, neutral, neutral_band, power_gains, MAX_MEAN_REDUCTION_DB};
+
+/// 5 ms envelope blocks per chunk the wanted gain is read on (20 ms): short enough to follow a
+/// 20 ms detector, long enough that a block's noise does not swamp the reading.
+const CHUNK_BLOCKS: usize = 4;
+/// Detector times tried, (attack, release) ms: symmetric RMS windows (what an expander or a
+/// leveller uses) and the attack-under-release pairs of ordinary compressors.
+const TIMES_MS: [(f64, f64); 20] = [
+    (5.0, 5.0),
+    (10.0, 10.0),
+    (20.0, 20.0),
+    (45.0, 45.0),
+    (100.0, 100.0),
+    (200.0, 200.0),
+    (400.0, 400.0),
+    (1000.0, 1000.0),
+    (5.0, 45.0),
+    (5.0, 120.0),
+    (5.0, 300.0),
+    (15.0, 120.0),
+    (15.0, 300.0),
+    (15.0, 800.0),
+    (45.0, 300.0),
+    (45.0, 800.0),
+    (120.0, 300.0),
+    (120.0, 800.0),
+    (300.0, 800.0),
+    (300.0, 2000.0),
+];
+/// Steepest slope fitted, dB of gain per dB of level: a 2:1 ratio. Restoring a master rarely
+/// needs more; a steeper fit is the regression chasing something else.
+const MIN_SLOPE: f64 = -0.5;
+/// A slope gentler than this (1.05:1) does nothing audible: the band stays off.
+const NEGLIGIBLE_SLOPE: f64 = -0.045;
+/// Chunks quieter than this under the band's loud level (99th percentile) are not read: their
+/// level is noise and leakage, and a spectrogram distance gates them out too.
+const ACTIVE_RANGE_DB: f32 = 45.0;
+/// The stage must lower the unexplained gain by this share of the static fit's ...
+const MIN_SHARE: f64 = 0.1;
+/// ... and by this much, dB rms.
+const MIN_GAIN_DB: f64 = 0.1;
+/// Multiband must improve on broadband by this share and this much again.
+const MULTIBAND_SHARE: f64 = 0.05;
+const MULTIBAND_GAIN_DB: f64 = 0.05;
+/// Lowest and highest frequency the band weights count, Hz (the span a listener's spectrogram
+/// distance reads).
+const WEIGHT_SPAN_HZ: (f64, f64) = (40.0, 16_000.0);
+/// Longest stretch the two are aligned on (from the middle), chunks: 3 minutes.
+const ALIGN_MAX_CHUNKS: usize = 9_000;
+/// Largest offset searched between mix and reference, chunks (10 s).
+const ALIGN_MAX_LAG_CHUNKS: usize = 500;
+/// Alignment must reach this correlation of level changes.
+const ALIGN_MIN_CORRELATION: f64 = 0.5;
+/// Fewest active chunks a band is fitted on (4 s).
+const MIN_CHUNKS: usize = 200;
+
+/// What the restoration fit found.
+#[derive(Debug, Clone)]
+pub struct Restoration {
+    /// The compressor to render (disabled when static gains explain the reference as well).
+    pub dynamics: DynamicsSettings,
+    /// Rms of the wanted gain around one static gain per band, dB.
+    pub static_residual_db: f64,
+    /// Rms of what the chosen gain leaves unexplained, dB.
+    pub residual_db: f64,
+    /// Offset of the reference against the mix, 5 ms blocks (positive: the reference is late).
+    pub lag_blocks: isize,
+    /// One line for the user: what was chosen and why.
+    pub note: String,
+}
+
+/// One compressor fitted to one or more bands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LineFit {
+    /// Index into [`TIMES_MS`].
+    times: usize,
+    /// Gain slope, dB per dB of detector level (≤ 0).
+    slope: f64,
+    /// Weighted mean square of what the line leaves unexplained, dB² (per band, weighted sum).
+    residual_sq: f64,
+}
+
+/// The mix's and the reference's readings on the aligned chunks of one band.
+struct BandReading {
+    /// Chunk indices (into the mix's chunks) that are active in both.
+    active: Vec<usize>,
+    /// Wanted gain of each active chunk, dB, mean removed.
+    wanted_db: Vec<f64>,
+    /// Weight of the band (third-octave bands it spans).
+    weight: f64,
+}
+
+/// Fits the compressor that turns the mix into the reference. `mix_bands` are the mix's 5 ms
+/// band mean squares as the compressor will see them (after the EQ's gain in each band);
+/// `reference` the reference's envelopes. `None` when the two cannot be read side by side
+/// (different block rates or bands, too short, no alignment found): the caller then solves on
+/// statistics.
+pub fn restore(mix_bands: &[Vec<f32>], mix_edges_hz: [f64; 5], reference: &BandEnvelopes) -> Option<Restoration> {
+    if reference.bands.len() != mix_bands.len()
+        || mix_bands.is_empty()
+        || mix_edges_hz.iter().zip(&reference.edges_hz).any(|(a, b)| (a - b).abs() > 1e-6 * a.abs().max(1.0))
+    {
+        return None;
+    }
+    let ref_bands: Vec<&[f32]> = reference.bands.iter().map(|b| b.mean_square.as_slice()).collect();
+    let mix_broad = sum_series(mix_bands.iter().map(Vec::as_slice));
+    let ref_broad = sum_series(ref_bands.iter().copied());
+    let lag = align_blocks(&mix_broad, &ref_broad)?;
+    let n_chunks = mix_broad.len() / CHUNK_BLOCKS;
+    let readings: Vec<BandReading> = mix_bands
+        .iter()
+        .zip(&ref_bands)
+        .enumerate()
+        .map(|(b, (m, r))| read_band(m, r, lag, n_chunks, band_weight(mix_edges_hz[b], mix_edges_hz[b + 1])))
+        .collect();
+    if readings.iter().all(|r| r.active.len() < MIN_CHUNKS) {
+        return None;
+    }
+    let total_weight: f64 = readings.iter().filter(|r| r.active.len() >= MIN_CHUNKS).map(|r| r.weight).sum();
+    let static_sq: f64 = readings
+        .iter()
+        .filter(|r| r.active.len() >= MIN_CHUNKS)
+        .map(|r| r.weight * mean_square(&r.wanted_db))
+        .sum::<f64>()
+        / total_weight;
+
+    // Detector levels per chunk, for every pair of times, of the broadband sum and of each band.
+    let broad_levels: Vec<Vec<f64>> = TIMES_MS.iter().map(|&t| chunk_levels_db(&mix_broad, t)).collect();
+    let broadband = fit_line(&readings, |_, t| &broad_levels[t]);
+    let band_levels: Vec<Vec<Vec<f64>>> =
+        mix_bands.iter().map(|m| TIMES_MS.iter().map(|&t| chunk_levels_db(m, t)).collect()).collect();
+    let per_band: Vec<Option<LineFit>> = readings
+        .iter()
+        .enumerate()
+        .map(|(b, r)| {
+            (r.active.len() >= MIN_CHUNKS)
+                .then(|| fit_line(std::slice::from_ref(r), |_, t| &band_levels[b][t]))
+                .flatten()
+                .filter(|f| f.slope < NEGLIGIBLE_SLOPE)
+        })
+        .collect();
+    let multiband_sq: f64 = readings
+        .iter()
+        .zip(&per_band)
+        .filter(|(r, _)| r.active.len() >= MIN_CHUNKS)
+        .map(|(r, f)| f.map_or(r.weight * mean_square(&r.wanted_db), |f| f.residual_sq))
+        .sum::<f64>()
+        / total_weight;
+
+    let rms_static = static_sq.sqrt();
+    let clearly_better = |sq: f64, base: f64, share: f64, db: f64| {
+        let (a, b) = (sq.sqrt(), base.sqrt());
+        a <= (1.0 - share) * b && b - a >= db
+    };
+    let broad_ok = broadband
+        .filter(|f| f.slope < NEGLIGIBLE_SLOPE)
+        .filter(|f| clearly_better(f.residual_sq / total_weight, static_sq, MIN_SHARE, MIN_GAIN_DB));
+    let multi_ok = per_band.iter().any(Option::is_some)
+        && clearly_better(multiband_sq, static_sq, MIN_SHARE, MIN_GAIN_DB)
+        && broad_ok.is_none_or(|f| {
+            clearly_better(multiband_sq, f.residual_sq / total_weight, MULTIBAND_SHARE, MULTIBAND_GAIN_DB)
+        });
+    let crossovers = [mix_edges_hz[1], mix_edges_hz[2], mix_edges_hz[3]];
+    let broad_text = broadband.map_or("none".to_string(), |f| {
+        format!(
+            "{:.2}:1 at {}, {:.2} dB",
+            ratio_of(f.slope),
+            times_text(f.times),
+            (f.residual_sq / total_weight).sqrt()
+        )
+    });
+    let (dynamics, residual_db, what) = if multi_ok {
+        let bands: Vec<CompressorBand> = per_band
+            .iter()
+            .enumerate()
+            .map(|(b, f)| f.map_or_else(|| neutral_band(b), |f| compressor_for(&mix_bands[b], &mix_bands[b], f)))
+            .collect();
+        let on: Vec<String> = bands
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.ratio > 1.0)
+            .map(|(i, b)| format!("band {} {:.2}:1 at {}", i + 1, b.ratio, times_text_of(b)))
+            .collect();
+        (
+            DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands, linked: false },
+            multiband_sq.sqrt(),
+            format!("multiband ({})", on.join(", ")),
+        )
+    } else if let Some(f) = broad_ok {
+        let band = compressor_for(&mix_broad, &mix_broad, f);
+        let what = format!("broadband {:.2}:1 at {}", band.ratio, times_text_of(&band));
+        (
+            DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands: vec![band; 4], linked: true },
+            (f.residual_sq / total_weight).sqrt(),
+            what,
+        )
+    } else {
+        (neutral(crossovers), rms_static, String::new())
+    };
+    let note = if dynamics.enabled {
+        format!(
+            "dynamics: restoring from the same music: {what}: the gain that turns the mix into the reference moves {rms_static:.2} dB around static band gains, {residual_db:.2} dB around this compressor's (broadband fit {broad_text}, multiband {:.2} dB)",
+            multiband_sq.sqrt()
+        )
+    } else {
+        format!(
+            "dynamics: off: the reference is the same music and no compressor explains its level better than static band gains ({rms_static:.2} dB unexplained; broadband fit {broad_text}, multiband {:.2} dB)",
+            multiband_sq.sqrt()
+        )
+    };
+    Some(Restoration { dynamics, static_residual_db: rms_static, residual_db, lag_blocks: lag, note })
+}
+
+/// Ratio of a gain slope (dB/dB).
+fn ratio_of(slope: f64) -> f64 {
+    1.0 / (1.0 + slope)
+}
+
+fn times_text(t: usize) -> String {
+    let (a, r) = TIMES_MS[t];
+    if a == r {
+        format!("{a:.0} ms")
+    } else {
+        format!("{a:.0}/{r:.0} ms")
+    }
+}
+
+fn times_text_of(b: &CompressorBand) -> String {
+    if b.attack_ms == b.release_ms {
+        format!("{:.0} ms", b.attack_ms)
+    } else {
+        format!("{:.0}/{:.0} ms", b.attack_ms, b.release_ms)
+    }
+}
+
+/// The compressor band of a fitted line: threshold under the detector's quietest active levels
+/// (so the gain law is the fitted line over everything heard), no knee, make-up that keeps the
+/// band's energy (`apply_to` the series the gain applies to).
+fn compressor_for(detector: &[f32], apply_to: &[f32], fit: LineFit) -> CompressorBand {
+    let (attack_ms, release_ms) = TIMES_MS[fit.times];
+    let mut levels = Vec::with_capacity(detector.len());
+    detector_levels_db(detector, attack_ms, release_ms, &mut levels);
+    let mut sorted: Vec<f64> = levels.iter().map(|&v| f64::from(v)).filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let loud = percentile_sorted(&sorted, 0.99);
+    let floor = loud - f64::from(ACTIVE_RANGE_DB);
+    let quiet = sorted.iter().copied().find(|&v| v >= floor).unwrap_or(floor);
+    let mut band = CompressorBand {
+        threshold_dbfs: (quiet - 3.0).clamp(-90.0, 0.0),
+        ratio: ratio_of(fit.slope),
+        knee_db: 0.0,
+        attack_ms,
+        release_ms,
+        makeup_db: 0.0,
+    };
+    let mut gains = Vec::with_capacity(levels.len());
+    power_gains(&levels, &band, &mut gains);
+    let e_in: f64 = apply_to.iter().map(|&v| f64::from(v)).sum();
+    let e_out: f64 = apply_to.iter().zip(&gains).map(|(&v, &g)| f64::from(v) * f64::from(g)).sum();
+    if e_in > 0.0 && e_out > 0.0 {
+        band.makeup_db = (10.0 * (e_in / e_out).log10()).clamp(0.0, MAX_MEAN_REDUCTION_DB);
+    }
+    band
+}
+
+/// The best line over `readings` for any pair of detector times: `levels(b, t)` gives band `b`'s
+/// detector level per chunk for times `t`. One slope for all the bands, one intercept each.
+/// Returns the weighted residual (not yet divided by the total weight).
+fn fit_line<'a>(readings: &[BandReading], levels: impl Fn(usize, usize) -> &'a Vec<f64>) -> Option<LineFit> {
+    let mut best: Option<LineFit> = None;
+    for t in 0..TIMES_MS.len() {
+        // Per band: centred levels; then the pooled slope.
+        let (mut sxy, mut sxx) = (0f64, 0f64);
+        let mut centred: Vec<Vec<f64>> = Vec::with_capacity(readings.len());
+        for (b, r) in readings.iter().enumerate() {
+            if r.active.len() < MIN_CHUNKS {
+                centred.push(Vec::new());
+                continue;
+            }
+            let l = levels(b, t);
+            let xs: Vec<f64> = r.active.iter().map(|&i| l[i]).collect();
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            let xs: Vec<f64> = xs.into_iter().map(|x| x - mean).collect();
+            let w = r.weight / xs.len() as f64;
+            for (x, y) in xs.iter().zip(&r.wanted_db) {
+                sxy += w * x * y;
+                sxx += w * x * x;
+            }
+            centred.push(xs);
+        }
+        if sxx <= 1e-9 {
+            continue;
+        }
+        let slope = (sxy / sxx).clamp(MIN_SLOPE, 0.0);
+        let residual_sq: f64 = readings
+            .iter()
+            .zip(&centred)
+            .filter(|(r, _)| r.active.len() >= MIN_CHUNKS)
+            .map(|(r, xs)| {
+                let sq: f64 = xs.iter().zip(&r.wanted_db).map(|(x, y)| (y - slope * x).powi(2)).sum();
+                r.weight * sq / xs.len() as f64
+            })
+            .sum();
+        if best.is_none_or(|b| residual_sq < b.residual_sq) {
+            best = Some(LineFit { times: t, slope, residual_sq });
+        }
+    }
+    best
+}
+
+/// Element-wise sum of several equally long series (the shortest sets the length).
+fn sum_series<'a>(series: impl Iterator<Item = &'a [f32]>) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::new();
+    for (i, s) in series.enumerate() {
+        if i == 0 {
+            out = s.to_vec();
+        } else {
+            out.truncate(s.len());
+            for (a, &b) in out.iter_mut().zip(s) {
+                *a += b;
+            }
+        }
+    }
+    out
+}
+
+/// Power summed over each chunk, dB (a silent chunk reads very low, not −∞).
+fn chunk_db(series: &[f32]) -> Vec<f32> {
+    series.chunks_exact(CHUNK_BLOCKS).map(|c| power_db(c.iter().sum::<f32>().max(1e-20)) as f32).collect()
+}
+
+/// Detector level per chunk (the mean of its blocks' levels, dB) for detector times `times`.
+fn chunk_levels_db(series: &[f32], times: (f64, f64)) -> Vec<f64> {
+    let mut levels = Vec::with_capacity(series.len());
+    detector_levels_db(series, times.0, times.1, &mut levels);
+    levels
+        .chunks_exact(CHUNK_BLOCKS)
+        .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>() / CHUNK_BLOCKS as f64)
+        .collect()
+}
+
+/// Weight of a band from `low_hz` to `high_hz`: the third-octave bands it spans within
+/// [`WEIGHT_SPAN_HZ`].
+fn band_weight(low_hz: f64, high_hz: f64) -> f64 {
+    let (lo, hi) = (low_hz.max(WEIGHT_SPAN_HZ.0), high_hz.min(WEIGHT_SPAN_HZ.1));
+    if hi > lo {
+        3.0 * (hi / lo).log2()
+    } else {
+        0.0
+    }
+}
+
+fn mean_square(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64
+    }
+}
+
+/// One band's wanted gain (reference over mix, dB, mean removed) on the chunks active in both.
+fn read_band(mix: &[f32], reference: &[f32], lag_blocks: isize, n_chunks: usize, weight: f64) -> BandReading {
+    let mix_db = chunk_db(mix);
+    // The reference shifted by the lag, chunked on the mix's chunk grid.
+    let shifted: Vec<f32> = (0..n_chunks * CHUNK_BLOCKS)
+        .map(|i| {
+            let j = i as isize + lag_blocks;
+            if j >= 0 {
+                reference.get(j.unsigned_abs()).copied().unwrap_or(f32::NAN)
+            } else {
+                f32::NAN
+            }
+        })
+        .collect();
+    let ref_db = chunk_db(&shifted);
+    let loud = |db: &[f32]| {
+        let mut v: Vec<f64> = db.iter().filter(|x| x.is_finite()).map(|&x| f64::from(x)).collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f32::NEG_INFINITY
+        } else {
+            percentile_sorted(&v, 0.99) as f32
+        }
+    };
+    let (mix_floor, ref_floor) = (loud(&mix_db) - ACTIVE_RANGE_DB, loud(&ref_db) - ACTIVE_RANGE_DB);
+    let active: Vec<usize> = (0..n_chunks.min(mix_db.len()).min(ref_db.len()))
+        .filter(|&i| mix_db[i] > mix_floor && ref_db[i] > ref_floor && ref_db[i].is_finite())
+        .collect();
+    let wanted: Vec<f64> = active.iter().map(|&i| f64::from(ref_db[i] - mix_db[i])).collect();
+    let mean = if wanted.is_empty() { 0.0 } else { wanted.iter().sum::<f64>() / wanted.len() as f64 };
+    BandReading { active, wanted_db: wanted.into_iter().map(|w| w - mean).collect(), weight }
+}
+
+/// Offset of `reference` against `mix` in 5 ms blocks (positive: the reference is late): the
+/// best correlation of their chunk-to-chunk level changes within ±10 s, refined to the block.
+/// `None` when no offset correlates clearly.
+fn align_blocks(mix: &[f32], reference: &[f32]) -> Option<isize> {
+    let steps = |db: Vec<f32>| -> Vec<f64> { db.windows(2).map(|w| f64::from(w[1] - w[0])).collect() };
+    let (a, b) = (steps(chunk_db(mix)), steps(chunk_db(reference)));
+    let lag = best_offset(&a, &b, ALIGN_MAX_LAG_CHUNKS, ALIGN_MAX_CHUNKS)?;
+    if lag.1 < ALIGN_MIN_CORRELATION {
+        return None;
+    }
+    // Refine at the block: level changes from block to block, around the chunk lag.
+    let block_steps = |s: &[f32]| -> Vec<f64> {
+        s.windows(2).map(|w| power_db(w[1].max(1e-20)) - power_db(w[0].max(1e-20))).collect()
+    };
+    let (a, b) = (block_steps(mix), block_steps(reference));
+    let centre = lag.0 * CHUNK_BLOCKS as isize;
+    let reach = CHUNK_BLOCKS as isize;
+    let best = (centre - reach..=centre + reach)
+        .filter_map(|l| correlation_at(&a, &b, l, ALIGN_MAX_CHUNKS * CHUNK_BLOCKS).map(|r| (l, r)))
+        .max_by(|x, y| x.1.total_cmp(&y.1))?;
+    Some(best.0)
+}
+
+/// Best offset of `b` against `a` within ±`max_lag` and its correlation.
+fn best_offset(a: &[f64], b: &[f64], max_lag: usize, max_len: usize) -> Option<(isize, f64)> {
+    let max_lag = max_lag as isize;
+    (-max_lag..=max_lag)
+        .filter_map(|l| correlation_at(a, b, l, max_len).map(|r| (l, r)))
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+}
+
+/// Correlation of `a[i]` with `b[i + lag]` over at most `max_len` points around the middle of
+/// their overlap; `None` when they overlap too little or either is flat.
+fn correlation_at(a: &[f64], b: &[f64], lag: isize, max_len: usize) -> Option<f64> {
+    let start_a = if lag < 0 { lag.unsigned_abs() } else { 0 };
+    let start_b = if lag > 0 { lag.unsigned_abs() } else { 0 };
+    let n = a.len().saturating_sub(start_a).min(b.len().saturating_sub(start_b));
+    if n < 2 * MIN_CHUNKS {
+        return None;
+    }
+    let take = n.min(max_len);
+    let skip = (n - take) / 2;
+    let (x, y) = (&a[start_a + skip..start_a + skip + take], &b[start_b + skip..start_b + skip + take]);
+    let len = take as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / len, y.iter().sum::<f64>() / len);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (p, q) in x.iter().zip(y) {
+        let (dp, dq) = (p - mx, q - my);
+        sxy += dp * dq;
+        sxx += dp * dp;
+        syy += dq * dq;
+    }
+    (sxx > 1e-12 && syy > 1e-12).then(|| sxy / (sxx * syy).sqrt())
+}
