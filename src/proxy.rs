@@ -113,10 +113,10 @@ pub struct Proxy {
 }
 
 /// Pre-roll before each excerpt for a chain whose slowest time constant is `slowest_ms`, frames
-/// at `sample_rate_hz`: five time constants (the state within 1 % of where the song has it), at
-/// least 0.1 s, at most 1.5 s.
+/// at `sample_rate_hz`: three time constants (the state within 5 % of where the song has it), at
+/// least 0.1 s, at most 1 s (the proxy is held in memory twice, as read and as rendered).
 pub fn preroll_frames(slowest_ms: f64, sample_rate_hz: u32) -> usize {
-    let seconds = (5.0 * slowest_ms / 1e3).clamp(0.1, 1.5);
+    let seconds = (3.0 * slowest_ms / 1e3).clamp(0.1, 1.0);
     (seconds * f64::from(sample_rate_hz)).round() as usize
 }
 
@@ -203,7 +203,7 @@ pub fn compressor_bias_db(
     dynamics: &crate::settings::DynamicsSettings,
     band_shift_db: [f64; 4],
 ) -> Option<[f64; 4]> {
-    use crate::solve::dynamics::gain_track;
+    use crate::solve::dynamics::gain_track_for;
     let envs = profile.envelopes.as_ref()?;
     if !dynamics.enabled || envs.bands.len() != 4 || dynamics.bands.len() != 4 {
         return None;
@@ -232,7 +232,7 @@ pub fn compressor_bias_db(
     if dynamics.linked {
         let sum: Vec<f32> = (0..n).map(|i| bands.iter().map(|b| b[i]).sum()).collect();
         let mut g = Vec::with_capacity(n);
-        gain_track(&sum, &dynamics.bands[0], &mut g);
+        gain_track_for(&sum, &dynamics.bands[0], dynamics.feedback, &mut g);
         gains.resize(4, g);
     } else {
         for (b, band) in bands.iter().zip(&dynamics.bands) {
@@ -240,7 +240,7 @@ pub fn compressor_bias_db(
             if band.is_neutral() {
                 g.resize(n, 1.0);
             } else {
-                gain_track(&b[..n], band, &mut g);
+                gain_track_for(&b[..n], band, dynamics.feedback, &mut g);
             }
             gains.push(g);
         }

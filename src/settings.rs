@@ -149,6 +149,14 @@ pub struct DynamicsSettings {
     /// in files from before it existed: per-band detectors).
     #[serde(default)]
     pub linked: bool,
+    /// Feedback detection: each detector follows its band's *output* (after the gain, before
+    /// make-up) instead of its input, as in an opto or a 1176-style compressor. The static curve
+    /// is the same slope seen from the output (so a ratio `r` here compresses like `1 + (r − 1)`
+    /// of an output-referred law: gentler than feed-forward for the same figure); what differs
+    /// is the motion: a feedback leveller is the exact inverse of a feed-forward expander, so
+    /// it is what undoes one (absent in older files: feed-forward).
+    #[serde(default)]
+    pub feedback: bool,
 }
 
 /// One band's compressor (feed-forward, RMS detector, soft knee).

@@ -543,7 +543,7 @@ fn dynamics_settings() -> impl Strategy<Value = DynamicsSettings> {
         .prop_map(|(enabled, xo, bands)| {
             let mut f: Vec<f64> = xo.into_iter().map(f64::from_bits).collect();
             f.sort_by(f64::total_cmp);
-            DynamicsSettings { enabled, crossovers_hz: [f[0], f[1], f[2]], bands, linked: false }
+            DynamicsSettings { enabled, crossovers_hz: [f[0], f[1], f[2]], bands, linked: false, feedback: false }
         })
 }
 

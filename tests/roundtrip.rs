@@ -146,6 +146,9 @@ fn an_expanded_master_is_restored_closer_to_the_finished_track_than_without_dyna
     );
     // A broadband expander is undone by one broadband compressor whose slope is the expander's
     // inverse (1 + 0.3 = 1.3:1), within a few of the solver's ratio steps on either side.
+    // The reference is the finished track itself: the solver reads, moment by moment, the gain
+    // that turns the mix into it, instead of matching statistics.
+    assert!(said.contains("restoring from the same music"), "the same-music restoration was not used:\n{said}");
     let d = &settings_json(&s_with)["dynamics"];
     let ratio = d["bands"][0]["ratio"].as_f64().unwrap_or(0.0);
     assert!(d["enabled"] == true && d["linked"] == true, "expected broadband compression: {d}\n{said}");

@@ -102,7 +102,13 @@ pub fn neutral_band(band: usize) -> CompressorBand {
 
 /// Dynamics settings that change nothing.
 pub fn neutral(crossovers_hz: [f64; 3]) -> DynamicsSettings {
-    DynamicsSettings { enabled: false, crossovers_hz, bands: (0..4).map(neutral_band).collect(), linked: false }
+    DynamicsSettings {
+        enabled: false,
+        crossovers_hz,
+        bands: (0..4).map(neutral_band).collect(),
+        linked: false,
+        feedback: false,
+    }
 }
 
 /// Static gain law with a soft knee (Giannoulis, Massberg & Reiss 2012): gain in dB (≤ 0) for an
@@ -170,6 +176,37 @@ pub fn gain_track(detector: &[f32], band: &CompressorBand, gains: &mut Vec<f32>)
     let mut levels = Vec::with_capacity(detector.len());
     detector_levels_db(detector, band.attack_ms, band.release_ms, &mut levels);
     power_gains(&levels, band, gains);
+}
+
+/// Power gain per 5 ms block of `band` as a feedback compressor (its detector follows the output,
+/// after the gain and before make-up) fed the input mean squares `input`: the gain of each block
+/// comes from the detector's state after the block before, as the renderer runs it. Make-up is
+/// not included (≤ 1).
+pub fn feedback_gain_track(input: &[f32], band: &CompressorBand, gains: &mut Vec<f32>) {
+    let a_att = coefficient(band.attack_ms, BLOCK_S);
+    let a_rel = coefficient(band.release_ms, BLOCK_S);
+    gains.clear();
+    let mut state = 0f64;
+    let mut level = [0f32; 1];
+    let mut gain = Vec::with_capacity(1);
+    gains.extend(input.iter().map(|&x| {
+        level[0] = power_db(state.max(1e-20) as f32) as f32;
+        power_gains(&level, band, &mut gain);
+        let g = gain.first().copied().unwrap_or(1.0);
+        let out = f64::from(x) * f64::from(g);
+        let a = if out > state { a_att } else { a_rel };
+        state = a * state + (1.0 - a) * out;
+        g
+    }));
+}
+
+/// [`gain_track`] or [`feedback_gain_track`], as `feedback` says.
+pub fn gain_track_for(input: &[f32], band: &CompressorBand, feedback: bool, gains: &mut Vec<f32>) {
+    if feedback {
+        feedback_gain_track(input, band, gains);
+    } else {
+        gain_track(input, band, gains);
+    }
 }
 
 /// Largest relative error one figure counts with: where a band's levels fall into two groups (a
@@ -622,7 +659,13 @@ pub fn solve_dynamics(
                 describe(&broad),
                 describe(&multi)
             ));
-            DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands: o.bands.clone(), linked }
+            DynamicsSettings {
+                enabled: true,
+                crossovers_hz: crossovers,
+                bands: o.bands.clone(),
+                linked,
+                feedback: false,
+            }
         }
     }
 }

@@ -24,7 +24,7 @@
 use crate::analysis::dynamics::{power_db, BandEnvelopes};
 use crate::analysis::loudness::percentile_sorted;
 use crate::settings::{CompressorBand, DynamicsSettings};
-use crate::solve::dynamics::{detector_levels_db, neutral, neutral_band, power_gains, MAX_MEAN_REDUCTION_DB};
+use crate::solve::dynamics::{detector_levels_db, gain_track_for, neutral, neutral_band, MAX_MEAN_REDUCTION_DB};
 
 /// 5 ms envelope blocks per chunk the wanted gain is read on (20 ms): short enough to follow a
 /// 20 ms detector, long enough that a block's noise does not swamp the reading.
@@ -112,6 +112,8 @@ struct BandReading {
     active: Vec<usize>,
     /// Wanted gain of each active chunk, dB, mean removed.
     wanted_db: Vec<f64>,
+    /// The mean that was removed, dB.
+    mean_db: f64,
     /// Weight of the band (third-octave bands it spans).
     weight: f64,
 }
@@ -150,91 +152,155 @@ pub fn restore(mix_bands: &[Vec<f32>], mix_edges_hz: [f64; 5], reference: &BandE
         .sum::<f64>()
         / total_weight;
 
-    // Detector levels per chunk, for every pair of times, of the broadband sum and of each band.
-    let broad_levels: Vec<Vec<f64>> = TIMES_MS.iter().map(|&t| chunk_levels_db(&mix_broad, t)).collect();
-    let broadband = fit_line(&readings, |_, t| &broad_levels[t]);
-    let band_levels: Vec<Vec<Vec<f64>>> =
-        mix_bands.iter().map(|m| TIMES_MS.iter().map(|&t| chunk_levels_db(m, t)).collect()).collect();
-    let per_band: Vec<Option<LineFit>> = readings
+    // What the compressor's output should be: the reference, each band at the mix's own mean
+    // level (a feedback detector follows it).
+    let ideal: Vec<Vec<f32>> = mix_bands
         .iter()
-        .enumerate()
-        .map(|(b, r)| {
-            (r.active.len() >= MIN_CHUNKS)
-                .then(|| fit_line(std::slice::from_ref(r), |_, t| &band_levels[b][t]))
-                .flatten()
-                .filter(|f| f.slope < NEGLIGIBLE_SLOPE)
-        })
+        .zip(&ref_bands)
+        .zip(&readings)
+        .map(|((m, r), reading)| ideal_output(m, r, lag, reading.mean_db))
         .collect();
-    let multiband_sq: f64 = readings
-        .iter()
-        .zip(&per_band)
-        .filter(|(r, _)| r.active.len() >= MIN_CHUNKS)
-        .map(|(r, f)| f.map_or(r.weight * mean_square(&r.wanted_db), |f| f.residual_sq))
-        .sum::<f64>()
-        / total_weight;
+    let ideal_broad = sum_series(ideal.iter().map(Vec::as_slice));
 
-    let rms_static = static_sq.sqrt();
-    let clearly_better = |sq: f64, base: f64, share: f64, db: f64| {
-        let (a, b) = (sq.sqrt(), base.sqrt());
-        a <= (1.0 - share) * b && b - a >= db
-    };
-    let broad_ok = broadband
-        .filter(|f| f.slope < NEGLIGIBLE_SLOPE)
-        .filter(|f| clearly_better(f.residual_sq / total_weight, static_sq, MIN_SHARE, MIN_GAIN_DB));
-    let multi_ok = per_band.iter().any(Option::is_some)
-        && clearly_better(multiband_sq, static_sq, MIN_SHARE, MIN_GAIN_DB)
-        && broad_ok.is_none_or(|f| {
-            clearly_better(multiband_sq, f.residual_sq / total_weight, MULTIBAND_SHARE, MULTIBAND_GAIN_DB)
-        });
+    // Both topologies, each with one line for all bands (broadband) and one per band.
+    let mut best: Option<(f64, Choice)> = None;
+    let mut report = Vec::with_capacity(2);
+    for feedback in [false, true] {
+        let (broad_detector, band_detectors) =
+            if feedback { (&ideal_broad, &ideal) } else { (&mix_broad, &mix_bands.to_vec()) };
+        let broad_levels: Vec<Vec<f64>> = TIMES_MS.iter().map(|&t| chunk_levels_db(broad_detector, t)).collect();
+        let broadband = fit_line(&readings, |_, t| &broad_levels[t]);
+        let band_levels: Vec<Vec<Vec<f64>>> =
+            band_detectors.iter().map(|m| TIMES_MS.iter().map(|&t| chunk_levels_db(m, t)).collect()).collect();
+        let per_band: Vec<Option<LineFit>> = readings
+            .iter()
+            .enumerate()
+            .map(|(b, r)| {
+                (r.active.len() >= MIN_CHUNKS)
+                    .then(|| fit_line(std::slice::from_ref(r), |_, t| &band_levels[b][t]))
+                    .flatten()
+                    .filter(|f| f.slope < NEGLIGIBLE_SLOPE)
+            })
+            .collect();
+        let multiband_sq: f64 = readings
+            .iter()
+            .zip(&per_band)
+            .filter(|(r, _)| r.active.len() >= MIN_CHUNKS)
+            .map(|(r, f)| f.map_or(r.weight * mean_square(&r.wanted_db), |f| f.residual_sq))
+            .sum::<f64>()
+            / total_weight;
+        let broad_ok = broadband
+            .filter(|f| f.slope < NEGLIGIBLE_SLOPE)
+            .filter(|f| clearly_better(f.residual_sq / total_weight, static_sq, MIN_SHARE, MIN_GAIN_DB));
+        let multi_ok = per_band.iter().any(Option::is_some)
+            && clearly_better(multiband_sq, static_sq, MIN_SHARE, MIN_GAIN_DB)
+            && broad_ok.is_none_or(|f| {
+                clearly_better(multiband_sq, f.residual_sq / total_weight, MULTIBAND_SHARE, MULTIBAND_GAIN_DB)
+            });
+        let topology = if feedback { "feedback" } else { "feed-forward" };
+        report.push(format!(
+            "{topology}: broadband {}, multiband {:.2} dB",
+            broadband.map_or("none".to_string(), |f| format!(
+                "{:.2}:1 at {} {:.2} dB",
+                ratio_of(f.slope),
+                times_text(f.times),
+                (f.residual_sq / total_weight).sqrt()
+            )),
+            multiband_sq.sqrt()
+        ));
+        let choice = if multi_ok {
+            Some((multiband_sq, Choice::Multiband(per_band, feedback)))
+        } else {
+            broad_ok.map(|f| (f.residual_sq / total_weight, Choice::Broadband(f, feedback)))
+        };
+        if let Some((sq, c)) = choice {
+            if best.as_ref().is_none_or(|(b, _)| sq < *b) {
+                best = Some((sq, c));
+            }
+        }
+    }
     let crossovers = [mix_edges_hz[1], mix_edges_hz[2], mix_edges_hz[3]];
-    let broad_text = broadband.map_or("none".to_string(), |f| {
-        format!(
-            "{:.2}:1 at {}, {:.2} dB",
-            ratio_of(f.slope),
-            times_text(f.times),
-            (f.residual_sq / total_weight).sqrt()
-        )
-    });
-    let (dynamics, residual_db, what) = if multi_ok {
-        let bands: Vec<CompressorBand> = per_band
-            .iter()
-            .enumerate()
-            .map(|(b, f)| f.map_or_else(|| neutral_band(b), |f| compressor_for(&mix_bands[b], &mix_bands[b], f)))
-            .collect();
-        let on: Vec<String> = bands
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.ratio > 1.0)
-            .map(|(i, b)| format!("band {} {:.2}:1 at {}", i + 1, b.ratio, times_text_of(b)))
-            .collect();
-        (
-            DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands, linked: false },
-            multiband_sq.sqrt(),
-            format!("multiband ({})", on.join(", ")),
-        )
-    } else if let Some(f) = broad_ok {
-        let band = compressor_for(&mix_broad, &mix_broad, f);
-        let what = format!("broadband {:.2}:1 at {}", band.ratio, times_text_of(&band));
-        (
-            DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands: vec![band; 4], linked: true },
-            (f.residual_sq / total_weight).sqrt(),
-            what,
-        )
-    } else {
-        (neutral(crossovers), rms_static, String::new())
+    let fits = report.join("; ");
+    let Some((residual_sq, choice)) = best else {
+        let note = format!(
+            "dynamics: off: the reference is the same music and no compressor explains its level better than static band gains ({rms_static:.2} dB unexplained; {fits})",
+            rms_static = static_sq.sqrt()
+        );
+        return Some(Restoration {
+            dynamics: neutral(crossovers),
+            static_residual_db: static_sq.sqrt(),
+            residual_db: static_sq.sqrt(),
+            lag_blocks: lag,
+            note,
+        });
     };
-    let note = if dynamics.enabled {
-        format!(
-            "dynamics: restoring from the same music: {what}: the gain that turns the mix into the reference moves {rms_static:.2} dB around static band gains, {residual_db:.2} dB around this compressor's (broadband fit {broad_text}, multiband {:.2} dB)",
-            multiband_sq.sqrt()
-        )
-    } else {
-        format!(
-            "dynamics: off: the reference is the same music and no compressor explains its level better than static band gains ({rms_static:.2} dB unexplained; broadband fit {broad_text}, multiband {:.2} dB)",
-            multiband_sq.sqrt()
-        )
+    let (dynamics, what) = match choice {
+        Choice::Multiband(per_band, feedback) => {
+            let bands: Vec<CompressorBand> = per_band
+                .iter()
+                .enumerate()
+                .map(|(b, f)| {
+                    let detector = if feedback { &ideal[b] } else { &mix_bands[b] };
+                    f.map_or_else(|| neutral_band(b), |f| compressor_for(detector, &mix_bands[b], f, feedback))
+                })
+                .collect();
+            let on: Vec<String> = bands
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.ratio > 1.0)
+                .map(|(i, b)| format!("band {} {:.2}:1 at {}", i + 1, b.ratio, times_text_of(b)))
+                .collect();
+            let what = format!("multiband{} ({})", topology_text(feedback), on.join(", "));
+            (DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands, linked: false, feedback }, what)
+        }
+        Choice::Broadband(f, feedback) => {
+            let detector = if feedback { &ideal_broad } else { &mix_broad };
+            let band = compressor_for(detector, &mix_broad, f, feedback);
+            let what = format!("broadband{} {:.2}:1 at {}", topology_text(feedback), band.ratio, times_text_of(&band));
+            let bands = vec![band; 4];
+            (DynamicsSettings { enabled: true, crossovers_hz: crossovers, bands, linked: true, feedback }, what)
+        }
     };
+    let (rms_static, residual_db) = (static_sq.sqrt(), residual_sq.sqrt());
+    let note = format!(
+        "dynamics: restoring from the same music: {what}: the gain that turns the mix into the reference moves {rms_static:.2} dB around static band gains, {residual_db:.2} dB around this compressor's ({fits})"
+    );
     Some(Restoration { dynamics, static_residual_db: rms_static, residual_db, lag_blocks: lag, note })
+}
+
+/// Which chain a topology's fits make, if any.
+enum Choice {
+    Broadband(LineFit, bool),
+    Multiband(Vec<Option<LineFit>>, bool),
+}
+
+fn topology_text(feedback: bool) -> &'static str {
+    if feedback {
+        " feedback"
+    } else {
+        ""
+    }
+}
+
+/// True when the rms of `sq` is under the rms of `base` by `share` of it and by `db`.
+fn clearly_better(sq: f64, base: f64, share: f64, db: f64) -> bool {
+    let (a, b) = (sq.sqrt(), base.sqrt());
+    a <= (1.0 - share) * b && b - a >= db
+}
+
+/// What one band of the compressor should put out, 5 ms mean squares: the reference (shifted by
+/// `lag_blocks`) brought to the mix's mean level (`mean_gain_db`: the reference's mean level over
+/// the mix's); the mix's own where the reference does not reach.
+fn ideal_output(mix: &[f32], reference: &[f32], lag_blocks: isize, mean_gain_db: f64) -> Vec<f32> {
+    let scale = 10f64.powf(-mean_gain_db / 10.0) as f32;
+    mix.iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let j = i as isize + lag_blocks;
+            let r = if j >= 0 { reference.get(j.unsigned_abs()) } else { None };
+            r.map_or(m, |&r| r * scale)
+        })
+        .collect()
 }
 
 /// Ratio of a gain slope (dB/dB).
@@ -260,9 +326,10 @@ fn times_text_of(b: &CompressorBand) -> String {
 }
 
 /// The compressor band of a fitted line: threshold under the detector's quietest active levels
-/// (so the gain law is the fitted line over everything heard), no knee, make-up that keeps the
-/// band's energy (`apply_to` the series the gain applies to).
-fn compressor_for(detector: &[f32], apply_to: &[f32], fit: LineFit) -> CompressorBand {
+/// (so the gain law is the fitted line over everything heard; a feedback detector reads the
+/// output before make-up, lower by up to the largest mean reduction), no knee, make-up that keeps
+/// the energy of `input` (the series the gain applies to, which a feed-forward `detector` is).
+fn compressor_for(detector: &[f32], input: &[f32], fit: LineFit, feedback: bool) -> CompressorBand {
     let (attack_ms, release_ms) = TIMES_MS[fit.times];
     let mut levels = Vec::with_capacity(detector.len());
     detector_levels_db(detector, attack_ms, release_ms, &mut levels);
@@ -271,18 +338,19 @@ fn compressor_for(detector: &[f32], apply_to: &[f32], fit: LineFit) -> Compresso
     let loud = percentile_sorted(&sorted, 0.99);
     let floor = loud - f64::from(ACTIVE_RANGE_DB);
     let quiet = sorted.iter().copied().find(|&v| v >= floor).unwrap_or(floor);
+    let below = if feedback { 3.0 + MAX_MEAN_REDUCTION_DB } else { 3.0 };
     let mut band = CompressorBand {
-        threshold_dbfs: (quiet - 3.0).clamp(-90.0, 0.0),
+        threshold_dbfs: (quiet - below).clamp(-100.0, 0.0),
         ratio: ratio_of(fit.slope),
         knee_db: 0.0,
         attack_ms,
         release_ms,
         makeup_db: 0.0,
     };
-    let mut gains = Vec::with_capacity(levels.len());
-    power_gains(&levels, &band, &mut gains);
-    let e_in: f64 = apply_to.iter().map(|&v| f64::from(v)).sum();
-    let e_out: f64 = apply_to.iter().zip(&gains).map(|(&v, &g)| f64::from(v) * f64::from(g)).sum();
+    let mut gains = Vec::with_capacity(input.len());
+    gain_track_for(input, &band, feedback, &mut gains);
+    let e_in: f64 = input.iter().map(|&v| f64::from(v)).sum();
+    let e_out: f64 = input.iter().zip(&gains).map(|(&v, &g)| f64::from(v) * f64::from(g)).sum();
     if e_in > 0.0 && e_out > 0.0 {
         band.makeup_db = (10.0 * (e_in / e_out).log10()).clamp(0.0, MAX_MEAN_REDUCTION_DB);
     }
@@ -414,7 +482,7 @@ fn read_band(mix: &[f32], reference: &[f32], lag_blocks: isize, n_chunks: usize,
         .collect();
     let wanted: Vec<f64> = active.iter().map(|&i| f64::from(ref_db[i] - mix_db[i])).collect();
     let mean = if wanted.is_empty() { 0.0 } else { wanted.iter().sum::<f64>() / wanted.len() as f64 };
-    BandReading { active, wanted_db: wanted.into_iter().map(|w| w - mean).collect(), weight }
+    BandReading { active, wanted_db: wanted.into_iter().map(|w| w - mean).collect(), mean_db: mean, weight }
 }
 
 /// Offset of `reference` against `mix` in 5 ms blocks (positive: the reference is late): the
