@@ -461,12 +461,8 @@ pub fn master_stream(
                 analyzer.finish("master", false)
             })
         });
-        let mut out: Planes = vec![Vec::new(); channels];
         let mut written = 0usize;
         let mut emit = |out: &mut Planes| -> Result<()> {
-            if out[0].is_empty() {
-                return Ok(());
-            }
             sink.write(written, &slices(out))?;
             written += out[0].len();
             if analyse {
@@ -481,12 +477,22 @@ pub fn master_stream(
             out.iter_mut().for_each(Vec::clear);
             Ok(())
         };
-        pre.replay(&mut |p, e| {
-            limiter.process(p, e, &mut out);
-            emit(&mut out)
-        })?;
-        limiter.finish(&mut out);
-        emit(&mut out)?;
+        // The limiter runs on a thread of its own (with the render before it, when that is not
+        // kept), a short queue ahead of the writer and its ceiling guard.
+        let (pre, limiter) = (&pre, &mut limiter);
+        crate::render::stream::pipelined(
+            move |send: &mut dyn FnMut(&mut Planes) -> Result<()>| {
+                let mut out: Planes = vec![Vec::new(); channels];
+                pre.replay(&mut |p, e| {
+                    limiter.process(p, e, &mut out);
+                    send(&mut out)
+                })?;
+                limiter.finish(&mut out);
+                send(&mut out)
+            },
+            channels,
+            &mut emit,
+        )?;
         drop(to_meter);
         if let Some(net) = sink.end()? {
             notes.extend(net_note(&net, rate));
