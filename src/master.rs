@@ -340,6 +340,9 @@ pub fn master_stream(
     let mut bias = 0.0;
     let mut depth = 0.0;
     let mut pass = 0;
+    // Whether the last intermediate pass's output needed a safety trim (then the master
+    // likely does too).
+    let mut expect_trim = false;
     let (pre, search) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
         let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
@@ -362,7 +365,12 @@ pub fn master_stream(
         if let Some(measured) = &prepared.saturation {
             sat_stats = measured.clone();
         }
-        let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
+        let rounds = LoopRounds {
+            search: if last { 4 } else { 1 },
+            trim_compensation,
+            true_peak: pass + 1 >= opts.closed_loop_passes,
+            analyse: !expect_trim,
+        };
         let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
         if let Some(l) = prepared.limiting_estimate.filter(|l| l.is_finite()) {
@@ -375,6 +383,7 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
+        expect_trim = search.trim_db < 0.0;
         let Some([mut out_mid, mut out_side]) =
             search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
@@ -1118,7 +1127,12 @@ fn loudness_loop(
     intermediate: bool,
 ) -> Result<Search> {
     let (bias, depth) = learned;
-    let LoopRounds { search: rounds, trim_compensation } = rounds;
+    let LoopRounds { search: rounds, trim_compensation, true_peak, analyse } = rounds;
+    let meters = match (intermediate, analyse) {
+        (true, _) => Meters::Levels { true_peak },
+        (false, true) => Meters::Analysis,
+        (false, false) => Meters::Levels { true_peak: true },
+    };
     let target = settings.limiter.target_lufs;
     let base = prepared.base_lufs;
     let frames = prepared.frames;
@@ -1139,7 +1153,6 @@ fn loudness_loop(
         // own margin). Nothing is clipped; a target given up for it is said.
         let aim_dbtp = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB;
         settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
-        let meters = if intermediate { Meters::Levels { true_peak: true } } else { Meters::Analysis };
         let mut r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
         for _ in 0..3 {
             let over_db = r.true_peak_dbtp - aim_dbtp;
@@ -1155,7 +1168,6 @@ fn loudness_loop(
     if !base.is_finite() || !target.is_finite() {
         settings.limiter.drive_db = 0.0;
         let enabled = settings.limiter.enabled;
-        let meters = if intermediate { Meters::Levels { true_peak: false } } else { Meters::Analysis };
         let r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };
         return Ok(finish(r, trim_db, None));
@@ -1197,7 +1209,6 @@ fn loudness_loop(
     while round < rounds.max(1) + extra {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
-        let meters = if intermediate { Meters::Levels { true_peak: false } } else { Meters::Analysis };
         let r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
         reached = r.lufs;
         let moved = correct_limit(&r, drive, &mut drive_max);
@@ -1246,7 +1257,7 @@ fn loudness_loop(
             previous = Some((drive, reached));
             drive = next;
             settings.limiter.drive_db = drive;
-            r = read_limited(prepared, &settings.limiter, Meters::Analysis, false)?;
+            r = read_limited(prepared, &settings.limiter, meters, false)?;
             trim_db = trim_of(&r);
             reached = r.lufs + trim_db;
         }
@@ -1299,6 +1310,14 @@ pub struct LoopRounds {
     pub search: usize,
     /// Win back with more drive the loudness the safety trim takes.
     pub trim_compensation: bool,
+    /// An intermediate pass: measure the true peak too (the safety trim its output would need
+    /// tells the last pass whether its master is likely to be written as read).
+    pub true_peak: bool,
+    /// The last pass: its readings take the whole analysis of the output ([`Meters::Analysis`]),
+    /// which becomes the master's profile when no safety trim follows. Off when the last
+    /// intermediate pass needed a trim: the master then is analysed as it is written, and
+    /// the readings take only loudness and true peak.
+    pub analyse: bool,
 }
 
 /// Secant search for the drive (dB, within `lo..=hi`) at which `estimate(drive)` equals `aim`.
