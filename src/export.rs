@@ -415,13 +415,16 @@ pub fn apo_bands(p: &ParametricEq) -> Vec<ParametricBand> {
     bands
 }
 
-/// Levenberg-Marquardt on the bands' gains, ln Q and (where `!fixed`) ln Fc, minimising the
-/// squared dB difference to `target` on `grid`.
+/// Levenberg-Marquardt on the bands' gains, ln Q and (where `!fixed`, bells only) ln Fc,
+/// minimising the squared dB difference to `target` on `grid`. A shelf's corner never moves
+/// but for its own rounding: the broad fit keeps it inside the musical range (low shelf
+/// 30–400 Hz, high shelf 2–16 kHz), often on its edge, and a refit would push it past.
 fn refit(bands: &mut [ParametricBand], fixed: &[bool], grid: &[f64], target: &[f64]) {
     let fs = APO_REFIT_RATE_HZ;
     // Free parameters: (band, which) with which 0 = gain, 1 = ln Q, 2 = ln Fc.
+    let movable = |b: usize| !fixed[b] && bands[b].kind == FilterKind::Peaking;
     let params: Vec<(usize, usize)> =
-        (0..bands.len()).flat_map(|b| (0..if fixed[b] { 2 } else { 3 }).map(move |w| (b, w))).collect();
+        (0..bands.len()).flat_map(|b| (0..if movable(b) { 3 } else { 2 }).map(move |w| (b, w))).collect();
     let get = |b: &ParametricBand, w: usize| match w {
         0 => b.gain_db,
         1 => b.q.max(1e-3).ln(),
