@@ -399,7 +399,9 @@ pub const APO_REFIT_RATE_HZ: f64 = 48_000.0;
 /// moves a narrow low band enough to shift the curve by most of a dB. So the Fcs are rounded one
 /// band at a time, lowest first, and after each the gains, Qs and the Fcs not yet rounded are
 /// re-fitted (Levenberg-Marquardt, 20 Hz–20 kHz at 1/24 octave, [`APO_REFIT_RATE_HZ`]) until the
-/// filters follow the original response again.
+/// filters follow the original response again, inside the box the original filters were in (no
+/// gain past the largest |gain|, no Q past the largest Q), so that the file keeps the solver's
+/// EQ bound and its broad Qs.
 pub fn apo_bands(p: &ParametricEq) -> Vec<ParametricBand> {
     let grid = log_grid(20.0, 20_000.0, 24.0);
     let target = response_db(&p.bands, &grid, APO_REFIT_RATE_HZ);
@@ -407,29 +409,41 @@ pub fn apo_bands(p: &ParametricEq) -> Vec<ParametricBand> {
     let mut order: Vec<usize> = (0..bands.len()).collect();
     order.sort_by(|&a, &b| bands[a].freq_hz.total_cmp(&bands[b].freq_hz));
     let mut fixed = vec![false; bands.len()];
+    let largest = |v: &dyn Fn(&ParametricBand) -> f64| bands.iter().map(v).fold(0.0, f64::max);
+    let bounds = RefitBounds { max_gain_db: largest(&|b| b.gain_db.abs()), max_q: largest(&|b| b.q).max(0.05) };
     for &i in &order {
         bands[i].freq_hz = bands[i].freq_hz.round().max(1.0);
         fixed[i] = true;
-        refit(&mut bands, &fixed, &grid, &target);
+        refit(&mut bands, &fixed, &grid, &target, bounds);
     }
     bands
 }
 
-/// Levenberg-Marquardt on the bands' gains, ln Q and (where `!fixed`) ln Fc, minimising the
-/// squared dB difference to `target` on `grid`.
-fn refit(bands: &mut [ParametricBand], fixed: &[bool], grid: &[f64], target: &[f64]) {
+/// The parameter box of [`refit`]: largest |gain| (dB) and largest Q.
+#[derive(Debug, Clone, Copy)]
+struct RefitBounds {
+    max_gain_db: f64,
+    max_q: f64,
+}
+
+/// Levenberg-Marquardt on the bands' gains, ln Q and (where `!fixed`, bells only) ln Fc,
+/// minimising the squared dB difference to `target` on `grid`. A shelf's corner never moves
+/// but for its own rounding: the broad fit keeps it inside the musical range (low shelf
+/// 30–400 Hz, high shelf 2–16 kHz), often on its edge, and a refit would push it past.
+fn refit(bands: &mut [ParametricBand], fixed: &[bool], grid: &[f64], target: &[f64], bounds: RefitBounds) {
     let fs = APO_REFIT_RATE_HZ;
     // Free parameters: (band, which) with which 0 = gain, 1 = ln Q, 2 = ln Fc.
+    let movable = |b: usize| !fixed[b] && bands[b].kind == FilterKind::Peaking;
     let params: Vec<(usize, usize)> =
-        (0..bands.len()).flat_map(|b| (0..if fixed[b] { 2 } else { 3 }).map(move |w| (b, w))).collect();
+        (0..bands.len()).flat_map(|b| (0..if movable(b) { 3 } else { 2 }).map(move |w| (b, w))).collect();
     let get = |b: &ParametricBand, w: usize| match w {
         0 => b.gain_db,
         1 => b.q.max(1e-3).ln(),
         _ => b.freq_hz.max(1.0).ln(),
     };
     let put = |b: &mut ParametricBand, w: usize, v: f64| match w {
-        0 => b.gain_db = v.clamp(-30.0, 30.0),
-        1 => b.q = v.exp().clamp(0.05, 20.0),
+        0 => b.gain_db = v.clamp(-bounds.max_gain_db, bounds.max_gain_db),
+        1 => b.q = v.exp().clamp(0.05, bounds.max_q),
         _ => b.freq_hz = v.exp().clamp(10.0, 0.45 * fs),
     };
     let cost = |bands: &[ParametricBand]| -> f64 {

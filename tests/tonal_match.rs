@@ -188,3 +188,48 @@ fn beside_a_broad_eq_the_width_stage_spreads_a_narrow_gap_over_an_octave_and_a_s
     assert!(reach(&broad) >= 0.5 && reach(&broad) < 0.75, "broad reach {:.2} oct", reach(&broad));
     assert!(reach(&fine) < 1.0 / 3.0, "fine reach {:.2} oct", reach(&fine));
 }
+
+/// Mean |curve − its own average over the octave around each point| on a 1/12-octave grid from
+/// 60 Hz to 16 kHz: how much sub-octave carving a curve holds, read as `refeval`'s
+/// `eq_roughness_db` reads a master against its mix (a plain mean over ±1/2 octave, one-sided
+/// at the ends).
+fn roughness_db(curve_at: &dyn Fn(f64) -> f64) -> f64 {
+    let points: Vec<f64> = (0..).map(|k| 60.0 * 2f64.powf(k as f64 / 12.0)).take_while(|f| *f <= 16_000.0).collect();
+    let c: Vec<f64> = points.iter().map(|&f| curve_at(f)).collect();
+    let n = c.len();
+    let dev: f64 = (0..n)
+        .map(|i| {
+            let (lo, hi) = (i.saturating_sub(6), (i + 7).min(n));
+            let mean = c[lo..hi].iter().sum::<f64>() / (hi - lo) as f64;
+            (c[i] - mean).abs()
+        })
+        .sum();
+    dev / n as f64
+}
+
+#[test]
+fn a_broad_fit_does_not_follow_ripple_finer_than_an_octave() {
+    use refmaster::solve::fit_broad;
+    use refmaster::solve::parametric::response_db;
+    const FS: f64 = 48_000.0;
+    // A target of a broad 6 dB tilt (over 100 Hz-10 kHz) with ±4 dB of ripple, one period per
+    // octave, on top: an octave-band meter reads the ripple as nothing (its mean over any octave
+    // is zero), so it is detail of where the notes fall, not balance.
+    let grid = refmaster::analysis::spectrum::grid_hz();
+    let tilt = |f: f64| 3.0 * ((f / 1_000.0).log2() / (10f64.log2() * 2.0 / 2.0)).clamp(-1.0, 1.0);
+    let target: Vec<f64> =
+        grid.iter().map(|&f| tilt(f) + 4.0 * (2.0 * std::f64::consts::PI * (f / 1_000.0).log2()).sin()).collect();
+    let eq = fit_broad(&grid, &target, 20_000.0, 12.0, FS);
+    let at = |f: f64| response_db(&eq.bands, &[f], FS)[0];
+    // The ripple alone reads 4·2/π ≈ 2.5 dB of roughness, the tilt alone 0.01. A fit that carves
+    // a sixth of the ripple's swing back in reads about 0.4; the broad fit stays under that (a
+    // fit without the roughness penalty carved 0.51, one with it 0.33).
+    let rough = roughness_db(&at);
+    assert!(rough <= 0.4, "the broad fit follows the ripple: {rough:.2} dB of sub-octave detail");
+    // The tilt itself is followed: octave averages of the response within 1.5 dB of the tilt's.
+    for centre in [125.0, 250.0, 500.0, 1_000.0, 2_000.0, 4_000.0, 8_000.0] {
+        let avg = |g: &dyn Fn(f64) -> f64| (-6..=6).map(|k| g(centre * 2f64.powf(k as f64 / 12.0))).sum::<f64>() / 13.0;
+        let (got, want) = (avg(&at), avg(&tilt));
+        assert!((got - want).abs() <= 1.5, "at {centre} Hz the octave average is {got:.2} dB, the tilt's {want:.2} dB");
+    }
+}

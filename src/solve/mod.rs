@@ -316,7 +316,7 @@ pub fn clamped_grid(grid: &[f64], sample_rate_hz: f64) -> Vec<f64> {
 
 /// The broad filters that draw `target_db` (dB on `grid`) from 20 Hz to `cutoff_hz`
 /// ([`FitLimits::broad`]: two shelves and at most six bells, Q ≤ 2, every gain and their sum
-/// within ±`max_eq_db`).
+/// within ±`max_eq_db`, sub-octave detail of the curve penalised).
 pub fn fit_broad(grid: &[f64], target_db: &[f64], cutoff_hz: f64, max_eq_db: f64, sample_rate_hz: f64) -> ParametricEq {
     let fit_max = cutoff_hz.min(20_000.0);
     parametric::fit_within(grid, target_db, fit_max, &FitLimits::broad(max_eq_db), sample_rate_hz)
