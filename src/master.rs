@@ -357,9 +357,6 @@ pub fn master_stream(
     let mut bias = 0.0;
     let mut depth = 0.0;
     let mut pass = 0;
-    // Whether the last intermediate pass's output needed a safety trim (then the master
-    // likely does too).
-    let mut expect_trim = false;
     let (pre, search) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
         let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
@@ -383,12 +380,7 @@ pub fn master_stream(
         if let Some(measured) = &prepared.saturation {
             sat_stats = measured.clone();
         }
-        let rounds = LoopRounds {
-            search: if last { 4 } else { 1 },
-            trim_compensation,
-            true_peak: pass + 1 >= opts.closed_loop_passes,
-            analyse: !expect_trim,
-        };
+        let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
         let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
         if let Some(l) = prepared.limiting_estimate.filter(|l| l.is_finite()) {
@@ -401,7 +393,6 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
-        expect_trim = search.trim_db < 0.0;
         let Some([mut out_mid, mut out_side]) =
             search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
@@ -475,70 +466,50 @@ pub fn master_stream(
     };
     sink.begin(&info)?;
     let mut limiter = StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db);
-    // The last reading analysed the limited output as it measured it: without a safety trim
-    // that output is the master, sample for sample, and its analysis is the master's. Else the
-    // master's own analysis runs as it is written, on the other core, a chunk behind the
+    // The master's own analysis (the verification) runs on the other core, a chunk behind the
     // limiter and the writer.
-    let read_profile = search.profile.filter(|_| search.trim_db == 0.0);
-    let analyse = read_profile.is_none();
-    let profile = std::thread::scope(|scope| -> Result<Option<Profile>> {
+    let profile = std::thread::scope(|scope| -> Result<Profile> {
         let (to_meter, chunks) = std::sync::mpsc::sync_channel::<Planes>(2);
         let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
-        let meter = analyse.then(|| {
-            scope.spawn(move || {
-                let mut analyzer = Analyzer::new(rate, channels, Some(frames));
-                for planes in chunks {
-                    analyzer.push(&slices(&planes));
-                    let _ = recycle.send(planes);
-                }
-                analyzer.finish("master", false)
-            })
+        let meter = scope.spawn(move || {
+            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            for planes in chunks {
+                analyzer.push(&slices(&planes));
+                let _ = recycle.send(planes);
+            }
+            analyzer.finish("master", false)
         });
+        let mut out: Planes = vec![Vec::new(); channels];
         let mut written = 0usize;
         let mut emit = |out: &mut Planes| -> Result<()> {
+            if out[0].is_empty() {
+                return Ok(());
+            }
             sink.write(written, &slices(out))?;
             written += out[0].len();
-            if analyse {
-                let mut copy = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
-                for (c, o) in copy.iter_mut().zip(out.iter()) {
-                    c.clear();
-                    c.extend_from_slice(o);
-                }
-                // A send fails only when the meter thread has died; its join reports that.
-                let _ = to_meter.send(copy);
+            let mut copy = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+            for (c, o) in copy.iter_mut().zip(out.iter_mut()) {
+                c.clear();
+                c.extend_from_slice(o);
+                o.clear();
             }
-            out.iter_mut().for_each(Vec::clear);
+            // A send fails only when the meter thread has died; its join reports that.
+            let _ = to_meter.send(copy);
             Ok(())
         };
-        // The limiter runs on a thread of its own (with the render before it, when that is not
-        // kept), a short queue ahead of the writer and its ceiling guard.
-        let (pre, limiter) = (&pre, &mut limiter);
-        crate::render::stream::pipelined(
-            move |send: &mut dyn FnMut(&mut Planes) -> Result<()>| {
-                let mut out: Planes = vec![Vec::new(); channels];
-                pre.replay(&mut |p, e| {
-                    limiter.process(p, e, &mut out);
-                    send(&mut out)
-                })?;
-                limiter.finish(&mut out);
-                send(&mut out)
-            },
-            channels,
-            &mut emit,
-        )?;
+        pre.replay(&mut |p, e| {
+            limiter.process(p, e, &mut out);
+            emit(&mut out)
+        })?;
+        limiter.finish(&mut out);
+        emit(&mut out)?;
         drop(to_meter);
         if let Some(net) = sink.end()? {
             notes.extend(net_note(&net, rate));
         }
         progress("verifying");
-        meter
-            .map(|m| m.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into())))
-            .transpose()
+        meter.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into()))
     })?;
-    let profile = match (profile, read_profile) {
-        (Some(p), _) | (None, Some(p)) => p,
-        (None, None) => return Err(Error::Unsupported("internal: the master was not analysed".into())),
-    };
     // What the limiter did as it wrote the master (the same gain the last reading measured).
     let stats = limiter.stats();
     if settings.limiter.enabled {
@@ -1046,9 +1017,6 @@ struct Search {
     spectra: Option<[PowerSpectrum; 2]>,
     /// The loudest window of the limited output (first frame, frames).
     loudest_window: (usize, usize),
-    /// The analysis of the limited output as read (the last pass's readings), before the
-    /// safety trim: the master's own profile when the trim is 0 dB.
-    profile: Option<Profile>,
 }
 
 /// One read of the limited output at the drive in `limiter`: its integrated loudness, its true
@@ -1059,97 +1027,51 @@ struct Reading {
     stats: LimiterStats,
     spectra: Option<[PowerSpectrum; 2]>,
     sub_blocks: Vec<f64>,
-    /// The whole analysis of what was read, when the reading took it ([`Meters::Analysis`]).
-    profile: Option<Profile>,
-}
-
-/// How [`read_limited`] measures the limited output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Meters {
-    /// Loudness, with the true peak when `true_peak`: an intermediate pass's reading.
-    Levels { true_peak: bool },
-    /// The whole analysis of a master ([`Analyzer`]), which holds the loudness and the true
-    /// peak the search needs: a last-pass reading, which becomes the master's profile when the
-    /// master is written as read (no safety trim), so the written master is not analysed again.
-    Analysis,
 }
 
 fn read_limited(
     prepared: &Prepared,
     limiter: &crate::settings::LimiterSettings,
-    meters: Meters,
+    true_peak: bool,
     spectra: bool,
 ) -> Result<Reading> {
     let (rate, channels) = (prepared.rate, prepared.channels);
     let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
+    let mut kmeter = KMeter::new(rate, channels);
+    let mut tp = true_peak.then(|| TruePeakMeter::new(channels));
     let frames = prepared.frames;
     let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames, prepared.measured.as_deref()));
     let mut out: Planes = vec![Vec::new(); channels];
-    match meters {
-        Meters::Analysis => {
-            // The analyser measures on its own threads, a block behind the limiter.
-            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
-            let mut take = |out: &mut Planes| {
-                let planes = slices(out);
-                analyzer.push(&planes);
-                if let Some(s) = spec.as_mut() {
-                    s.push(&planes);
-                }
-                out.iter_mut().for_each(Vec::clear);
-            };
-            prepared.pre.replay(&mut |p, e| {
-                lim.process(p, e, &mut out);
-                take(&mut out);
-                Ok(())
-            })?;
-            lim.finish(&mut out);
-            take(&mut out);
-            let (profile, levels) = analyzer.finish_with_levels("master", false);
-            Ok(Reading {
-                lufs: levels.integrated_lufs,
-                true_peak_dbtp: 20.0 * f64::from(levels.true_peak).log10(),
-                stats: lim.stats(),
-                spectra: spec.map(SpectrumMeter::finish),
-                sub_blocks: levels.sub_blocks,
-                profile: Some(profile),
-            })
-        }
-        Meters::Levels { true_peak } => {
-            let mut kmeter = KMeter::new(rate, channels);
-            let mut tp = true_peak.then(|| TruePeakMeter::new(channels));
-            let mut take = |out: &mut Planes| {
-                let planes = slices(out);
-                // The true-peak meters (the costliest part of a read) run beside the loudness
-                // and spectrum meters.
-                std::thread::scope(|scope| {
-                    if let Some(t) = tp.as_mut() {
-                        let planes = &planes;
-                        scope.spawn(move || t.push(planes));
-                    }
-                    kmeter.push(&planes);
-                    if let Some(s) = spec.as_mut() {
-                        s.push(&planes);
-                    }
-                });
-                out.iter_mut().for_each(Vec::clear);
-            };
-            prepared.pre.replay(&mut |p, e| {
-                lim.process(p, e, &mut out);
-                take(&mut out);
-                Ok(())
-            })?;
-            lim.finish(&mut out);
-            take(&mut out);
-            Ok(Reading {
-                lufs: kmeter.integrated_lufs(),
-                true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),
-                stats: lim.stats(),
-                spectra: spec.map(SpectrumMeter::finish),
-                sub_blocks: kmeter.sub_blocks().to_vec(),
-                profile: None,
-            })
-        }
-    }
+    let mut take = |out: &mut Planes| {
+        let planes = slices(out);
+        // The true-peak meters (the costliest part of a read) run beside the loudness and
+        // spectrum meters.
+        std::thread::scope(|scope| {
+            if let Some(t) = tp.as_mut() {
+                let planes = &planes;
+                scope.spawn(move || t.push(planes));
+            }
+            kmeter.push(&planes);
+            if let Some(s) = spec.as_mut() {
+                s.push(&planes);
+            }
+        });
+        out.iter_mut().for_each(Vec::clear);
+    };
+    prepared.pre.replay(&mut |p, e| {
+        lim.process(p, e, &mut out);
+        take(&mut out);
+        Ok(())
+    })?;
+    lim.finish(&mut out);
+    take(&mut out);
+    Ok(Reading {
+        lufs: kmeter.integrated_lufs(),
+        true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),
+        stats: lim.stats(),
+        spectra: spec.map(SpectrumMeter::finish),
+        sub_blocks: kmeter.sub_blocks().to_vec(),
+    })
 }
 
 /// Finds the drive that puts the limited output's integrated loudness on the target, without
@@ -1175,12 +1097,7 @@ fn loudness_loop(
     intermediate: bool,
 ) -> Result<Search> {
     let (bias, depth) = learned;
-    let LoopRounds { search: rounds, trim_compensation, true_peak, analyse } = rounds;
-    let meters = match (intermediate, analyse) {
-        (true, _) => Meters::Levels { true_peak },
-        (false, true) => Meters::Analysis,
-        (false, false) => Meters::Levels { true_peak: true },
-    };
+    let LoopRounds { search: rounds, trim_compensation } = rounds;
     let target = settings.limiter.target_lufs;
     let base = prepared.base_lufs;
     let frames = prepared.frames;
@@ -1192,7 +1109,6 @@ fn loudness_loop(
         trim_db,
         short,
         spectra: r.spectra,
-        profile: r.profile,
     };
     let trim_of = |r: &Reading| safety_trim_db(settings.limiter.ceiling_dbtp, r.true_peak_dbtp);
     if !settings.limiter.enabled && base.is_finite() && target.is_finite() {
@@ -1201,14 +1117,14 @@ fn loudness_loop(
         // own margin). Nothing is clipped; a target given up for it is said.
         let aim_dbtp = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB;
         settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
-        let mut r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
+        let mut r = read_limited(prepared, &settings.limiter, true, intermediate)?;
         for _ in 0..3 {
             let over_db = r.true_peak_dbtp - aim_dbtp;
             if over_db.is_nan() || over_db <= 0.0 {
                 break;
             }
             settings.limiter.drive_db = (settings.limiter.drive_db - over_db - 0.01).clamp(-60.0, 36.0);
-            r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
+            r = read_limited(prepared, &settings.limiter, true, intermediate)?;
         }
         let short = (r.lufs < target - LOUDNESS_TOLERANCE_LU).then_some((r.lufs, target));
         return Ok(finish(r, 0.0, short));
@@ -1216,7 +1132,7 @@ fn loudness_loop(
     if !base.is_finite() || !target.is_finite() {
         settings.limiter.drive_db = 0.0;
         let enabled = settings.limiter.enabled;
-        let r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
+        let r = read_limited(prepared, &settings.limiter, enabled && !intermediate, intermediate)?;
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };
         return Ok(finish(r, trim_db, None));
     }
@@ -1257,7 +1173,7 @@ fn loudness_loop(
     while round < rounds.max(1) + extra {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
-        let r = read_limited(prepared, &settings.limiter, meters, intermediate)?;
+        let r = read_limited(prepared, &settings.limiter, !intermediate, intermediate)?;
         reached = r.lufs;
         let moved = correct_limit(&r, drive, &mut drive_max);
         reading = Some(r);
@@ -1305,7 +1221,7 @@ fn loudness_loop(
             previous = Some((drive, reached));
             drive = next;
             settings.limiter.drive_db = drive;
-            r = read_limited(prepared, &settings.limiter, meters, false)?;
+            r = read_limited(prepared, &settings.limiter, true, false)?;
             trim_db = trim_of(&r);
             reached = r.lufs + trim_db;
         }
@@ -1384,14 +1300,6 @@ pub struct LoopRounds {
     pub search: usize,
     /// Win back with more drive the loudness the safety trim takes.
     pub trim_compensation: bool,
-    /// An intermediate pass: measure the true peak too (the safety trim its output would need
-    /// tells the last pass whether its master is likely to be written as read).
-    pub true_peak: bool,
-    /// The last pass: its readings take the whole analysis of the output ([`Meters::Analysis`]),
-    /// which becomes the master's profile when no safety trim follows. Off when the last
-    /// intermediate pass needed a trim: the master then is analysed as it is written, and
-    /// the readings take only loudness and true peak.
-    pub analyse: bool,
 }
 
 /// Secant search for the drive (dB, within `lo..=hi`) at which `estimate(drive)` equals `aim`.

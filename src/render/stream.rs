@@ -197,10 +197,6 @@ fn envelope_window(window: &[&[f32]], off: usize, len: usize, out: &mut Planes, 
 /// Renders the chain before the limiter over the whole of `source` (the saturator at `quality`,
 /// or left out for `None`), calling `f` with aligned chunks of the signal and its true-peak
 /// envelope.
-///
-/// The mix's decoding and the chain run on a thread of their own, a short queue ahead of `f`
-/// (what measures or limits the signal) on the calling thread: on two cores the two overlap.
-/// The chunks `f` sees, and so everything it computes, are the same as on one thread.
 pub fn render_pre(
     source: &dyn FrameSource,
     settings: &Settings,
@@ -209,59 +205,15 @@ pub fn render_pre(
 ) -> Result<()> {
     let channels = source.channel_count();
     let spec = StageSpec { sample_rate_hz: source.sample_rate_hz(), channels };
-    pipelined(
-        move |send: &mut dyn FnMut(&mut Planes) -> Result<()>| {
-            let mut chain = Chain::pre_limiter(spec, settings, quality);
-            chain.push(Box::new(Envelope::new(spec)), channels + 1);
-            let mut out: Planes = vec![Vec::new(); channels + 1];
-            source.stream(&mut |chunk| {
-                chain.process(chunk, &mut out);
-                send(&mut out)
-            })?;
-            chain.finish(&mut out);
-            send(&mut out)
-        },
-        channels + 1,
-        &mut |out| hand_on(out, f),
-    )
-}
-
-/// Runs `produce` on a thread of its own and `consume` on the calling thread, handing each
-/// batch of planes `produce` sends (`planes` of them; an empty first plane is not sent) through
-/// a two-batch queue, the planes' storage coming back for reuse. `consume` must leave the planes
-/// empty. An error on either side stops both; `consume`'s is returned first.
-pub fn pipelined(
-    produce: impl FnOnce(&mut dyn FnMut(&mut Planes) -> Result<()>) -> Result<()> + Send,
-    planes: usize,
-    consume: &mut dyn FnMut(&mut Planes) -> Result<()>,
-) -> Result<()> {
-    std::thread::scope(|scope| {
-        let (full, batches) = std::sync::mpsc::sync_channel::<Planes>(2);
-        let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
-        let producer = scope.spawn(move || {
-            produce(&mut |out: &mut Planes| {
-                if out.first().is_none_or(Vec::is_empty) {
-                    return Ok(());
-                }
-                let empty = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); planes]);
-                full.send(std::mem::replace(out, empty))
-                    .map_err(|_| crate::error::Error::Unsupported("internal: the render's reader stopped".into()))
-            })
-        });
-        let mut consumed = Ok(());
-        for mut batch in batches.iter() {
-            consumed = consume(&mut batch);
-            if consumed.is_err() {
-                break;
-            }
-            // Fails only once the producer has ended.
-            let _ = recycle.send(batch);
-        }
-        // The producer's next send fails once the queue is gone, and it stops.
-        drop(batches);
-        let produced = producer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        consumed.and(produced)
-    })
+    let mut chain = Chain::pre_limiter(spec, settings, quality);
+    chain.push(Box::new(Envelope::new(spec)), channels + 1);
+    let mut out: Planes = vec![Vec::new(); channels + 1];
+    source.stream(&mut |chunk| {
+        chain.process(chunk, &mut out);
+        hand_on(&mut out, f)
+    })?;
+    chain.finish(&mut out);
+    hand_on(&mut out, f)
 }
 
 /// Hands the audio planes and the envelope plane of `out` to `f`, then empties them.
