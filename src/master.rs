@@ -336,12 +336,14 @@ pub fn master_stream(
             let [mid, side] = measure_spectra(&proxy.audio, Some(&proxy.measured)).map(|p| band_levels_db(&p, &grid));
             // The proxy's sampling error in what the compressor does to each band, known from
             // the song's envelopes, is taken out of its reading.
-            let shift: [f64; 4] = std::array::from_fn(|b| {
-                let edges = mix_profile.envelopes.as_ref().map_or([0.0; 5], |e| e.edges_hz);
-                crate::solve::mean_between(&grid, &settings.eq.mid_gain_db, edges[b].max(20.0), edges[b + 1])
-            });
-            let bias =
-                crate::proxy::compressor_bias_db(mix_profile, &excerpts, &settings.dynamics, shift).map(|bias| {
+            let bias = mix_profile
+                .envelopes
+                .as_ref()
+                .map(|e| crate::solve::dynamics::compressor_input(e, &grid, &settings.eq.mid_gain_db))
+                .and_then(|bands| {
+                    crate::proxy::compressor_bias_db(&bands, source.sample_rate_hz(), &excerpts, &settings.dynamics)
+                })
+                .map(|bias| {
                     grid.iter()
                         .map(|&f| {
                             (0..4)

@@ -188,36 +188,26 @@ pub fn read_proxy(source: &dyn FrameSource, excerpts: &[Excerpt], preroll_frames
 
 /// How far the proxy's sample misreads what the compressor does to each of its bands, dB (the
 /// compressor's power gain over the proxy's excerpts minus over the whole song), from the mix's
-/// 5 ms band envelopes: the compressor's gain is simulated on every block of the song (the
-/// detector and gain law the renderer runs), so the whole song's figure is known exactly and
-/// only the excerpts' is sampled.
+/// 5 ms band mean squares as the compressor sees them (`bands`, from
+/// [`crate::solve::dynamics::compressor_input`], at `sample_rate_hz`): the compressor's gain is
+/// simulated on every block of the song (the detector and gain law the renderer runs), so the
+/// whole song's figure is known exactly and only the excerpts' is sampled.
 ///
 /// A compressor that lifts quiet passages and lowers loud ones keeps each band's energy over the
 /// song (its make-up is set so), but over ten excerpts it may not: one loud stretch more or less
 /// in the sample moved the proxy's reading of a band by a decibel, and the loop corrected the EQ
-/// for it. The loop takes this bias out of the proxy's reading. `band_shift_db`: the EQ's mean
-/// gain in each band (the compressor sees the EQ'd mix). `None` without envelopes or dynamics.
+/// for it. The loop takes this bias out of the proxy's reading. `None` without dynamics.
 pub fn compressor_bias_db(
-    profile: &Profile,
+    bands: &[Vec<f32>],
+    sample_rate_hz: u32,
     excerpts: &[Excerpt],
     dynamics: &crate::settings::DynamicsSettings,
-    band_shift_db: [f64; 4],
 ) -> Option<[f64; 4]> {
-    use crate::solve::dynamics::gain_track_for;
-    let envs = profile.envelopes.as_ref()?;
-    if !dynamics.enabled || envs.bands.len() != 4 || dynamics.bands.len() != 4 {
+    use crate::solve::dynamics::{gain_track_for, sum_series};
+    if !dynamics.enabled || bands.len() != 4 || dynamics.bands.len() != 4 {
         return None;
     }
-    let block_frames = (f64::from(profile.sample_rate_hz) * crate::analysis::dynamics::BLOCK_S).round().max(1.0);
-    let bands: Vec<Vec<f32>> = envs
-        .bands
-        .iter()
-        .zip(band_shift_db)
-        .map(|(e, shift)| {
-            let k = 10f64.powf(shift / 10.0) as f32;
-            e.mean_square.iter().map(|&v| v * k).collect()
-        })
-        .collect();
+    let block_frames = (f64::from(sample_rate_hz) * crate::analysis::dynamics::BLOCK_S).round().max(1.0);
     let n = bands.iter().map(Vec::len).min()?;
     let in_proxy: Vec<bool> = {
         let mut mask = vec![false; n];
@@ -230,7 +220,7 @@ pub fn compressor_bias_db(
     };
     let mut gains: Vec<Vec<f32>> = Vec::with_capacity(4);
     if dynamics.linked {
-        let sum: Vec<f32> = (0..n).map(|i| bands.iter().map(|b| b[i]).sum()).collect();
+        let sum = sum_series(bands.iter().map(Vec::as_slice));
         let mut g = Vec::with_capacity(n);
         gain_track_for(&sum, &dynamics.bands[0], dynamics.feedback, &mut g);
         gains.resize(4, g);
@@ -246,7 +236,7 @@ pub fn compressor_bias_db(
         }
     }
     let mut bias = [0.0; 4];
-    for ((out, b), g) in bias.iter_mut().zip(&bands).zip(&gains) {
+    for ((out, b), g) in bias.iter_mut().zip(bands).zip(&gains) {
         let (mut all_in, mut all_out, mut proxy_in, mut proxy_out) = (0f64, 0f64, 0f64, 0f64);
         for ((&p, &g), &inside) in b.iter().zip(g).zip(&in_proxy) {
             let (p, q) = (f64::from(p), f64::from(p) * f64::from(g));

@@ -2,8 +2,8 @@
 //! follows the band's mid signal (RMS, attack/release), and the same gain goes to the band's mid
 //! and side so the stereo image stays put. Linked (broadband) settings run one detector on the
 //! sum of the bands' mid powers and apply band 0's gain to the unsplit signal (no crossover phase
-//! in the output). Feedback settings detect on each band's output instead of its input. Gain law and detector are the ones the solver
-//! simulates ([`crate::solve::dynamics`]).
+//! in the output). Feedback settings detect on each band's output instead of its input. Gain law
+//! and detector are the ones the solver simulates ([`crate::solve::dynamics`]).
 //!
 //! It runs as a stream ([`Compressor`]): the song passes through in chunks of any size and the
 //! output does not depend on where the chunks are cut.
@@ -187,55 +187,40 @@ impl Compressor {
     }
 
     /// One control block (at most `CONTROL` samples). The bands are indexed in parallel arrays.
+    ///
+    /// Feed-forward, the detectors take in the block's input and the gain ramps to what they then
+    /// read. Feedback, the gain ramps to what the detectors read at the block's start (they follow
+    /// the output, which this block's gain makes), and they then take in the block's output,
+    /// before make-up.
     #[allow(clippy::needless_range_loop)]
     fn block(&mut self, mid: &[f32], side: &[f32], mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
-        if self.feedback {
-            self.feedback_block(mid, side, mid_out, side_out);
-            return;
-        }
         let mut bands_m = [[0f64; 4]; CONTROL];
         let mut bands_s = [[0f64; 4]; CONTROL];
         let split_side = self.has_side && !self.linked;
+        let at_start = self.feedback.then(|| self.gains_now());
         for (k, &x) in mid.iter().enumerate() {
             let m = self.xo_mid.split(f64::from(x));
             bands_m[k] = m;
             bands_s[k] = if split_side { self.xo_side.split(f64::from(side[k])) } else { [0.0; 4] };
-            self.detect(m.map(|v| v * v));
+            if !self.feedback {
+                self.detect(m.map(|v| v * v));
+            }
         }
-        let next = self.gains_now();
+        let next = at_start.unwrap_or_else(|| self.gains_now());
+        let makeup: [f64; 4] = std::array::from_fn(|b| self.params[if self.linked { 0 } else { b }].3.max(1e-12));
         let n = mid.len() as f64;
         for k in 0..mid.len() {
             let frac = (k + 1) as f64 / n;
             let g: [f64; 4] = std::array::from_fn(|b| self.gain[b] + (next[b] - self.gain[b]) * frac);
+            if self.feedback {
+                self.detect(std::array::from_fn(|b| {
+                    let reduced = bands_m[k][b] * g[b] / makeup[b];
+                    reduced * reduced
+                }));
+            }
             mid_out.push(apply_gains(f64::from(mid[k]), &bands_m[k], &g, self.linked) as f32);
             if self.has_side {
                 side_out.push(apply_gains(f64::from(side[k]), &bands_s[k], &g, self.linked) as f32);
-            }
-        }
-        self.gain = next;
-    }
-
-    /// One control block of a feedback compressor: the gain ramps to what the detectors read at
-    /// the block's start (they follow the output, which this block's gain makes), and the
-    /// detectors then take in the block's output, before make-up.
-    #[allow(clippy::needless_range_loop)]
-    fn feedback_block(&mut self, mid: &[f32], side: &[f32], mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
-        let next = self.gains_now();
-        let makeup: [f64; 4] = std::array::from_fn(|b| self.params[if self.linked { 0 } else { b }].3.max(1e-12));
-        let n = mid.len() as f64;
-        let split_side = self.has_side && !self.linked;
-        for k in 0..mid.len() {
-            let m = self.xo_mid.split(f64::from(mid[k]));
-            let s = if split_side { self.xo_side.split(f64::from(side[k])) } else { [0.0; 4] };
-            let frac = (k + 1) as f64 / n;
-            let g: [f64; 4] = std::array::from_fn(|b| self.gain[b] + (next[b] - self.gain[b]) * frac);
-            self.detect(std::array::from_fn(|b| {
-                let reduced = m[b] * g[b] / makeup[b];
-                reduced * reduced
-            }));
-            mid_out.push(apply_gains(f64::from(mid[k]), &m, &g, self.linked) as f32);
-            if self.has_side {
-                side_out.push(apply_gains(f64::from(side[k]), &s, &g, self.linked) as f32);
             }
         }
         self.gain = next;

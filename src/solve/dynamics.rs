@@ -30,7 +30,8 @@
 //! falling short, so a dynamic reference never turns a mix into a brick.
 
 use crate::analysis::dynamics::{
-    fast_exp2, fast_log2, motion_stats_of_chunks, power_db, ChunkSums, MotionScratch, MotionStats, BLOCK_S,
+    fast_exp2, fast_log2, motion_stats_of_chunks, power_db, BandEnvelopes, ChunkSums, MotionScratch, MotionStats,
+    BLOCK_S,
 };
 use crate::analysis::loudness::percentile_sorted;
 use crate::analysis::Profile;
@@ -198,6 +199,37 @@ pub fn feedback_gain_track(input: &[f32], band: &CompressorBand, gains: &mut Vec
         state = a * state + (1.0 - a) * out;
         g
     }));
+}
+
+/// The mix's 5 ms band mean squares as the compressor sees them: each band moved by the EQ's mean
+/// gain in it (`mid_gain`, dB on `grid`).
+pub fn compressor_input(envs: &BandEnvelopes, grid: &[f64], mid_gain: &[f64]) -> Vec<Vec<f32>> {
+    envs.bands
+        .iter()
+        .enumerate()
+        .map(|(b, env)| {
+            let shift =
+                10f64.powf(mean_between(grid, mid_gain, envs.edges_hz[b].max(20.0), envs.edges_hz[b + 1]) / 10.0);
+            env.mean_square.iter().map(|&v| (f64::from(v) * shift) as f32).collect()
+        })
+        .collect()
+}
+
+/// Element-wise sum of several series of 5 ms mean squares (the shortest sets the length): the
+/// broadband power of a set of bands.
+pub fn sum_series<'a>(series: impl Iterator<Item = &'a [f32]>) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::new();
+    for (i, s) in series.enumerate() {
+        if i == 0 {
+            out = s.to_vec();
+        } else {
+            out.truncate(s.len());
+            for (a, &b) in out.iter_mut().zip(s) {
+                *a += b;
+            }
+        }
+    }
+    out
 }
 
 /// [`gain_track`] or [`feedback_gain_track`], as `feedback` says.
@@ -526,16 +558,7 @@ pub fn solve_dynamics(
         );
         return neutral(crossovers);
     };
-    let bands: Vec<Vec<f32>> = envs
-        .bands
-        .iter()
-        .enumerate()
-        .map(|(b, env)| {
-            let shift =
-                10f64.powf(mean_between(grid, mid_gain, envs.edges_hz[b].max(20.0), envs.edges_hz[b + 1]) / 10.0);
-            env.mean_square.iter().map(|&v| (f64::from(v) * shift) as f32).collect()
-        })
-        .collect();
+    let bands = compressor_input(envs, grid, mid_gain);
     // The same music: the reference says what level each band should have, moment by moment.
     if same_music {
         if let Some(r) = target.envelopes.as_ref().and_then(|e| restore(&bands, envs.edges_hz, e)) {
@@ -543,13 +566,8 @@ pub fn solve_dynamics(
             return r.dynamics;
         }
     }
-    let n = bands.iter().map(Vec::len).max().unwrap_or(0);
-    let mut broadband = vec![0f32; n];
-    for s in &bands {
-        for (a, &b) in broadband.iter_mut().zip(s) {
-            *a += b;
-        }
-    }
+    let broadband = sum_series(bands.iter().map(Vec::as_slice));
+    let n = broadband.len();
     let medians: Vec<f64> = motion.bands.iter().map(|m| m.median_dbfs).collect();
     let loudest = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let weights =

@@ -24,7 +24,9 @@
 use crate::analysis::dynamics::{power_db, BandEnvelopes};
 use crate::analysis::loudness::percentile_sorted;
 use crate::settings::{CompressorBand, DynamicsSettings};
-use crate::solve::dynamics::{detector_levels_db, gain_track_for, neutral, neutral_band, MAX_MEAN_REDUCTION_DB};
+use crate::solve::dynamics::{
+    detector_levels_db, gain_track_for, neutral, neutral_band, sum_series, MAX_MEAN_REDUCTION_DB,
+};
 
 /// 5 ms envelope blocks per chunk the wanted gain is read on (20 ms): short enough to follow a
 /// 20 ms detector, long enough that a block's noise does not swamp the reading.
@@ -166,8 +168,8 @@ pub fn restore(mix_bands: &[Vec<f32>], mix_edges_hz: [f64; 5], reference: &BandE
     let mut best: Option<(f64, Choice)> = None;
     let mut report = Vec::with_capacity(2);
     for feedback in [false, true] {
-        let (broad_detector, band_detectors) =
-            if feedback { (&ideal_broad, &ideal) } else { (&mix_broad, &mix_bands.to_vec()) };
+        let (broad_detector, band_detectors): (&[f32], &[Vec<f32>]) =
+            if feedback { (&ideal_broad, &ideal) } else { (&mix_broad, mix_bands) };
         let broad_levels: Vec<Vec<f64>> = TIMES_MS.iter().map(|&t| chunk_levels_db(broad_detector, t)).collect();
         let broadband = fit_line(&readings, |_, t| &broad_levels[t]);
         let band_levels: Vec<Vec<Vec<f64>>> =
@@ -293,14 +295,17 @@ fn clearly_better(sq: f64, base: f64, share: f64, db: f64) -> bool {
 /// the mix's); the mix's own where the reference does not reach.
 fn ideal_output(mix: &[f32], reference: &[f32], lag_blocks: isize, mean_gain_db: f64) -> Vec<f32> {
     let scale = 10f64.powf(-mean_gain_db / 10.0) as f32;
-    mix.iter()
-        .enumerate()
-        .map(|(i, &m)| {
-            let j = i as isize + lag_blocks;
-            let r = if j >= 0 { reference.get(j.unsigned_abs()) } else { None };
-            r.map_or(m, |&r| r * scale)
-        })
-        .collect()
+    mix.iter().enumerate().map(|(i, &m)| reference_at(reference, i, lag_blocks).map_or(m, |r| r * scale)).collect()
+}
+
+/// The reference's block that lines up with the mix's block `i` (`None` past its ends).
+fn reference_at(reference: &[f32], i: usize, lag_blocks: isize) -> Option<f32> {
+    let j = i as isize + lag_blocks;
+    if j >= 0 {
+        reference.get(j.unsigned_abs()).copied()
+    } else {
+        None
+    }
 }
 
 /// Ratio of a gain slope (dB/dB).
@@ -402,22 +407,6 @@ fn fit_line<'a>(readings: &[BandReading], levels: impl Fn(usize, usize) -> &'a V
     best
 }
 
-/// Element-wise sum of several equally long series (the shortest sets the length).
-fn sum_series<'a>(series: impl Iterator<Item = &'a [f32]>) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::new();
-    for (i, s) in series.enumerate() {
-        if i == 0 {
-            out = s.to_vec();
-        } else {
-            out.truncate(s.len());
-            for (a, &b) in out.iter_mut().zip(s) {
-                *a += b;
-            }
-        }
-    }
-    out
-}
-
 /// Power summed over each chunk, dB (a silent chunk reads very low, not −∞).
 fn chunk_db(series: &[f32]) -> Vec<f32> {
     series.chunks_exact(CHUNK_BLOCKS).map(|c| power_db(c.iter().sum::<f32>().max(1e-20)) as f32).collect()
@@ -456,16 +445,8 @@ fn mean_square(v: &[f64]) -> f64 {
 fn read_band(mix: &[f32], reference: &[f32], lag_blocks: isize, n_chunks: usize, weight: f64) -> BandReading {
     let mix_db = chunk_db(mix);
     // The reference shifted by the lag, chunked on the mix's chunk grid.
-    let shifted: Vec<f32> = (0..n_chunks * CHUNK_BLOCKS)
-        .map(|i| {
-            let j = i as isize + lag_blocks;
-            if j >= 0 {
-                reference.get(j.unsigned_abs()).copied().unwrap_or(f32::NAN)
-            } else {
-                f32::NAN
-            }
-        })
-        .collect();
+    let shifted: Vec<f32> =
+        (0..n_chunks * CHUNK_BLOCKS).map(|i| reference_at(reference, i, lag_blocks).unwrap_or(f32::NAN)).collect();
     let ref_db = chunk_db(&shifted);
     let loud = |db: &[f32]| {
         let mut v: Vec<f64> = db.iter().filter(|x| x.is_finite()).map(|&x| f64::from(x)).collect();
