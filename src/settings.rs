@@ -132,8 +132,9 @@ fn default_filter_rate_hz() -> f64 {
     48_000.0
 }
 
-/// Multiband compressor: four bands split by LR4 crossovers, detector on the mid signal of each
-/// band, the same gain applied to the band's mid and side so the image does not shift.
+/// Multiband compressor: four bands split at the crossovers, detector on the mid signal of each
+/// band (LR4), the same gain applied to the band's mid and side so the image does not shift (the
+/// output's split is linear-phase with the LR4 magnitudes: see [`crate::render::dynamics`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicsSettings {

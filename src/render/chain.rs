@@ -168,7 +168,7 @@ impl Stage for Compression {
         "compressor"
     }
     fn latency_frames(&self) -> usize {
-        0
+        self.compressor.latency_frames()
     }
     fn process(&mut self, input: &[&[f32]], out: &mut Planes) {
         let side_in: &[f32] = input.get(1).copied().unwrap_or(&[]);
