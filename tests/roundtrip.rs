@@ -278,4 +278,16 @@ fn a_band_split_expansion_is_restored_per_band_without_turning_the_waveform() {
         let r = correlation(&band_of(&with, filter), &band_of(&demo_ref(), filter));
         assert!(r > 0.9, "{filter}: the master's band correlates {r:.3} with the finished track's\n{said}");
     }
+    // The restored chain is a settings file like any other: it reapplies to the same bits.
+    let again = in_dir(&dir, "again.wav");
+    let o = run_refmaster([
+        "apply".into(),
+        mix.clone().into_os_string(),
+        "--settings".into(),
+        s_with.clone().into_os_string(),
+        "-o".into(),
+        again.clone().into_os_string(),
+    ]);
+    assert!(o.status.success(), "the restored settings do not reapply: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&again).ok() == std::fs::read(&with).ok(), "the settings reapplied to different bits");
 }

@@ -23,7 +23,7 @@
 
 use crate::analysis::dynamics::{power_db, BandEnvelopes};
 use crate::analysis::loudness::percentile_sorted;
-use crate::settings::{CompressorBand, DynamicsSettings};
+use crate::settings::{limits, CompressorBand, DynamicsSettings};
 use crate::solve::dynamics::{
     detector_levels_db, gain_track_for, neutral, neutral_band, sum_series, MAX_MEAN_REDUCTION_DB,
 };
@@ -330,9 +330,10 @@ fn times_text_of(b: &CompressorBand) -> String {
     }
 }
 
-/// The compressor band of a fitted line: threshold under the detector's quietest active levels
-/// (so the gain law is the fitted line over everything heard; a feedback detector reads the
-/// output before make-up, lower by up to the largest mean reduction), no knee, make-up that keeps
+/// The compressor band of a fitted line: threshold under the detector's quietest active levels,
+/// down to the settings' floor ([`limits::THRESHOLD_DBFS`]) at most, so the gain law is the fitted
+/// line over everything heard (a feedback detector reads the output before make-up, lower by up
+/// to the largest mean reduction); no knee; make-up that keeps
 /// the energy of `input` (the series the gain applies to, which a feed-forward `detector` is).
 fn compressor_for(detector: &[f32], input: &[f32], fit: LineFit, feedback: bool) -> CompressorBand {
     let (attack_ms, release_ms) = TIMES_MS[fit.times];
@@ -345,7 +346,9 @@ fn compressor_for(detector: &[f32], input: &[f32], fit: LineFit, feedback: bool)
     let quiet = sorted.iter().copied().find(|&v| v >= floor).unwrap_or(floor);
     let below = if feedback { 3.0 + MAX_MEAN_REDUCTION_DB } else { 3.0 };
     let mut band = CompressorBand {
-        threshold_dbfs: (quiet - below).clamp(-100.0, 0.0),
+        // Within what a settings file may hold, so that the settings reapply; a band quieter than
+        // that floor is near silence, and the make-up below keeps the law's line where it is heard.
+        threshold_dbfs: (quiet - below).clamp(limits::THRESHOLD_DBFS.0, limits::THRESHOLD_DBFS.1),
         ratio: ratio_of(fit.slope),
         knee_db: 0.0,
         attack_ms,
@@ -611,5 +614,21 @@ mod tests {
         let r = restore(&mix, EDGES_HZ, &envelopes_of(&late)).expect("the two read side by side");
         assert!(!r.dynamics.enabled, "{}", r.note);
         assert_eq!(r.lag_blocks, 100, "the reference is 100 blocks late");
+    }
+
+    #[test]
+    fn a_very_quiet_expanded_mix_gets_settings_a_settings_file_may_hold() {
+        // The same expanded track 60 dB down: its quiet passages sit near -100 dBFS, under the
+        // settings' threshold floor. The fitted compressor must still be one a settings file
+        // accepts (`Settings::validate` checks these limits, so that `refmaster apply` reapplies
+        // it), and still restore the motion.
+        let truth: Vec<Vec<f32>> = finished_track().iter().map(|b| b.iter().map(|p| p * 1e-6).collect()).collect();
+        let mix = expanded(&truth, 0.25);
+        let r = restore(&mix, EDGES_HZ, &envelopes_of(&truth)).expect("the two read side by side");
+        assert!(r.dynamics.enabled, "{}", r.note);
+        let (lo, hi) = limits::THRESHOLD_DBFS;
+        for b in &r.dynamics.bands {
+            assert!((lo..=hi).contains(&b.threshold_dbfs), "threshold {} outside {lo}..{hi}", b.threshold_dbfs);
+        }
     }
 }
