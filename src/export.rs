@@ -1098,6 +1098,10 @@ fn easyeffects_multiband(settings: &Settings) -> Value {
             None => (-12.0, 20.0, 100.0, 1.0, 6.0, 0.0),
         };
         let (lo, hi) = if n < 4 { (edges[n].max(10.0), edges[n + 1]) } else { (10.0, 20_000.0) };
+        // The plugin's threshold stops at -60 dBFS; a lower one (a same-music restoration puts it
+        // under the band's quietest passages) raises the sidechain instead, as in the ffmpeg
+        // script, so the gain law keeps its place.
+        let (threshold, preamp) = if threshold < -60.0 { (-60.0, -60.0 - threshold) } else { (threshold, 0.0) };
         for (k, v) in [
             ("compressor-enable", json!(on)),
             ("solo", json!(false)),
@@ -1116,7 +1120,7 @@ fn easyeffects_multiband(settings: &Settings) -> Value {
             ("stereo-split-source", json!("Left/Right")),
             ("sidechain-lookahead", json!(0.0)),
             ("sidechain-reactivity", json!(10.0)),
-            ("sidechain-preamp", json!(0.0)),
+            ("sidechain-preamp", json!(round(preamp, 2))),
             ("sidechain-custom-lowcut-filter", json!(false)),
             ("sidechain-custom-highcut-filter", json!(false)),
             ("sidechain-lowcut-frequency", json!(round(lo, 1))),

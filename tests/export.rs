@@ -394,6 +394,30 @@ fn easyeffects_preset_parses_and_has_the_keys_easyeffects_7_reads() {
     assert!(lim["threshold"].as_f64().is_some_and(|t| t <= settings.limiter.ceiling_dbtp));
 }
 
+#[test]
+fn easyeffects_keeps_a_threshold_under_the_plugins_floor_by_raising_the_sidechain() {
+    // A same-music restoration puts a band's threshold under its quietest passages, here -75 dBFS;
+    // the plugin's threshold stops at -60. Raising the sidechain 15 dB keeps every level's gain:
+    // the plugin sees level + 15 against -60, which is level against -75.
+    let mut settings = solved_settings();
+    settings.dynamics.enabled = true;
+    settings.dynamics.linked = false;
+    for b in &mut settings.dynamics.bands {
+        b.ratio = 1.3;
+        b.threshold_dbfs = -75.0;
+    }
+    let text = render_export(ExportFormat::EasyEffects, &settings);
+    let preset: serde_json::Value = serde_json::from_str(&text).expect("the preset is JSON");
+    let mbc = preset.get("output").and_then(|o| o.get("multiband_compressor#0")).expect("a multiband compressor");
+    for n in 0..4 {
+        let band = object(mbc, &format!("band{n}"));
+        let threshold = band["attack-threshold"].as_f64().unwrap_or(f64::NAN);
+        let preamp = band["sidechain-preamp"].as_f64().unwrap_or(f64::NAN);
+        assert!((-60.0..=0.0).contains(&threshold), "band{n}: threshold {threshold}");
+        assert!((threshold - preamp - -75.0).abs() < 0.01, "band{n}: threshold {threshold} dB, sidechain +{preamp} dB");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files, names and headers
 
