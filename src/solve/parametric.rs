@@ -164,13 +164,15 @@ impl FitLimits {
     }
 
     /// The finer match of the same music, still in the box an engineer imports: the musical
-    /// shelves and bell range of [`FitLimits::broad`] and at most 8 filters, but bells up to
-    /// Q [`FINE_MAX_Q`] and no roughness penalty or tidying, so the filters follow the matched
-    /// curve's detail (a re-master's EQ is itself a few such filters) rather than only its
-    /// octave balance.
+    /// shelves of [`FitLimits::broad`] and at most 8 filters, but bells up to Q [`FINE_MAX_Q`]
+    /// anywhere from 20 Hz and no roughness penalty or tidying, so the filters follow the
+    /// matched curve's detail (a re-master's EQ is itself a few such filters) rather than only
+    /// its octave balance. The truth is known here: a sub-bass bell that puts back what the
+    /// limiter moved at 40 Hz restores the track rather than guessing at another song's balance.
     pub fn fine(max_gain_db: f64) -> Self {
         Self {
             peak_q: (MIN_Q, FINE_MAX_Q),
+            bell_hz: (MIN_FREQ_HZ, MAX_FREQ_HZ),
             gain_penalty_per_point: GAIN_PENALTY_PER_POINT,
             roughness_weight: 0.0,
             opposing_bells_octaves: 0.0,
