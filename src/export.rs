@@ -294,7 +294,8 @@ fn describe_fit(settings: &Settings, p: &ParametricEq) -> String {
         );
     }
     format!(
-        "{} band{}; the fit follows the matched mid curve to {:.2} dB RMS ({:.2} dB at worst) over the fitted points",
+        "{} filter{}: refmaster's same-music mid EQ (fitted to the matched mid curve to {:.2} dB RMS, {:.2} dB at \
+         worst; their response is what it rendered)",
         p.bands.len(),
         if p.bands.len() == 1 { "" } else { "s" },
         p.fit_rms_error_db,
@@ -308,7 +309,8 @@ fn phase_caveat(settings: &Settings) -> &'static str {
         "linear phase: refmaster renders these filters' magnitude response as a linear-phase FIR; here they run \
          as minimum-phase biquads (same magnitude, different phase)"
     } else {
-        "the exact curve: refmaster renders a linear-phase FIR; these are minimum-phase biquads fitted to it"
+        "linear phase: refmaster renders these filters' magnitude response (sampled on its 1/6-octave grid) as a \
+         linear-phase FIR; here they run as minimum-phase biquads (same magnitude, different phase)"
     }
 }
 
@@ -351,14 +353,7 @@ fn apo(settings: &Settings) -> String {
     let p = active_parametric(settings);
     let carries = vec![
         "Equalizer APO / AutoEQ ParametricEQ.txt (also loads in PipeWire's parametric-equalizer module).".to_string(),
-        if settings.eq.render == EqRender::Filters {
-            format!("Made from: {}.", describe_fit(settings, &p))
-        } else {
-            format!(
-                "Made from: the parametric fit of refmaster's matched mid EQ curve, {}.",
-                describe_fit(settings, &p)
-            )
-        },
+        format!("Made from: {}.", describe_fit(settings, &p)),
         if settings.eq.enabled {
             "Preamp is the fit's own: the filters never boost above 0 dB anywhere in 20 Hz-20 kHz. Fc is in whole Hz \
              (as AutoEQ writes it); the gains and Qs were re-fitted after rounding so the curve stays the fit's."
@@ -568,8 +563,8 @@ fn graphic_eq(settings: &Settings) -> String {
             )
         } else {
             format!(
-                "Made from: refmaster's full matched mid EQ curve (what its FIR renders), at {GRAPHIC_EQ_POINTS} \
-                 log-spaced points, 20 Hz-20 kHz."
+                "Made from: refmaster's same-music mid EQ curve (its filters' response, what its FIR renders), at \
+                 {GRAPHIC_EQ_POINTS} log-spaced points, 20 Hz-20 kHz."
             )
         },
         format!("Preamp: {} dB, already included in every gain below (the curve never boosts).", num(preamp, 2)),
@@ -1211,7 +1206,7 @@ pub fn easyeffects_note(settings: &Settings) -> String {
         String::new(),
         "What the preset holds:".to_string(),
         format!(
-            "  equalizer#0: the parametric fit of the mid EQ ({}), IIR, \"APO (DR)\" filters (RBJ cookbook, as \
+            "  equalizer#0: the mid EQ's filters ({}), IIR, \"APO (DR)\" filters (RBJ cookbook, as \
              refmaster fits them), input gain = the fit's preamp, {} dB.",
             describe_fit(settings, &p),
             num(p.preamp_db, 2)

@@ -150,8 +150,16 @@ pub fn settings_text(st: &Settings) -> String {
                 let _ = writeln!(s, "EQ side: {}", describe_filters(&st.eq.parametric_side));
             }
             crate::settings::EqRender::Curve => {
-                let _ = writeln!(s, "EQ: fine match of the same music (the matched curve renders; exports fit it)");
-                let _ = writeln!(s, "EQ mid:  {}", describe_fit(&st.eq.parametric_mid));
+                let _ = writeln!(
+                    s,
+                    "EQ: fine match of the same music (at most 8 filters fitted to the matched curve; their response renders and is what the exports hold)"
+                );
+                let _ = writeln!(
+                    s,
+                    "EQ mid:  {} (follows the matched curve to {:.2} dB rms)",
+                    describe_filters(&st.eq.parametric_mid),
+                    st.eq.parametric_mid.fit_rms_error_db
+                );
                 let _ = writeln!(s, "EQ side: {}", describe_fit(&st.eq.parametric_side));
             }
         }

@@ -72,7 +72,8 @@ pub struct Settings {
 #[serde(rename_all = "snake_case")]
 pub enum EqRender {
     /// The grid curves `mid_gain_db` / `side_gain_db` (a fine match: same music, or files from
-    /// before the broad fit existed). The parametric fits only approximate them, for export.
+    /// before the broad fit existed). A same-music mid curve is `parametric_mid`'s response on
+    /// the grid (the exported filters); the side's parametric fit only approximates its curve.
     #[default]
     Curve,
     /// The filters `parametric_mid` / `parametric_side` (RBJ cookbook, evaluated at

@@ -115,8 +115,10 @@ pub fn solve(mix: &Profile, target: &Profile, opts: &SolveOptions) -> (Settings,
                 fmt_octaves(opts.smoothing_octaves)
             ));
             let mid_diff = difference(&target.spectrum.mid_db, &mix.spectrum.mid_db);
-            mid_gain = match_curve(&grid, &mid_diff, cutoff, opts);
-            report_unreachable(&grid, &mid_diff, &mid_gain, cutoff, opts, "mid", &mut notes);
+            let matched = match_curve(&grid, &mid_diff, cutoff, opts);
+            report_unreachable(&grid, &mid_diff, &matched, cutoff, opts, "mid", &mut notes);
+            mid_filters = fit_fine(&grid, &matched, cutoff, opts.max_eq_db, rate);
+            mid_gain = parametric::response_db(&mid_filters.bands, &clamped_grid(&grid, rate), rate);
         } else {
             let wanted = broad_difference(&grid, &target.spectrum.mid_db, &mix.spectrum.mid_db, cutoff);
             mid_filters = fit_broad(&grid, &bounded(&wanted, opts), cutoff, opts.max_eq_db, rate);
@@ -322,6 +324,16 @@ pub fn fit_broad(grid: &[f64], target_db: &[f64], cutoff_hz: f64, max_eq_db: f64
     parametric::fit_within(grid, target_db, fit_max, &FitLimits::broad(max_eq_db), sample_rate_hz)
 }
 
+/// The filters of a same-music mid EQ that draw the matched curve `target_db` (dB on `grid`)
+/// from 20 Hz to `cutoff_hz` ([`FitLimits::fine`]: two musical shelves and at most six bells,
+/// Q ≤ 3, every gain and their sum within ±`max_eq_db`). The mid curve renders as their
+/// response, so the exports (at most 8 filters an engineer can import) hold what renders
+/// rather than an approximation of a finer curve; a re-master's own EQ is a few such filters.
+pub fn fit_fine(grid: &[f64], target_db: &[f64], cutoff_hz: f64, max_eq_db: f64, sample_rate_hz: f64) -> ParametricEq {
+    let fit_max = cutoff_hz.min(20_000.0);
+    parametric::fit_within(grid, target_db, fit_max, &FitLimits::fine(max_eq_db), sample_rate_hz)
+}
+
 /// [`fit_broad`] for the side EQ, kept at or under `cap_db` (per grid point; the bass, where
 /// the side may not rise more than the mid, see [`hold_bass_width`]): where the fitted response
 /// passes the cap, the target is lowered there by the excess and the filters fitted again.
@@ -340,8 +352,11 @@ fn fit_side_held(
         let response = parametric::response_db(&eq.bands, &eval_grid, sample_rate_hz);
         let mut over = false;
         for ((t, r), c) in target.iter_mut().zip(&response).zip(cap_db) {
-            if r - c > 0.05 {
-                *t -= r - c;
+            // Lowered, but never past the bound: a cap the filters cannot follow (a mid EQ that
+            // swings faster than a broad side fit can) would otherwise drive the target down by
+            // the same excess at every round, and the fit into bells stacked at the bound.
+            if r - c > 0.05 && *t > -max_eq_db {
+                *t = (*t - (r - c)).max(-max_eq_db);
                 over = true;
             }
         }
@@ -359,21 +374,21 @@ fn bass_cap(grid: &[f64], mid_db: &[f64]) -> Vec<f64> {
     grid.iter().zip(mid_db).map(|(f, m)| if *f <= NO_WIDENING_BELOW_HZ { *m } else { f64::INFINITY }).collect()
 }
 
-/// The detailed parametric fits of the rendered curves (mid; side with the width stage), for
-/// the exports of a fine, curve-rendered EQ.
+/// The detailed parametric fit of the rendered side curve (with the width stage) of a fine,
+/// curve-rendered EQ, for the JSON. The mid needs none: its curve is its filters' response.
 fn fit_curves_for_export(eq: &mut EqSettings, width: &WidthSettings, cutoff_hz: f64) {
     let fit_max = cutoff_hz.min(20_000.0);
     let rate = eq.filter_sample_rate_hz;
-    eq.parametric_mid = parametric::fit(&eq.frequencies_hz, &eq.mid_gain_db, fit_max, 10, rate);
     let side_total: Vec<f64> =
         eq.frequencies_hz.iter().map(|&f| crate::render::eq::side_curve_db(eq, width, f)).collect();
     eq.parametric_side = parametric::fit(&eq.frequencies_hz, &side_total, fit_max, 10, rate);
 }
 
 /// One closed-loop correction of the EQ from the master as measured (`out_*`, dB on `grid`)
-/// toward what it should be (`want_*`): a curve-rendered EQ adds the smoothed gap; a
-/// filter-rendered one fits its broad filters again to (its response + the broad gap), so the
-/// correction stays as broad as the first fit. At and below [`NO_WIDENING_BELOW_HZ`] the side
+/// toward what it should be (`want_*`): the mid's filters are fitted again to (their response +
+/// the gap), broad filters to the broad gap, a same-music (curve-rendered) mid's finer filters
+/// to the smoothed gap, so every correction stays the kind of filters the first fit set; a
+/// curve-rendered side adds the smoothed gap. At and below [`NO_WIDENING_BELOW_HZ`] the side
 /// rises no more than the mid does plus what the master lost of the mix's own side-to-mid
 /// ratio (`mix_side_to_mid`). Returns the change made to the mid and the side EQ, dB per grid
 /// point.
@@ -403,15 +418,13 @@ pub fn correct_eq(
     };
     let e_mid = gap(want_mid, out_mid);
     let old_mid = eq.mid_gain_db.clone();
-    if filters {
-        let target: Vec<f64> = old_mid.iter().zip(&e_mid).map(|(g, e)| (g + e).clamp(-max, max)).collect();
-        eq.parametric_mid = fit_broad(grid, &target, cutoff_hz, max, rate);
-        eq.mid_gain_db = parametric::response_db(&eq.parametric_mid.bands, &eval_grid, rate);
+    let target: Vec<f64> = old_mid.iter().zip(&e_mid).map(|(g, e)| (g + e).clamp(-max, max)).collect();
+    eq.parametric_mid = if filters {
+        fit_broad(grid, &target, cutoff_hz, max, rate)
     } else {
-        for (g, e) in eq.mid_gain_db.iter_mut().zip(&e_mid) {
-            *g = (*g + e).clamp(-max, max);
-        }
-    }
+        fit_fine(grid, &target, cutoff_hz, max, rate)
+    };
+    eq.mid_gain_db = parametric::response_db(&eq.parametric_mid.bands, &eval_grid, rate);
     let d_mid = difference(&eq.mid_gain_db, &old_mid);
     let mut d_side = vec![0.0; grid.len()];
     if stereo && eq.side_gain_db.iter().any(|g| *g != 0.0) {

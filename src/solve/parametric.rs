@@ -23,7 +23,10 @@
 //! squared difference between its response and that response's own octave
 //! average at every fitted point is added to the cost
 //! ([`FitLimits::roughness_weight`]), so a bell is set as wide, and a boost next
-//! to a cut as gentle, as the target allows.
+//! to a cut as gentle, as the target allows. Its bells sit at
+//! [`MUSICAL_BELL_MIN_HZ`] or above (the sub-bass is the low shelf's), and no two
+//! of them boost and cut within [`OPPOSING_BELLS_OCTAVES`] of each other (the
+//! refinement keeps them apart after every step).
 //!
 //! Every point of the fitted range carries the same weight; on a log-spaced
 //! grid this is equal weight per octave. Band frequencies are kept inside the
@@ -108,6 +111,15 @@ pub struct FitLimits {
     /// squared fit error (1: a dB of carving costs as much as a dB of missed target). 0 turns
     /// it off: a detailed fit follows the curve it is given.
     pub roughness_weight: f64,
+    /// Centre-frequency range of the bells, Hz (also kept inside the fitted range).
+    pub bell_hz: (f64, f64),
+    /// Two bells closer than this (octaves) may not boost and cut: the refinement keeps them
+    /// apart, and a pair it cannot part loses a bell or becomes one (see
+    /// [`part_opposing_bells`]). 0 allows any pair.
+    pub opposing_bells_octaves: f64,
+    /// Tidy the fit (merge twin bells, drop small ones) when it costs at most this RMS error,
+    /// dB; 0 leaves the bells as fitted.
+    pub tidy_tolerance_db: f64,
 }
 
 impl FitLimits {
@@ -124,6 +136,9 @@ impl FitLimits {
             bound_total: false,
             gain_penalty_per_point: GAIN_PENALTY_PER_POINT,
             roughness_weight: 0.0,
+            bell_hz: (MIN_FREQ_HZ, MAX_FREQ_HZ),
+            opposing_bells_octaves: 0.0,
+            tidy_tolerance_db: 0.0,
         }
     }
 
@@ -142,9 +157,42 @@ impl FitLimits {
             bound_total: true,
             gain_penalty_per_point: BROAD_GAIN_PENALTY_PER_POINT,
             roughness_weight: BROAD_ROUGHNESS_WEIGHT,
+            bell_hz: (MUSICAL_BELL_MIN_HZ, MAX_FREQ_HZ),
+            opposing_bells_octaves: OPPOSING_BELLS_OCTAVES,
+            tidy_tolerance_db: TIDY_TOLERANCE_DB,
+        }
+    }
+
+    /// The finer match of the same music, still in the box an engineer imports: the musical
+    /// shelves of [`FitLimits::broad`] and at most 8 filters, but bells up to Q [`FINE_MAX_Q`]
+    /// anywhere from 20 Hz and no roughness penalty or tidying, so the filters follow the
+    /// matched curve's detail (a re-master's EQ is itself a few such filters) rather than only
+    /// its octave balance. The truth is known here: a sub-bass bell that puts back what the
+    /// limiter moved at 40 Hz restores the track rather than guessing at another song's balance.
+    pub fn fine(max_gain_db: f64) -> Self {
+        Self {
+            peak_q: (MIN_Q, FINE_MAX_Q),
+            bell_hz: (MIN_FREQ_HZ, MAX_FREQ_HZ),
+            gain_penalty_per_point: GAIN_PENALTY_PER_POINT,
+            roughness_weight: 0.0,
+            opposing_bells_octaves: 0.0,
+            tidy_tolerance_db: 0.0,
+            ..Self::broad(max_gain_db)
         }
     }
 }
+
+/// Lowest bell centre of a mastering fit, Hz. Below it is sub-bass: a mastering engineer moves
+/// it with the low shelf (corner 30–400 Hz), not with a bell a few Hz wide at 20–30 Hz that
+/// music barely reaches and small speakers cannot play, and whose response, set against a bell
+/// just above it, draws a boost-and-cut a few Hz apart. 50 Hz is about the lowest kick
+/// fundamental; a bell there still shapes refeval's lowest octave band (44–88 Hz).
+pub const MUSICAL_BELL_MIN_HZ: f64 = 50.0;
+/// Two bells of a broad fit less than this many octaves apart may not boost and cut: within an octave a boost beside a cut is sub-octave detail, what the
+/// roughness reading measures, and the two fight each other rather than shape the balance.
+pub const OPPOSING_BELLS_OCTAVES: f64 = 1.0;
+/// Largest Q of a bell in a same-music fit (the export bound: about half an octave).
+pub const FINE_MAX_Q: f64 = 3.0;
 
 /// Bells in a broad fit (with the two shelves: 8 filters).
 pub const BROAD_PEAKS: usize = 6;
@@ -297,8 +345,13 @@ pub fn fit_within(
         refine(&problem, &mut bands, 0, JOINT_ITERATIONS);
         bands.retain(|b| b.p[1].abs() >= MIN_BAND_GAIN_DB);
     }
-    if limits.bound_total {
+    if limits.tidy_tolerance_db > 0.0 {
         tidy(&problem, &mut bands);
+    }
+    if limits.opposing_bells_octaves > 0.0 {
+        part_opposing_bells(&problem, &mut bands);
+    }
+    if limits.bound_total {
         problem.bound_total(&mut bands);
     }
 
@@ -324,7 +377,7 @@ const CANCEL_OCTAVES: f64 = 0.25;
 /// a narrow bell beside a broad one; nobody imports either.
 fn tidy(problem: &Problem, bands: &mut Vec<Band>) {
     let rms_of = |b: &[Band]| problem.errors(&problem.model(b)).0;
-    let allowed = rms_of(bands) + TIDY_TOLERANCE_DB;
+    let allowed = rms_of(bands) + problem.limits.tidy_tolerance_db;
     let close = MERGE_OCTAVES * std::f64::consts::LN_2;
     let very_close = CANCEL_OCTAVES * std::f64::consts::LN_2;
     loop {
@@ -361,6 +414,55 @@ fn tidy(problem: &Problem, bands: &mut Vec<Band>) {
             Some((_, t)) => *bands = t,
             None => return,
         }
+    }
+}
+
+/// The first pair of bells (indices into `bands`) that boost and cut less than
+/// [`FitLimits::opposing_bells_octaves`] apart, the pair with the smallest weaker gain first.
+fn opposing_pair(problem: &Problem, bands: &[Band]) -> Option<(usize, usize)> {
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for i in 0..bands.len() {
+        for j in i + 1..bands.len() {
+            if problem.oppose(&bands[i], &bands[j]) {
+                pairs.push((i, j));
+            }
+        }
+    }
+    let weaker = |&(i, j): &(usize, usize)| bands[i].p[1].abs().min(bands[j].p[1].abs());
+    pairs.into_iter().min_by(|a, b| weaker(a).total_cmp(&weaker(b)))
+}
+
+/// Resolves every boost-and-cut pair of bells closer than [`FitLimits::opposing_bells_octaves`]
+/// that [`Problem::separate`] could not part: of dropping either bell or making the two one
+/// (gains added, centre and Q averaged on a log scale, weighted by gain), the refitted EQ with
+/// the least cost is kept; then the next pair. Every step removes a bell, so this ends, and it
+/// ends with no such pair: the fit's guarantee.
+fn part_opposing_bells(problem: &Problem, bands: &mut Vec<Band>) {
+    while let Some((i, j)) = opposing_pair(problem, bands) {
+        let (a, b) = (bands[i], bands[j]);
+        let w = a.p[1].abs() / (a.p[1].abs() + b.p[1].abs()).max(1e-12);
+        let mut merged = bands.clone();
+        merged[i].p = [w * a.p[0] + (1.0 - w) * b.p[0], a.p[1] + b.p[1], w * a.p[2] + (1.0 - w) * b.p[2]];
+        problem.project(&mut merged[i]);
+        merged.remove(j);
+        let mut trials = vec![merged];
+        let mut without_i = bands.clone();
+        without_i.remove(i);
+        let mut without_j = bands.clone();
+        without_j.remove(j);
+        trials.extend([without_i, without_j]);
+        let best = trials
+            .into_iter()
+            .map(|mut t| {
+                let cost = refine(problem, &mut t, 0, JOINT_ITERATIONS);
+                (cost, t)
+            })
+            .min_by(|x, y| x.0.total_cmp(&y.0));
+        match best {
+            Some((_, t)) => *bands = t,
+            None => return,
+        }
+        bands.retain(|b| b.p[1].abs() >= MIN_BAND_GAIN_DB);
     }
 }
 
@@ -673,18 +775,70 @@ impl Problem {
         ([f_lo, -g, q_lo.ln()], [f_hi, g, q_hi.ln()])
     }
 
-    /// Bounds on `ln(freq)` of a band of `kind`: the fitted range, narrowed to the shelf's
-    /// corner range for shelves (a range outside the fitted one collapses onto its nearer end).
+    /// Bounds on `ln(freq)` of a band of `kind`: the fitted range, narrowed to the bells' centre
+    /// range or the shelf's corner range (a range outside the fitted one collapses onto its
+    /// nearer end).
     fn log_f_bounds(&self, kind: FilterKind) -> (f64, f64) {
         let (lo, hi) = self.band_log_f;
         let range = match kind {
-            FilterKind::Peaking => return (lo, hi),
+            FilterKind::Peaking => self.limits.bell_hz,
             FilterKind::LowShelf => self.limits.low_shelf_hz,
             FilterKind::HighShelf => self.limits.high_shelf_hz,
         };
         let r_lo = clamp(range.0.ln(), lo, hi);
         let r_hi = clamp(range.1.ln(), r_lo, hi);
         (r_lo, r_hi)
+    }
+
+    /// Whether bells `a` and `b` boost and cut closer than [`FitLimits::opposing_bells_octaves`].
+    /// Shelves are not held to it: a shelf acts on everything past its corner, and a bell
+    /// against it (a bump kept inside a broad bass cut, a low-mid dip above a sub lift) is a
+    /// shape engineers set; the roughness penalty keeps it gentle.
+    fn oppose(&self, a: &Band, b: &Band) -> bool {
+        let apart = self.limits.opposing_bells_octaves * std::f64::consts::LN_2;
+        let bells = a.kind == FilterKind::Peaking && b.kind == FilterKind::Peaking;
+        apart > 0.0 && bells && a.p[1] * b.p[1] < 0.0 && (a.p[0] - b.p[0]).abs() < apart
+    }
+
+    /// Moves the bells of `free` apart (in ln f, each kept in its bounds) until none boosts
+    /// against a cut of another bell of `fixed` or `free` closer than
+    /// [`FitLimits::opposing_bells_octaves`]: two free bells part symmetrically about their
+    /// midpoint, a free bell steps away from a fixed one. The refinement applies it after every
+    /// step, so the fit moves within the constraint rather than into it. A few rounds; a crowd
+    /// that cannot be parted this way is left to [`part_opposing_bells`].
+    fn separate(&self, fixed: &[Band], free: &mut [Band]) {
+        let apart = self.limits.opposing_bells_octaves * std::f64::consts::LN_2;
+        if apart <= 0.0 {
+            return;
+        }
+        let away = |from: f64, x: f64| if x >= from { from + apart } else { from - apart };
+        for _ in 0..4 {
+            let mut moved = false;
+            for i in 0..free.len() {
+                for f in fixed {
+                    if self.oppose(&free[i], f) {
+                        free[i].p[0] = away(f.p[0], free[i].p[0]);
+                        self.project(&mut free[i]);
+                        moved = true;
+                    }
+                }
+                for j in i + 1..free.len() {
+                    if !self.oppose(&free[i], &free[j]) {
+                        continue;
+                    }
+                    let mid = 0.5 * (free[i].p[0] + free[j].p[0]);
+                    let (lo, hi) = if free[i].p[0] <= free[j].p[0] { (i, j) } else { (j, i) };
+                    free[lo].p[0] = mid - 0.5 * apart;
+                    free[hi].p[0] = mid + 0.5 * apart;
+                    self.project(&mut free[lo]);
+                    self.project(&mut free[hi]);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
     }
 
     /// Clamps a band's parameters into its bounds.
@@ -1087,15 +1241,17 @@ fn refine(problem: &Problem, bands: &mut [Band], first_free: usize, max_iteratio
                 continue;
             };
             let mut trial: Vec<Band> = bands[first_free..].to_vec();
-            let mut taken = vec![0.0; m];
             for (k, band) in trial.iter_mut().enumerate() {
-                let before = band.p;
                 for j in 0..3 {
                     band.p[j] += step[3 * k + j];
                 }
                 problem.project(band);
+            }
+            problem.separate(&bands[..first_free], &mut trial);
+            let mut taken = vec![0.0; m];
+            for (k, (t, b)) in trial.iter().zip(&bands[first_free..]).enumerate() {
                 for j in 0..3 {
-                    taken[3 * k + j] = band.p[j] - before[j];
+                    taken[3 * k + j] = t.p[j] - b.p[j];
                 }
             }
             let trial_responses: Vec<Vec<f64>> = trial.iter().map(|b| problem.band_response(b)).collect();
