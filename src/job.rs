@@ -233,6 +233,8 @@ impl JobOptions {
             allow_crush: self.allow_crush,
             memory_budget_bytes: self.memory_budget_bytes(),
             proxy: !self.full_loop,
+            spool: true,
+            spool_dir: None,
         }
     }
 
@@ -588,7 +590,7 @@ pub fn run(files: &JobFiles, opts: &JobOptions, progress: &(dyn Fn(Progress<'_>)
         return Err(Error::option("target", "cannot be used with --ref: choose a reference or a learned target"));
     }
     files.check()?;
-    let mopts = opts.master_options();
+    let mut mopts = opts.master_options();
     // decode + analyse per file, the target choice (no reference), solve, one render per pass,
     // verify, write
     let steps =
@@ -637,6 +639,8 @@ pub fn run(files: &JobFiles, opts: &JobOptions, progress: &(dyn Fn(Progress<'_>)
         (target, None)
     };
     let out = files.master_path();
+    // The last pass's render waits for the writer on the output's disk.
+    mopts.spool_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf);
     let mut written = Vec::new();
     let mut extras = Extras::new(files, mix.frames());
     let stage = |m: &str| say(m);

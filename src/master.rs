@@ -74,6 +74,14 @@ pub struct MasterOptions {
     /// Run the intermediate passes on a proxy of the song's excerpts ([`crate::proxy`]) when the
     /// song is long enough for one; `false` renders the whole song on every pass (`--full-loop`).
     pub proxy: bool,
+    /// Keep the last pass's render (or its limiter gains) on disk and write the master from the
+    /// reading that was accepted, instead of limiting again (`false`: limit again; the master
+    /// is the same bits either way, which `tests/streaming.rs` checks).
+    pub spool: bool,
+    /// Folder for the unnamed temporary file that keeps the last pass's render until the master
+    /// is written from it (the output's folder: the same disk, and not a RAM-backed `/tmp`);
+    /// `None`: the system's temporary folder.
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MasterOptions {
@@ -87,6 +95,8 @@ impl Default for MasterOptions {
             allow_crush: false,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             proxy: true,
+            spool: true,
+            spool_dir: None,
         }
     }
 }
@@ -218,8 +228,12 @@ pub fn master_to_file(
     progress: &dyn Fn(&str),
 ) -> Result<Mastered> {
     let mut done = None;
+    let mut opts = opts.clone();
+    if opts.spool_dir.is_none() {
+        opts.spool_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf);
+    }
     crate::encode::write_wav_stream(output, source.sample_rate_hz(), source.channel_count(), depth, |w| {
-        done = Some(master_stream(source, mix_profile, target, opts, progress, &mut WavSink(w))?);
+        done = Some(master_stream(source, mix_profile, target, &opts, progress, &mut WavSink(w))?);
         Ok(())
     })?;
     done.ok_or_else(|| Error::output(output, "internal: the master was not produced"))
@@ -359,6 +373,10 @@ pub fn master_stream(
     let mut bias = 0.0;
     let mut depth = 0.0;
     let mut pass = 0;
+    let mut spool: Option<Spool> = None;
+    // Whether the last intermediate pass's output needed a safety trim (then the master
+    // likely does too).
+    let mut expect_trim = false;
     let (pre, search) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
         let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
@@ -382,8 +400,25 @@ pub fn master_stream(
         if let Some(measured) = &prepared.saturation {
             sat_stats = measured.clone();
         }
-        let rounds = LoopRounds { search: if last { 4 } else { 1 }, trim_compensation };
-        let search = loudness_loop(&prepared, &mut settings, max_limiting_db, rounds, (&mut bias, &mut depth), !last)?;
+        let rounds = LoopRounds {
+            search: if last { 4 } else { 1 },
+            trim_compensation,
+            true_peak: pass + 1 >= opts.closed_loop_passes,
+            analyse: !expect_trim,
+        };
+        if last && spool.is_none() && opts.spool {
+            let gains = matches!(prepared.pre, Pre::Cached { .. }) && settings.limiter.enabled;
+            spool = Spool::create(opts.spool_dir.as_deref(), channels, gains);
+        }
+        let search = loudness_loop(
+            &prepared,
+            &mut settings,
+            max_limiting_db,
+            rounds,
+            (&mut bias, &mut depth),
+            !last,
+            spool.as_mut().filter(|_| last),
+        )?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
         if let Some(l) = prepared.limiting_estimate.filter(|l| l.is_finite()) {
             work.push((0.0, l));
@@ -395,6 +430,7 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
+        expect_trim = search.trim_db < 0.0;
         let Some([mut out_mid, mut out_side]) =
             search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
@@ -467,19 +503,31 @@ pub fn master_stream(
         ceiling_dbtp: settings.limiter.enabled.then_some(settings.limiter.ceiling_dbtp),
     };
     sink.begin(&info)?;
-    let mut limiter = StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db);
-    // The master's own analysis (the verification) runs on the other core, a chunk behind the
-    // limiter and the writer.
-    let profile = std::thread::scope(|scope| -> Result<Profile> {
+    // The last reading kept what it limited (before the safety trim) in the spool: the master
+    // is that, times the trim, the same bits as limiting again with the trim
+    // (`x * (drive * g) * trim`). Without a spool the signal entering the limiter is limited
+    // again.
+    let spooled = spool.filter(|s| s.frames == Some(frames));
+    let mut limiter = spooled.is_none().then(|| StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db));
+    let trim = db_to_lin(search.trim_db) as f32;
+    // The last reading analysed the limited output as it measured it: without a safety trim
+    // that output is the master, sample for sample, and its analysis is the master's. Else the
+    // master's own analysis runs as it is written, on the other core, a chunk behind the
+    // writer.
+    let read_profile = search.profile.filter(|_| search.trim_db == 0.0);
+    let analyse = read_profile.is_none();
+    let profile = std::thread::scope(|scope| -> Result<Option<Profile>> {
         let (to_meter, chunks) = std::sync::mpsc::sync_channel::<Planes>(2);
         let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
-        let meter = scope.spawn(move || {
-            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
-            for planes in chunks {
-                analyzer.push(&slices(&planes));
-                let _ = recycle.send(planes);
-            }
-            analyzer.finish("master", false)
+        let meter = analyse.then(|| {
+            scope.spawn(move || {
+                let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+                for planes in chunks {
+                    analyzer.push(&slices(&planes));
+                    let _ = recycle.send(planes);
+                }
+                analyzer.finish("master", false)
+            })
         });
         let mut out: Planes = vec![Vec::new(); channels];
         let mut written = 0usize;
@@ -489,31 +537,66 @@ pub fn master_stream(
             }
             sink.write(written, &slices(out))?;
             written += out[0].len();
-            let mut copy = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
-            for (c, o) in copy.iter_mut().zip(out.iter_mut()) {
-                c.clear();
-                c.extend_from_slice(o);
-                o.clear();
+            if analyse {
+                let mut copy = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+                for (c, o) in copy.iter_mut().zip(out.iter()) {
+                    c.clear();
+                    c.extend_from_slice(o);
+                }
+                // A send fails only when the meter thread has died; its join reports that.
+                let _ = to_meter.send(copy);
             }
-            // A send fails only when the meter thread has died; its join reports that.
-            let _ = to_meter.send(copy);
+            out.iter_mut().for_each(Vec::clear);
             Ok(())
         };
-        pre.replay(&mut |p, e| {
-            limiter.process(p, e, &mut out);
-            emit(&mut out)
-        })?;
-        limiter.finish(&mut out);
-        emit(&mut out)?;
+        match (spooled, limiter.as_mut()) {
+            (Some(mut spool), _) if spool.gains => {
+                let Pre::Cached { pre: planes, .. } = &pre else {
+                    return Err(Error::Unsupported("internal: a spool of gains without the render kept".into()));
+                };
+                // As the limiter computes it: `x * (drive * g) * trim`.
+                let drive = db_to_lin(settings.limiter.drive_db) as f32;
+                let mut at = 0;
+                spool.replay(&mut |chunk| {
+                    let g = chunk.first().copied().unwrap_or_default();
+                    for (o, c) in out.iter_mut().zip(planes) {
+                        o.extend(c[at..at + g.len()].iter().zip(g).map(|(x, g)| x * (drive * g) * trim));
+                    }
+                    at += g.len();
+                    emit(&mut out)
+                })?;
+            }
+            (Some(mut spool), _) => spool.replay(&mut |chunk| {
+                for (o, c) in out.iter_mut().zip(chunk) {
+                    o.extend(c.iter().map(|x| x * trim));
+                }
+                emit(&mut out)
+            })?,
+            (None, Some(limiter)) => {
+                pre.replay(&mut |p, e| {
+                    limiter.process(p, e, &mut out);
+                    emit(&mut out)
+                })?;
+                limiter.finish(&mut out);
+                emit(&mut out)?;
+            }
+            (None, None) => return Err(Error::Unsupported("internal: no limiter to write the master".into())),
+        }
         drop(to_meter);
         if let Some(net) = sink.end()? {
             notes.extend(net_note(&net, rate));
         }
         progress("verifying");
-        meter.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into()))
+        meter
+            .map(|m| m.join().map_err(|_| Error::Unsupported("internal: the master's analysis failed".into())))
+            .transpose()
     })?;
-    // What the limiter did as it wrote the master (the same gain the last reading measured).
-    let stats = limiter.stats();
+    let profile = match (profile, read_profile) {
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => return Err(Error::Unsupported("internal: the master was not analysed".into())),
+    };
+    // What the limiter did as it wrote the master: the gain the last reading measured.
+    let stats = limiter.map_or(search.stats, |l| l.stats());
     if settings.limiter.enabled {
         notes.push(format!(
             "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
@@ -1019,6 +1102,9 @@ struct Search {
     spectra: Option<[PowerSpectrum; 2]>,
     /// The loudest window of the limited output (first frame, frames).
     loudest_window: (usize, usize),
+    /// The analysis of the limited output as read (the last pass's readings), before the
+    /// safety trim: the master's own profile when the trim is 0 dB.
+    profile: Option<Profile>,
 }
 
 /// One read of the limited output at the drive in `limiter`: its integrated loudness, its true
@@ -1029,51 +1115,233 @@ struct Reading {
     stats: LimiterStats,
     spectra: Option<[PowerSpectrum; 2]>,
     sub_blocks: Vec<f64>,
+    /// The whole analysis of what was read, when the reading took it ([`Meters::Analysis`]).
+    profile: Option<Profile>,
+}
+
+/// How [`read_limited`] measures the limited output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meters {
+    /// Loudness, with the true peak when `true_peak`: an intermediate pass's reading.
+    Levels { true_peak: bool },
+    /// The whole analysis of a master ([`Analyzer`]), which holds the loudness and the true
+    /// peak the search needs: a last-pass reading, which becomes the master's profile when the
+    /// master is written as read (no safety trim), so the written master is not analysed again.
+    Analysis,
+}
+
+/// The last pass's limited output (before the safety trim), kept on disk as each reading makes
+/// it, so that the master is written from what the accepted reading rendered instead of
+/// limiting (or, past the memory budget, rendering the whole chain) again. Raw interleaved f32
+/// frames in an unnamed temporary file (removed by the system when closed); its pages live in
+/// the page cache, not in the process's memory. A spool that fails to write (a full disk) is
+/// dropped and the master is rendered again from the signal entering the limiter, as before.
+struct Spool {
+    file: std::fs::File,
+    /// Values per frame: the output's channels, or 1 for [`Self::gains`].
+    channels: usize,
+    /// The spool keeps the limiter's gain per frame rather than its output: the signal
+    /// entering the limiter is in memory ([`Pre::Cached`]), and the output is that times
+    /// `drive * gain * trim`, computed as the limiter computes it. A channel's worth of data
+    /// instead of all of them.
+    gains: bool,
+    /// Frames of the last complete reading (`None`: none complete, or a write failed).
+    frames: Option<usize>,
+}
+
+impl Spool {
+    /// An unnamed temporary file in `dir` (else the system's temporary folder), for the output
+    /// of `channels` channels, or for the gains when `gains`.
+    fn create(dir: Option<&Path>, channels: usize, gains: bool) -> Option<Self> {
+        let file = dir.and_then(|d| tempfile::tempfile_in(d).ok()).or_else(|| tempfile::tempfile().ok())?;
+        Some(Self { file, channels: if gains { 1 } else { channels }, gains, frames: None })
+    }
+
+    /// Starts a new reading's output: what was kept is forgotten.
+    fn writer(&mut self) -> SpoolWriter<'_> {
+        self.frames = None;
+        let ok = std::io::Seek::rewind(&mut self.file).is_ok();
+        let channels = self.channels;
+        SpoolWriter {
+            out: ok.then(|| std::io::BufWriter::with_capacity(1 << 20, &self.file)),
+            frames: 0,
+            bytes: Vec::new(),
+            channels,
+            done: &mut self.frames,
+        }
+    }
+
+    /// Streams the kept frames back as planar chunks of at most [`CHUNK_FRAMES`] frames.
+    fn replay(&mut self, f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()> {
+        use std::io::Read;
+        let frames = self.frames.ok_or_else(|| Error::Unsupported("internal: the spool holds no reading".into()))?;
+        let io =
+            |e: std::io::Error| Error::Unsupported(format!("cannot read the render back from its temporary file: {e}"));
+        std::io::Seek::rewind(&mut self.file).map_err(io)?;
+        let channels = self.channels;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &self.file);
+        let mut bytes = vec![0u8; CHUNK_FRAMES * channels * 4];
+        let mut planes: Planes = vec![Vec::with_capacity(CHUNK_FRAMES); channels];
+        let mut at = 0;
+        while at < frames {
+            let n = (frames - at).min(CHUNK_FRAMES);
+            let b = &mut bytes[..n * channels * 4];
+            reader.read_exact(b).map_err(io)?;
+            for (c, p) in planes.iter_mut().enumerate() {
+                p.clear();
+                p.extend((0..n).map(|i| {
+                    let o = (i * channels + c) * 4;
+                    f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+                }));
+            }
+            f(&slices(&planes))?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one reading's limited output into a [`Spool`].
+struct SpoolWriter<'a> {
+    out: Option<std::io::BufWriter<&'a std::fs::File>>,
+    frames: usize,
+    bytes: Vec<u8>,
+    channels: usize,
+    done: &'a mut Option<usize>,
+}
+
+impl SpoolWriter<'_> {
+    fn push(&mut self, planes: &[&[f32]]) {
+        use std::io::Write;
+        let Some(out) = self.out.as_mut() else { return };
+        let n = planes.first().map_or(0, |c| c.len());
+        self.bytes.clear();
+        self.bytes.reserve(n * self.channels * 4);
+        for i in 0..n {
+            for c in planes {
+                self.bytes.extend_from_slice(&c[i].to_le_bytes());
+            }
+        }
+        if out.write_all(&self.bytes).is_err() {
+            self.out = None;
+        }
+        self.frames += n;
+    }
+
+    /// Marks the reading complete (when every write succeeded).
+    fn finish(mut self) {
+        use std::io::Write;
+        if self.out.take().is_some_and(|mut o| o.flush().is_ok()) {
+            *self.done = Some(self.frames);
+        }
+    }
+}
+
+/// Keeps what the limiter just produced (its output `out`, or the gains that made it when
+/// tapped) in the reading's spool.
+fn keep_limited(spool: &mut Option<SpoolWriter<'_>>, out: &Planes, lim: &mut StreamLimiter) {
+    let Some(s) = spool.as_mut() else { return };
+    match lim.tapped() {
+        Some(g) => {
+            s.push(&[g.as_slice()]);
+            g.clear();
+        }
+        None => s.push(&slices(out)),
+    }
 }
 
 fn read_limited(
     prepared: &Prepared,
     limiter: &crate::settings::LimiterSettings,
-    true_peak: bool,
+    meters: Meters,
     spectra: bool,
+    spool: Option<&mut Spool>,
 ) -> Result<Reading> {
     let (rate, channels) = (prepared.rate, prepared.channels);
     let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
-    let mut kmeter = KMeter::new(rate, channels);
-    let mut tp = true_peak.then(|| TruePeakMeter::new(channels));
     let frames = prepared.frames;
     let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames, prepared.measured.as_deref()));
+    let gains = spool.as_ref().is_some_and(|s| s.gains);
+    if gains {
+        lim.tap_gains();
+    }
+    let mut spool = spool.map(Spool::writer);
     let mut out: Planes = vec![Vec::new(); channels];
-    let mut take = |out: &mut Planes| {
-        let planes = slices(out);
-        // The true-peak meters (the costliest part of a read) run beside the loudness and
-        // spectrum meters.
-        std::thread::scope(|scope| {
-            if let Some(t) = tp.as_mut() {
-                let planes = &planes;
-                scope.spawn(move || t.push(planes));
+    match meters {
+        Meters::Analysis => {
+            // The analyser measures on its own threads, a block behind the limiter.
+            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            let mut take = |out: &mut Planes| {
+                let planes = slices(out);
+                analyzer.push(&planes);
+                if let Some(s) = spec.as_mut() {
+                    s.push(&planes);
+                }
+                out.iter_mut().for_each(Vec::clear);
+            };
+            prepared.pre.replay(&mut |p, e| {
+                lim.process(p, e, &mut out);
+                keep_limited(&mut spool, &out, &mut lim);
+                take(&mut out);
+                Ok(())
+            })?;
+            lim.finish(&mut out);
+            keep_limited(&mut spool, &out, &mut lim);
+            take(&mut out);
+            if let Some(s) = spool {
+                s.finish();
             }
-            kmeter.push(&planes);
-            if let Some(s) = spec.as_mut() {
-                s.push(&planes);
+            let (profile, levels) = analyzer.finish_with_levels("master", false);
+            Ok(Reading {
+                lufs: levels.integrated_lufs,
+                true_peak_dbtp: 20.0 * f64::from(levels.true_peak).log10(),
+                stats: lim.stats(),
+                spectra: spec.map(SpectrumMeter::finish),
+                sub_blocks: levels.sub_blocks,
+                profile: Some(profile),
+            })
+        }
+        Meters::Levels { true_peak } => {
+            let mut kmeter = KMeter::new(rate, channels);
+            let mut tp = true_peak.then(|| TruePeakMeter::new(channels));
+            let mut take = |out: &mut Planes| {
+                let planes = slices(out);
+                // The true-peak meters (the costliest part of a read) run beside the loudness
+                // and spectrum meters.
+                std::thread::scope(|scope| {
+                    if let Some(t) = tp.as_mut() {
+                        let planes = &planes;
+                        scope.spawn(move || t.push(planes));
+                    }
+                    kmeter.push(&planes);
+                    if let Some(s) = spec.as_mut() {
+                        s.push(&planes);
+                    }
+                });
+                out.iter_mut().for_each(Vec::clear);
+            };
+            prepared.pre.replay(&mut |p, e| {
+                lim.process(p, e, &mut out);
+                keep_limited(&mut spool, &out, &mut lim);
+                take(&mut out);
+                Ok(())
+            })?;
+            lim.finish(&mut out);
+            keep_limited(&mut spool, &out, &mut lim);
+            take(&mut out);
+            if let Some(s) = spool {
+                s.finish();
             }
-        });
-        out.iter_mut().for_each(Vec::clear);
-    };
-    prepared.pre.replay(&mut |p, e| {
-        lim.process(p, e, &mut out);
-        take(&mut out);
-        Ok(())
-    })?;
-    lim.finish(&mut out);
-    take(&mut out);
-    Ok(Reading {
-        lufs: kmeter.integrated_lufs(),
-        true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),
-        stats: lim.stats(),
-        spectra: spec.map(SpectrumMeter::finish),
-        sub_blocks: kmeter.sub_blocks().to_vec(),
-    })
+            Ok(Reading {
+                lufs: kmeter.integrated_lufs(),
+                true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),
+                stats: lim.stats(),
+                spectra: spec.map(SpectrumMeter::finish),
+                sub_blocks: kmeter.sub_blocks().to_vec(),
+                profile: None,
+            })
+        }
+    }
 }
 
 /// Finds the drive that puts the limited output's integrated loudness on the target, without
@@ -1097,9 +1365,15 @@ fn loudness_loop(
     rounds: LoopRounds,
     learned: (&mut f64, &mut f64),
     intermediate: bool,
+    mut spool: Option<&mut Spool>,
 ) -> Result<Search> {
     let (bias, depth) = learned;
-    let LoopRounds { search: rounds, trim_compensation } = rounds;
+    let LoopRounds { search: rounds, trim_compensation, true_peak, analyse } = rounds;
+    let meters = |tp: bool| match (intermediate, analyse) {
+        (true, _) => Meters::Levels { true_peak: tp || true_peak },
+        (false, true) => Meters::Analysis,
+        (false, false) => Meters::Levels { true_peak: true },
+    };
     let target = settings.limiter.target_lufs;
     let base = prepared.base_lufs;
     let frames = prepared.frames;
@@ -1111,6 +1385,7 @@ fn loudness_loop(
         trim_db,
         short,
         spectra: r.spectra,
+        profile: r.profile,
     };
     let trim_of = |r: &Reading| safety_trim_db(settings.limiter.ceiling_dbtp, r.true_peak_dbtp);
     if !settings.limiter.enabled && base.is_finite() && target.is_finite() {
@@ -1119,14 +1394,14 @@ fn loudness_loop(
         // own margin). Nothing is clipped; a target given up for it is said.
         let aim_dbtp = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB;
         settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
-        let mut r = read_limited(prepared, &settings.limiter, true, intermediate)?;
+        let mut r = read_limited(prepared, &settings.limiter, meters(true), intermediate, spool.as_deref_mut())?;
         for _ in 0..3 {
             let over_db = r.true_peak_dbtp - aim_dbtp;
             if over_db.is_nan() || over_db <= 0.0 {
                 break;
             }
             settings.limiter.drive_db = (settings.limiter.drive_db - over_db - 0.01).clamp(-60.0, 36.0);
-            r = read_limited(prepared, &settings.limiter, true, intermediate)?;
+            r = read_limited(prepared, &settings.limiter, meters(true), intermediate, spool.as_deref_mut())?;
         }
         let short = (r.lufs < target - LOUDNESS_TOLERANCE_LU).then_some((r.lufs, target));
         return Ok(finish(r, 0.0, short));
@@ -1134,7 +1409,7 @@ fn loudness_loop(
     if !base.is_finite() || !target.is_finite() {
         settings.limiter.drive_db = 0.0;
         let enabled = settings.limiter.enabled;
-        let r = read_limited(prepared, &settings.limiter, enabled && !intermediate, intermediate)?;
+        let r = read_limited(prepared, &settings.limiter, meters(false), intermediate, spool.as_deref_mut())?;
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };
         return Ok(finish(r, trim_db, None));
     }
@@ -1175,7 +1450,7 @@ fn loudness_loop(
     while round < rounds.max(1) + extra {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
-        let r = read_limited(prepared, &settings.limiter, !intermediate, intermediate)?;
+        let r = read_limited(prepared, &settings.limiter, meters(false), intermediate, spool.as_deref_mut())?;
         reached = r.lufs;
         let moved = correct_limit(&r, drive, &mut drive_max);
         reading = Some(r);
@@ -1223,7 +1498,7 @@ fn loudness_loop(
             previous = Some((drive, reached));
             drive = next;
             settings.limiter.drive_db = drive;
-            r = read_limited(prepared, &settings.limiter, true, false)?;
+            r = read_limited(prepared, &settings.limiter, meters(true), false, spool.as_deref_mut())?;
             trim_db = trim_of(&r);
             reached = r.lufs + trim_db;
         }
@@ -1302,6 +1577,14 @@ pub struct LoopRounds {
     pub search: usize,
     /// Win back with more drive the loudness the safety trim takes.
     pub trim_compensation: bool,
+    /// An intermediate pass: measure the true peak too (the safety trim its output would need
+    /// tells the last pass whether its master is likely to be written as read).
+    pub true_peak: bool,
+    /// The last pass: its readings take the whole analysis of the output ([`Meters::Analysis`]),
+    /// which becomes the master's profile when no safety trim follows. Off when the last
+    /// intermediate pass needed a trim: the master then is analysed as it is written, and
+    /// the readings take only loudness and true peak.
+    pub analyse: bool,
 }
 
 /// Secant search for the drive (dB, within `lo..=hi`) at which `estimate(drive)` equals `aim`.

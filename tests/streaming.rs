@@ -9,7 +9,7 @@ use std::path::Path;
 use common::{kellet_pink, temp_dir, write_wav_i16, Rng};
 use refmaster::analysis::analyze;
 use refmaster::master::{master_stream, CollectSink, MasterOptions};
-use refmaster::source::{open_mix, Mix};
+use refmaster::source::{open_mix, FrameSource, Mix};
 use refmaster::AudioBuffer;
 
 const RATE: u32 = 44_100;
@@ -122,4 +122,74 @@ fn with_no_memory_budget_peak_memory_does_not_grow_with_the_mix_length() {
         growth < copy_kib / 3,
         "peak RSS grew by {growth} KiB from 1 to 4 minutes (one decoded copy of the extra 3 minutes is {copy_kib} KiB); short {rss_short} KiB, long {rss_long} KiB"
     );
+}
+
+/// The master is written from the last pass's accepted reading, kept on disk (its limiter gains
+/// when the render is kept in memory, the limited output when it is rendered again from the
+/// mix), times the safety trim, and the master's profile is that reading's analysis when no
+/// trim follows: the same bits as limiting the render again, and the profile must be the
+/// analysis of the master as written. Checked with the render kept and rendered again, on a
+/// master written as read (a low-passed song: no treble near Nyquist for the limiter's 4x
+/// detector to under-read) and on one a safety trim lowers after the reading (clipped
+/// full-band noise, which the precise meter trims).
+#[test]
+fn the_master_written_from_the_kept_reading_is_the_master_limited_again_and_its_profile_is_its_analysis() {
+    let mut dull = song(25.0, 11);
+    for c in dull.iter_mut() {
+        for _ in 0..2 {
+            let mut y = 0f32;
+            c.iter_mut().for_each(|x| {
+                y += 0.25 * (*x - y);
+                *x = y;
+            });
+        }
+    }
+    let (mix, profile, _) = {
+        let dir = temp_dir();
+        let path = dir.path().join("mix.wav");
+        write_wav_i16(&path, RATE, &dull);
+        open_mix(&path, usize::MAX).expect("opens")
+    };
+    let mut rng = Rng::new(5);
+    let n = 20 * RATE as usize;
+    let clipped: Vec<Vec<f32>> =
+        (0..2).map(|_| (0..n).map(|_| (3.0 * (rng.unit() as f32 - 0.5)).clamp(-0.5, 0.5)).collect()).collect();
+    let clipped = AudioBuffer { sample_rate_hz: RATE, channels: clipped };
+    let clipped_profile = analyze(&clipped, "clipped", false);
+    // Its reference: the same noise 6 dB louder (clipped at 0.99), so the master is driven into
+    // the limiter at the ceiling.
+    let louder = AudioBuffer {
+        sample_rate_hz: RATE,
+        channels: clipped.channels.iter().map(|c| c.iter().map(|x| 2.0 * x * 0.99).collect()).collect(),
+    };
+    let song_reference = analyze(&AudioBuffer { sample_rate_hz: RATE, channels: song(20.0, 99) }, "reference", false);
+    let cases = [
+        ("low-passed song", &mix as &dyn FrameSource, &profile, song_reference),
+        ("clipped noise", &clipped, &clipped_profile, analyze(&louder, "reference", false)),
+    ];
+    let mut trims = Vec::new();
+    for (what, source, mix_profile, target) in cases {
+        for budget in [MasterOptions::default().memory_budget_bytes, 0] {
+            let run = |spool: bool| {
+                let opts = MasterOptions { spool, memory_budget_bytes: budget, ..MasterOptions::default() };
+                let mut sink = CollectSink::default();
+                let m = master_stream(source, mix_profile, &target, &opts, &|_| {}, &mut sink).expect("masters");
+                (m, sink.audio.expect("the master was written"))
+            };
+            let (kept, kept_audio) = run(true);
+            let (again, again_audio) = run(false);
+            assert!(
+                kept_audio == again_audio,
+                "{what}, budget {budget}: the master differs from the one limited again"
+            );
+            assert_eq!(kept.settings, again.settings, "{what}: the settings differ");
+            assert!(
+                kept.profile == analyze(&kept_audio, "master", false),
+                "{what}, budget {budget}: the profile is not the written master's"
+            );
+            assert!(kept.profile == again.profile, "{what}: the profile differs from the one analysed as written");
+            trims.push(kept.profile.loudness.true_peak_dbtp);
+        }
+    }
+    eprintln!("true peaks of the masters (dBTP): {trims:?}");
 }

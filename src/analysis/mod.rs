@@ -143,6 +143,19 @@ pub struct Analyzer {
     envelopes: Worker<EnvelopeMeter>,
 }
 
+/// Level figures of an [`Analyzer`]'s pass in the form the closed loop's readings take them
+/// (from the same meters, so the same bits as a [`loudness::KMeter`] and a
+/// [`TruePeakDetector`] fed the same samples in any chunking).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelReadings {
+    /// Gated integrated loudness, LUFS ([`loudness::KMeter::integrated_lufs`]).
+    pub integrated_lufs: f64,
+    /// True peak, linear ([`TruePeakDetector::peak`]).
+    pub true_peak: f32,
+    /// The complete 100 ms sub-blocks' weighted energy sums ([`loudness::KMeter::sub_blocks`]).
+    pub sub_blocks: Vec<f64>,
+}
+
 /// One block of planar frames, shared by the meters' threads.
 type Block = std::sync::Arc<Vec<Vec<f32>>>;
 
@@ -279,7 +292,13 @@ impl Analyzer {
     }
 
     /// The profile of everything pushed.
-    pub fn finish(mut self, source: &str, lossy: bool) -> Profile {
+    pub fn finish(self, source: &str, lossy: bool) -> Profile {
+        self.finish_with_levels(source, lossy).0
+    }
+
+    /// [`Self::finish`], with the level figures a loudness search reads off the same pass
+    /// ([`LevelReadings`]): the closed loop's last reading of a master is also its analysis.
+    pub fn finish_with_levels(mut self, source: &str, lossy: bool) -> (Profile, LevelReadings) {
         self.measure_staging();
         let Self { sample_rate_hz: rate, channel_count, frames, extremes, levels, envelopes, .. } = self;
         let (levels, envelopes) = (levels.finish(), envelopes.finish());
@@ -289,14 +308,20 @@ impl Analyzer {
             envelopes.mid_welch.finish().into_iter().chain(levels.side_welch.finish()).collect();
         let envelopes = envelopes.follower.finish();
         let sample_peak = extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
-        let loudness = loudness::loudness_of(&levels.k, levels.true_peak.peak(), sample_peak);
+        let true_peak = levels.true_peak.peak();
+        let loudness = loudness::loudness_of(&levels.k, true_peak, sample_peak);
+        let readings = LevelReadings {
+            integrated_lufs: levels.k.integrated_lufs(),
+            true_peak,
+            sub_blocks: levels.k.sub_blocks().to_vec(),
+        };
         let grid = grid_hz();
         let nyquist = f64::from(rate) / 2.0;
         let mid_db = band_levels_db(&spectra[0], &grid);
         let side_db = band_levels_db(&spectra[1], &grid);
         let cutoff = content_cutoff_hz(&grid, &mid_db, nyquist);
         let stereo = stereo(levels.stereo, channel_count, &spectra[0], &spectra[1]);
-        Profile {
+        let profile = Profile {
             schema_version: PROFILE_SCHEMA_VERSION,
             source: source.to_string(),
             sample_rate_hz: rate,
@@ -309,7 +334,8 @@ impl Analyzer {
             stereo,
             level_motion: Some(dynamics::level_motion(&envelopes)),
             envelopes: Some(envelopes),
-        }
+        };
+        (profile, readings)
     }
 
     /// Hands the staged frames (a full block, or the partial last one) to the meters and starts

@@ -284,6 +284,8 @@ pub struct StreamLimiter {
     held: Planes,
     gains: Vec<f32>,
     stats: GainStats,
+    /// The gains applied since the last [`Self::tapped`], when tapped.
+    tap: Option<Vec<f32>>,
 }
 
 impl StreamLimiter {
@@ -301,7 +303,19 @@ impl StreamLimiter {
             held: vec![Vec::new(); channels],
             gains: Vec::new(),
             stats: GainStats::new(rate),
+            tap: None,
         }
+    }
+
+    /// Keeps the gains as they are applied (frame `i` of the output is the input's frame `i`
+    /// times `drive * gain[i] * trim`), for [`Self::tapped`]. A disabled limiter applies none.
+    pub fn tap_gains(&mut self) {
+        self.tap = Some(Vec::new());
+    }
+
+    /// The gains applied since the last call (empty it when taken), when tapped.
+    pub fn tapped(&mut self) -> Option<&mut Vec<f32>> {
+        self.tap.as_mut()
     }
 
     /// Limits `pre` (whose true-peak envelope, undriven, is `env`), appending what is ready.
@@ -344,6 +358,9 @@ impl StreamLimiter {
         let k = self.gains.len();
         for &g in &self.gains {
             self.stats.add(g);
+        }
+        if let Some(t) = self.tap.as_mut() {
+            t.extend_from_slice(&self.gains);
         }
         for (o, h) in out.iter_mut().zip(self.held.iter_mut()) {
             o.extend(h[..k].iter().zip(&self.gains).map(|(x, g)| x * (self.drive * g) * self.trim));
