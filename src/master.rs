@@ -1250,6 +1250,30 @@ fn keep_limited(spool: &mut Option<SpoolWriter<'_>>, out: &Planes, lim: &mut Str
     }
 }
 
+/// Runs the prepared render through the limiter, keeping what it limited in the reading's spool
+/// and handing each chunk of its output to `take` (the reading's meters, which clear it).
+fn limit_and_take(
+    prepared: &Prepared,
+    lim: &mut StreamLimiter,
+    mut spool: Option<SpoolWriter<'_>>,
+    out: &mut Planes,
+    take: &mut dyn FnMut(&mut Planes),
+) -> Result<()> {
+    prepared.pre.replay(&mut |p, e| {
+        lim.process(p, e, out);
+        keep_limited(&mut spool, out, lim);
+        take(out);
+        Ok(())
+    })?;
+    lim.finish(out);
+    keep_limited(&mut spool, out, lim);
+    take(out);
+    if let Some(s) = spool {
+        s.finish();
+    }
+    Ok(())
+}
+
 fn read_limited(
     prepared: &Prepared,
     limiter: &crate::settings::LimiterSettings,
@@ -1265,7 +1289,7 @@ fn read_limited(
     if gains {
         lim.tap_gains();
     }
-    let mut spool = spool.map(Spool::writer);
+    let spool = spool.map(Spool::writer);
     let mut out: Planes = vec![Vec::new(); channels];
     match meters {
         Meters::Analysis => {
@@ -1279,18 +1303,7 @@ fn read_limited(
                 }
                 out.iter_mut().for_each(Vec::clear);
             };
-            prepared.pre.replay(&mut |p, e| {
-                lim.process(p, e, &mut out);
-                keep_limited(&mut spool, &out, &mut lim);
-                take(&mut out);
-                Ok(())
-            })?;
-            lim.finish(&mut out);
-            keep_limited(&mut spool, &out, &mut lim);
-            take(&mut out);
-            if let Some(s) = spool {
-                s.finish();
-            }
+            limit_and_take(prepared, &mut lim, spool, &mut out, &mut take)?;
             let (profile, levels) = analyzer.finish_with_levels("master", false);
             Ok(Reading {
                 lufs: levels.integrated_lufs,
@@ -1320,18 +1333,7 @@ fn read_limited(
                 });
                 out.iter_mut().for_each(Vec::clear);
             };
-            prepared.pre.replay(&mut |p, e| {
-                lim.process(p, e, &mut out);
-                keep_limited(&mut spool, &out, &mut lim);
-                take(&mut out);
-                Ok(())
-            })?;
-            lim.finish(&mut out);
-            keep_limited(&mut spool, &out, &mut lim);
-            take(&mut out);
-            if let Some(s) = spool {
-                s.finish();
-            }
+            limit_and_take(prepared, &mut lim, spool, &mut out, &mut take)?;
             Ok(Reading {
                 lufs: kmeter.integrated_lufs(),
                 true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),

@@ -30,6 +30,35 @@ struct Unmaster {
     side_db: f64,
 }
 
+/// Level of `x` (mean square through a one-pole detector of `detector_ms`, dB) around its median,
+/// sample by sample: what an expander around the median level reads.
+fn level_around_median_db(x: &[f64], detector_ms: f64, rate_hz: f64) -> Vec<f64> {
+    let a = (-1.0 / (detector_ms * 1e-3 * rate_hz)).exp();
+    let mut env = 0f64;
+    let mut level: Vec<f64> = x
+        .iter()
+        .map(|&v| {
+            env = a * env + (1.0 - a) * v * v;
+            10.0 * (env + 1e-12).log10()
+        })
+        .collect();
+    let mut sorted = level.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    level.iter_mut().for_each(|l| *l -= median);
+    level
+}
+
+/// Writes mid/side as an L/R float WAV whose peak is −10 dBFS.
+fn write_mid_side(dst: &Path, rate_hz: u32, mid: &[f64], side: &[f64]) {
+    let out_l: Vec<f64> = mid.iter().zip(side).map(|(m, s)| m + s).collect();
+    let out_r: Vec<f64> = mid.iter().zip(side).map(|(m, s)| m - s).collect();
+    let peak = out_l.iter().chain(&out_r).fold(0f64, |p, v| p.max(v.abs()));
+    let scale = 10f64.powf(-10.0 / 20.0) / peak;
+    let to_f32 = |v: &[f64]| v.iter().map(|x| (x * scale) as f32).collect::<Vec<f32>>();
+    write_wav_f32(dst, rate_hz, &[to_f32(&out_l), to_f32(&out_r)]);
+}
+
 /// Un-masters `src` into `dst` (24-bit-free float WAV, peaks at −10 dBFS): bass and side gains,
 /// then a broadband expander on the mid's level (the same gain on mid and side).
 fn unmaster(src: &Path, dst: &Path, u: &Unmaster) {
@@ -47,28 +76,13 @@ fn unmaster(src: &Path, dst: &Path, u: &Unmaster) {
         mid.push(m + bass_gain * low);
         side.push((f64::from(a) - f64::from(b)) / 2.0 * side_gain);
     }
-    let a_env = (-1.0 / (u.detector_ms * 1e-3 * f64::from(rate))).exp();
-    let mut env = 0f64;
-    let env_db: Vec<f64> = mid
-        .iter()
-        .map(|&m| {
-            env = a_env * env + (1.0 - a_env) * m * m;
-            10.0 * (env + 1e-12).log10()
-        })
-        .collect();
-    let mut sorted = env_db.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let (mut out_l, mut out_r) = (Vec::with_capacity(l.len()), Vec::with_capacity(l.len()));
-    for ((m, s), e) in mid.iter().zip(&side).zip(&env_db) {
-        let g = 10f64.powf(((e - median) * u.expansion).clamp(-6.0, 6.0) / 20.0);
-        out_l.push((m + s) * g);
-        out_r.push((m - s) * g);
+    let level = level_around_median_db(&mid, u.detector_ms, f64::from(rate));
+    for ((m, s), l) in mid.iter_mut().zip(side.iter_mut()).zip(&level) {
+        let g = 10f64.powf((l * u.expansion).clamp(-6.0, 6.0) / 20.0);
+        *m *= g;
+        *s *= g;
     }
-    let peak = out_l.iter().chain(&out_r).fold(0f64, |p, v| p.max(v.abs()));
-    let scale = 10f64.powf(-10.0 / 20.0) / peak;
-    let to_f32 = |v: &[f64]| v.iter().map(|x| (x * scale) as f32).collect::<Vec<f32>>();
-    write_wav_f32(dst, rate, &[to_f32(&out_l), to_f32(&out_r)]);
+    write_mid_side(dst, rate, &mid, &side);
 }
 
 /// Momentary loudness every 100 ms, as ffmpeg's ebur128 filter logs it.
@@ -198,30 +212,14 @@ fn unmaster_bands(src: &Path, dst: &Path) {
     for ((bm, bs), (detector_ms, slope)) in
         mid_bands.iter().zip(&side_bands).zip([(300.0, 0.35), (80.0, 0.1), (20.0, 0.25)])
     {
-        let a = (-1.0 / (detector_ms * 1e-3 * rate)).exp();
-        let mut env = 0f64;
-        let env_db: Vec<f64> = bm
-            .iter()
-            .map(|&v| {
-                env = a * env + (1.0 - a) * v * v;
-                10.0 * (env + 1e-12).log10()
-            })
-            .collect();
-        let mut sorted = env_db.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        for (k, e) in env_db.iter().enumerate() {
-            let g = 10f64.powf(((e - median) * slope).clamp(-6.0, 6.0) / 20.0);
+        let level = level_around_median_db(bm, detector_ms, rate);
+        for (k, l) in level.iter().enumerate() {
+            let g = 10f64.powf((l * slope).clamp(-6.0, 6.0) / 20.0);
             out_m[k] += bm[k] * g;
             out_s[k] += bs[k] * g;
         }
     }
-    let out_l: Vec<f64> = out_m.iter().zip(&out_s).map(|(m, s)| m + s).collect();
-    let out_r: Vec<f64> = out_m.iter().zip(&out_s).map(|(m, s)| m - s).collect();
-    let peak = out_l.iter().chain(&out_r).fold(0f64, |p, v| p.max(v.abs()));
-    let scale = 10f64.powf(-10.0 / 20.0) / peak;
-    let to_f32 = |v: &[f64]| v.iter().map(|x| (x * scale) as f32).collect::<Vec<f32>>();
-    write_wav_f32(dst, audio.sample_rate_hz, &[to_f32(&out_l), to_f32(&out_r)]);
+    write_mid_side(dst, audio.sample_rate_hz, &out_m, &out_s);
 }
 
 /// The mid signal of `path` through ffmpeg's `filter` (one frequency band), as samples.
