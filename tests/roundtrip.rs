@@ -135,29 +135,38 @@ fn settings_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("settings written")).expect("settings are JSON")
 }
 
+/// Masters `mix` back against the finished track at -14 LUFS, with dynamics and with
+/// `--no-dynamics`, and requires the master to come clearly closer to the finished track's level
+/// motion (momentary loudness, measured by ffmpeg) than both the mix and the master without
+/// dynamics. Returns the master, its settings file and what refmaster said.
+fn master_closer_than_without_dynamics(dir: &tempfile::TempDir, mix: &Path) -> (PathBuf, PathBuf, String) {
+    let (with, without) = (in_dir(dir, "dyn.wav"), in_dir(dir, "nodyn.wav"));
+    let (s_with, s_without) = (in_dir(dir, "dyn.json"), in_dir(dir, "nodyn.json"));
+    // At the finished track's own loudness (-6.6 LUFS) the loudness-war guard and the saturator
+    // reshape every peak; at -14 LUFS nothing but the chain under test moves the level.
+    let said = master(mix, &with, &s_with, &["--lufs", "-14"]);
+    master(mix, &without, &s_without, &["--lufs", "-14", "--no-dynamics"]);
+
+    let truth = momentary_lufs(&demo_ref());
+    let (d_mix, d_with, d_without) =
+        (motion_distance_lu(mix, &truth), motion_distance_lu(&with, &truth), motion_distance_lu(&without, &truth));
+    assert!(
+        d_with < 0.8 * d_without && d_with < 0.8 * d_mix,
+        "momentary-loudness distance to the finished track: master {d_with:.3} LU, --no-dynamics {d_without:.3}, \
+         mix {d_mix:.3}\n{said}"
+    );
+    (with, s_with, said)
+}
+
 #[test]
 fn an_expanded_master_is_restored_closer_to_the_finished_track_than_without_dynamics() {
     let dir = temp_dir();
     let mix = in_dir(&dir, "mix.wav");
     let u = Unmaster { expansion: 0.3, detector_ms: 45.0, bass_db: -3.0, side_db: -4.0 };
     unmaster(&demo_ref(), &mix, &u);
-    let (with, without) = (in_dir(&dir, "dyn.wav"), in_dir(&dir, "nodyn.wav"));
-    let (s_with, s_without) = (in_dir(&dir, "dyn.json"), in_dir(&dir, "nodyn.json"));
-    // At the finished track's own loudness (-6.6 LUFS) the loudness-war guard and the saturator
-    // reshape every peak; at -14 LUFS nothing but the chain under test moves the level.
-    let said = master(&mix, &with, &s_with, &["--lufs", "-14"]);
-    master(&mix, &without, &s_without, &["--lufs", "-14", "--no-dynamics"]);
-
-    let truth = momentary_lufs(&demo_ref());
-    let (d_mix, d_with, d_without) =
-        (motion_distance_lu(&mix, &truth), motion_distance_lu(&with, &truth), motion_distance_lu(&without, &truth));
     // The mix's level moves 1.3 times as far as the truth's: without compression nothing
     // undoes that, so the master must come clearly closer than both.
-    assert!(
-        d_with < 0.8 * d_without && d_with < 0.8 * d_mix,
-        "momentary-loudness distance to the finished track: master {d_with:.3} LU, --no-dynamics {d_without:.3}, \
-         mix {d_mix:.3}\n{said}"
-    );
+    let (_, s_with, said) = master_closer_than_without_dynamics(&dir, &mix);
     // A broadband expander is undone by one broadband compressor whose slope is the expander's
     // inverse (1 + 0.3 = 1.3:1), within a few of the solver's ratio steps on either side.
     // The reference is the finished track itself: the solver reads, moment by moment, the gain
@@ -251,20 +260,8 @@ fn a_band_split_expansion_is_restored_per_band_without_turning_the_waveform() {
     let dir = temp_dir();
     let mix = in_dir(&dir, "mix.wav");
     unmaster_bands(&demo_ref(), &mix);
-    let (with, without) = (in_dir(&dir, "dyn.wav"), in_dir(&dir, "nodyn.wav"));
-    let (s_with, s_without) = (in_dir(&dir, "dyn.json"), in_dir(&dir, "nodyn.json"));
-    let said = master(&mix, &with, &s_with, &["--lufs", "-14"]);
-    master(&mix, &without, &s_without, &["--lufs", "-14", "--no-dynamics"]);
+    let (with, s_with, said) = master_closer_than_without_dynamics(&dir, &mix);
     assert!(said.contains("restoring from the same music"), "the same-music restoration was not used:\n{said}");
-
-    let truth = momentary_lufs(&demo_ref());
-    let (d_mix, d_with, d_without) =
-        (motion_distance_lu(&mix, &truth), motion_distance_lu(&with, &truth), motion_distance_lu(&without, &truth));
-    assert!(
-        d_with < 0.8 * d_without && d_with < 0.8 * d_mix,
-        "momentary-loudness distance to the finished track: master {d_with:.3} LU, --no-dynamics {d_without:.3}, \
-         mix {d_mix:.3}\n{said}"
-    );
     // Whatever chain restores the level, the master's waveform in every band must still be the
     // finished track's (the truth has no phase turned): a compressor whose output were rebuilt
     // from the crossover's LR4 bands would be an allpass of it around each crossover, and its
