@@ -410,6 +410,7 @@ pub fn master_stream(
             let gains = matches!(prepared.pre, Pre::Cached { .. }) && settings.limiter.enabled;
             spool = Spool::create(opts.spool_dir.as_deref(), channels, gains);
         }
+        progress(&format!("limiting and measuring (pass {})", pass + 1));
         let search = loudness_loop(
             &prepared,
             &mut settings,

@@ -9,7 +9,7 @@ pub mod dynamics;
 pub mod loudness;
 pub mod spectrum;
 #[cfg(test)]
-mod test_audio;
+pub(crate) mod test_audio;
 #[cfg(test)]
 mod whole_buffer;
 

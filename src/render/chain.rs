@@ -13,12 +13,14 @@
 //! [`MidSideEncode`] and [`MidSideDecode`]; after [`Envelope`] one more plane, the true-peak
 //! envelope (linear, undriven), a side-chain the [`Limiter`] consumes.
 
+use crate::error::{Error, Result};
 use crate::render::dynamics::Compressor;
 use crate::render::eq;
 use crate::render::limiter::LimiterStats;
 use crate::render::saturation::Quality;
 use crate::render::stream::{slices, EnvelopeStage, Planes, SaturatorStage, StreamLimiter};
 use crate::settings::Settings;
+use crate::source::FrameSource;
 
 /// What a stage is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,35 +296,59 @@ impl Chain {
     /// out, as when the loop measures what enters it). Stages the settings leave flat are
     /// left out.
     pub fn pre_limiter(spec: StageSpec, s: &Settings, saturation: Option<Quality>) -> Self {
-        let mut chain = Self::new();
+        let (tone, peaks) = Self::pre_limiter_parts(spec, s, saturation);
+        tone.then(peaks)
+    }
+
+    /// [`Self::pre_limiter`] in its two parts, for [`run_two_threads`]: the tone stages (mid/side,
+    /// EQ, compression, back to L/R) and the peak stage (the saturator; empty without it). The
+    /// two cost about the same on a loud master once the true-peak envelope and the meters join
+    /// the second.
+    pub fn pre_limiter_parts(spec: StageSpec, s: &Settings, saturation: Option<Quality>) -> (Self, Self) {
+        let mut tone = Self::new();
         let n = spec.channels;
         let stereo = n == 2;
         if stereo {
-            chain.push(Box::new(MidSideEncode), n);
+            tone.push(Box::new(MidSideEncode), n);
         }
-        chain.push(Box::new(Equalizer::new(spec, s)), n);
+        tone.push(Box::new(Equalizer::new(spec, s)), n);
         let compression = Compression::new(spec, s);
         if !compression.compressor.is_bypassed() {
-            chain.push(Box::new(compression), n);
+            tone.push(Box::new(compression), n);
         }
         if stereo {
-            chain.push(Box::new(MidSideDecode), n);
+            tone.push(Box::new(MidSideDecode), n);
         }
+        let mut peaks = Self::new();
         if let Some(q) = saturation.filter(|_| s.saturation.enabled) {
             let sat = SaturatorStage::new(spec.sample_rate_hz, n, &s.saturation, s.limiter.ceiling_dbtp, q);
-            chain.push(Box::new(Saturation(sat)), n);
+            peaks.push(Box::new(Saturation(sat)), n);
         }
-        chain
+        (tone, peaks)
+    }
+
+    /// This chain's stages followed by `next`'s.
+    pub fn then(mut self, next: Chain) -> Self {
+        self.stages.extend(next.stages);
+        self.buffers.extend(next.buffers);
+        self
     }
 
     /// The whole chain of `s` (the saturator 8× oversampled), the limiter's output scaled by
     /// `trim_db` (the safety trim, ≤ 0): what renders a master from saved settings.
     pub fn whole(spec: StageSpec, s: &Settings, trim_db: f64) -> Self {
-        let mut chain = Self::pre_limiter(spec, s, Some(Quality::Oversampled));
-        chain.push(Box::new(Envelope::new(spec)), spec.channels + 1);
+        let (tone, peaks) = Self::whole_parts(spec, s, trim_db);
+        tone.then(peaks)
+    }
+
+    /// [`Self::whole`] in two parts for [`run_two_threads`]: the tone stages, then the
+    /// saturator, the true-peak envelope and the limiter.
+    pub fn whole_parts(spec: StageSpec, s: &Settings, trim_db: f64) -> (Self, Self) {
+        let (tone, mut peaks) = Self::pre_limiter_parts(spec, s, Some(Quality::Oversampled));
+        peaks.push(Box::new(Envelope::new(spec)), spec.channels + 1);
         let limiter = StreamLimiter::new(spec.sample_rate_hz, spec.channels, &s.limiter, trim_db);
-        chain.push(Box::new(Limiter(limiter)), spec.channels);
-        chain
+        peaks.push(Box::new(Limiter(limiter)), spec.channels);
+        (tone, peaks)
     }
 
     /// What the chain's limiter did so far, when it has one.
@@ -387,4 +413,65 @@ impl Chain {
         planes.iter_mut().for_each(Vec::clear);
         self.buffers[i] = planes;
     }
+}
+
+/// Streams `source` through `front` on a thread of its own and `back` on the calling thread,
+/// handing each chunk `back` produced to `f` (which empties the planes it takes).
+///
+/// A chain cut in two like this is the same computation as the whole chain: every stage sees
+/// the same samples in the same order, so the output is bit-identical to running
+/// `front.then(back)` on one thread, but the two halves of the work overlap on two cores.
+/// `front_planes` and `back_planes`: the planes each part hands on. A failing `f` stops the
+/// front; an error of the source is returned after the back has drained what came before it.
+pub fn run_two_threads(
+    source: &dyn FrameSource,
+    front: &mut Chain,
+    front_planes: usize,
+    back: &mut Chain,
+    back_planes: usize,
+    f: &mut dyn FnMut(&mut Planes) -> Result<()>,
+) -> Result<()> {
+    /// Chunks in flight between the threads: enough to ride out one slow chunk, few enough to
+    /// keep the memory bounded (a chunk is [`crate::source::CHUNK_FRAMES`] frames).
+    const IN_FLIGHT: usize = 2;
+    std::thread::scope(|scope| -> Result<()> {
+        let (to_back, chunks) = std::sync::mpsc::sync_channel::<Planes>(IN_FLIGHT);
+        let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
+        let producer = scope.spawn(move || -> Result<()> {
+            let send = |planes: Planes| {
+                to_back.send(planes).map_err(|_| Error::Unsupported("internal: the render's consumer stopped".into()))
+            };
+            let fresh = || spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); front_planes]);
+            source.stream(&mut |chunk| {
+                let mut out = fresh();
+                front.process(chunk, &mut out);
+                if out.first().is_some_and(|p| !p.is_empty()) {
+                    send(out)?;
+                }
+                Ok(())
+            })?;
+            let mut out = fresh();
+            front.finish(&mut out);
+            send(out)
+        });
+        let mut out: Planes = vec![Vec::new(); back_planes];
+        let mut consumed = Ok(());
+        for mut planes in chunks.iter() {
+            back.process(&slices(&planes), &mut out);
+            consumed = f(&mut out);
+            if consumed.is_err() {
+                break;
+            }
+            planes.iter_mut().for_each(Vec::clear);
+            // The producer may have finished: its spares are then no longer wanted.
+            let _ = recycle.send(planes);
+        }
+        drop(chunks);
+        let produced =
+            producer.join().map_err(|_| Error::Unsupported("internal: the render's first thread panicked".into()))?;
+        consumed?;
+        produced?;
+        back.finish(&mut out);
+        f(&mut out)
+    })
 }

@@ -12,7 +12,7 @@ use crate::audio::{db_to_lin, AudioBuffer};
 use crate::dsp::oversample::Oversampler;
 use crate::dsp::truepeak::{peak_envelope, TruePeakDetector};
 use crate::error::Result;
-use crate::render::chain::{Chain, Envelope, StageSpec};
+use crate::render::chain::{run_two_threads, Chain, Envelope, StageSpec};
 use crate::render::limiter::{safety_trim_db, GainComputer, LimiterStats};
 use crate::render::saturation::{saturate_with, Quality};
 use crate::settings::{LimiterSettings, SaturationSettings, Settings};
@@ -205,15 +205,9 @@ pub fn render_pre(
 ) -> Result<()> {
     let channels = source.channel_count();
     let spec = StageSpec { sample_rate_hz: source.sample_rate_hz(), channels };
-    let mut chain = Chain::pre_limiter(spec, settings, quality);
-    chain.push(Box::new(Envelope::new(spec)), channels + 1);
-    let mut out: Planes = vec![Vec::new(); channels + 1];
-    source.stream(&mut |chunk| {
-        chain.process(chunk, &mut out);
-        hand_on(&mut out, f)
-    })?;
-    chain.finish(&mut out);
-    hand_on(&mut out, f)
+    let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, settings, quality);
+    peaks.push(Box::new(Envelope::new(spec)), channels + 1);
+    run_two_threads(source, &mut tone, channels, &mut peaks, channels + 1, &mut |out| hand_on(out, f))
 }
 
 /// Hands the audio planes and the envelope plane of `out` to `f`, then empties them.
@@ -236,38 +230,27 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     let spec = StageSpec { sample_rate_hz: rate, channels };
     let mut trim_db = 0.0;
     if settings.limiter.enabled {
-        let mut chain = Chain::whole(spec, settings, 0.0);
+        let (mut tone, mut peaks) = Chain::whole_parts(spec, settings, 0.0);
         let mut meter = TruePeakMeter::new(channels);
-        let mut out: Planes = vec![Vec::new(); channels];
-        source.stream(&mut |chunk| {
-            chain.process(chunk, &mut out);
-            meter.push(&slices(&out));
+        run_two_threads(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
+            meter.push(&slices(out));
             out.iter_mut().for_each(Vec::clear);
             Ok(())
         })?;
-        chain.finish(&mut out);
-        meter.push(&slices(&out));
         trim_db = safety_trim_db(settings.limiter.ceiling_dbtp, meter.true_peak_dbtp());
     }
-    let mut chain = Chain::whole(spec, settings, trim_db);
-    let mut out: Planes = vec![Vec::new(); channels];
+    let (mut tone, mut peaks) = Chain::whole_parts(spec, settings, trim_db);
     let mut written = 0;
-    let mut emit = |out: &mut Planes, f: &mut OutputSink<'_>| -> Result<()> {
-        if out[0].is_empty() {
+    run_two_threads(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
+        if out.first().is_none_or(Vec::is_empty) {
             return Ok(());
         }
         f(written, &slices(out))?;
         written += out[0].len();
         out.iter_mut().for_each(Vec::clear);
         Ok(())
-    };
-    source.stream(&mut |chunk| {
-        chain.process(chunk, &mut out);
-        emit(&mut out, f)
     })?;
-    chain.finish(&mut out);
-    emit(&mut out, f)?;
-    Ok(chain.limiter_stats().unwrap_or_default())
+    Ok(peaks.limiter_stats().unwrap_or_default())
 }
 
 /// The true-peak limiter as a stream: the gain comes from [`GainComputer`] (the one the loop's
@@ -619,6 +602,83 @@ mod tests {
                 u * if (i / 3000) % 5 == 0 { 3.0 } else { 0.6 }
             })
             .collect()
+    }
+
+    /// Settings that switch every stage on: a tilted EQ with width, a multiband compressor, a
+    /// saturator driven into its knee and a limiter.
+    fn every_stage_on(mix: &AudioBuffer) -> Settings {
+        let mix_profile = crate::analysis::analyze(mix, "mix", false);
+        let mut reference = mix.clone();
+        for (c, ch) in reference.channels.iter_mut().enumerate() {
+            let mut lp = 0f32;
+            for x in ch.iter_mut() {
+                lp += 0.3 * (*x - lp);
+                *x = 2.0 * (*x - 0.5 * lp) * if c == 0 { 1.0 } else { 0.6 };
+            }
+        }
+        let reference_profile = crate::analysis::analyze(&reference, "ref", false);
+        let (mut s, _) = crate::solve::solve(&mix_profile, &reference_profile, &Default::default());
+        s.dynamics.enabled = true;
+        s.dynamics.linked = false;
+        for (i, b) in s.dynamics.bands.iter_mut().enumerate() {
+            *b = crate::settings::CompressorBand {
+                threshold_dbfs: -30.0,
+                ratio: 1.5 + i as f64 * 0.5,
+                knee_db: 6.0,
+                attack_ms: 10.0,
+                release_ms: 150.0,
+                makeup_db: 2.0,
+            };
+        }
+        s.saturation.enabled = true;
+        s.saturation.drive_db = 6.0;
+        s.limiter.enabled = true;
+        s.limiter.drive_db = 6.0;
+        s
+    }
+
+    #[test]
+    fn the_chain_cut_across_two_threads_renders_the_bits_of_one_thread() {
+        let mix = crate::analysis::test_audio::music(44_100, 2, 6.0, 7);
+        let s = every_stage_on(&mix);
+        let spec = StageSpec { sample_rate_hz: 44_100, channels: 2 };
+        let mut one = Chain::whole(spec, &s, -0.5);
+        assert!(one.describe().len() >= 7, "every stage present: {:?}", one.describe());
+        let mut want: Planes = vec![Vec::new(); 2];
+        mix.stream(&mut |chunk| {
+            one.process(chunk, &mut want);
+            Ok(())
+        })
+        .expect("one thread");
+        one.finish(&mut want);
+        let (mut tone, mut peaks) = Chain::whole_parts(spec, &s, -0.5);
+        let mut got: Planes = vec![Vec::new(); 2];
+        run_two_threads(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
+            for (g, o) in got.iter_mut().zip(out.iter_mut()) {
+                g.append(o);
+            }
+            Ok(())
+        })
+        .expect("two threads");
+        assert_eq!(want[0].len(), mix.frames());
+        assert!(want == got, "the two-thread render differs from the one-thread render");
+        assert_eq!(one.limiter_stats(), peaks.limiter_stats());
+    }
+
+    #[test]
+    fn a_failing_consumer_stops_the_two_thread_render_with_its_own_error() {
+        let mix = crate::analysis::test_audio::music(44_100, 2, 8.0, 8);
+        let s = every_stage_on(&mix);
+        let spec = StageSpec { sample_rate_hz: 44_100, channels: 2 };
+        let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, &s, Some(Quality::Draft));
+        let mut calls = 0;
+        let r = run_two_threads(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
+            out.iter_mut().for_each(Vec::clear);
+            calls += 1;
+            Err(crate::error::Error::Unsupported("disk full".into()))
+        });
+        assert_eq!(calls, 1, "the consumer is not called again after it failed");
+        assert!(matches!(r, Err(crate::error::Error::Unsupported(m)) if m == "disk full"));
     }
 
     #[test]
