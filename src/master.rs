@@ -395,7 +395,14 @@ pub fn master_stream(
         let plan = if use_saturation { Some(SaturationPlan { work: &work, cap_db: cap, replan }) } else { None };
         let on_proxy = proxy.as_ref().filter(|_| !last);
         let pass_source: &dyn FrameSource = on_proxy.map_or(source, |p| &p.audio as &dyn FrameSource);
-        let mut prepared = prepare(pass_source, &mut settings, plan, quality, cache || on_proxy.is_some(), frames)?;
+        let keep = if cache || on_proxy.is_some() {
+            Keep::Memory
+        } else if opts.spool {
+            Keep::Disk(opts.spool_dir.as_deref())
+        } else {
+            Keep::Nothing
+        };
+        let mut prepared = prepare(pass_source, &mut settings, plan, quality, keep, frames)?;
         prepared.measured = on_proxy.map(|p| p.measured.clone());
         if let Some(measured) = &prepared.saturation {
             sat_stats = measured.clone();
@@ -551,7 +558,7 @@ pub fn master_stream(
             Ok(())
         };
         match (spooled, limiter.as_mut()) {
-            (Some(mut spool), _) if spool.gains => {
+            (Some(spool), _) if spool.gains => {
                 let Pre::Cached { pre: planes, .. } = &pre else {
                     return Err(Error::Unsupported("internal: a spool of gains without the render kept".into()));
                 };
@@ -567,7 +574,7 @@ pub fn master_stream(
                     emit(&mut out)
                 })?;
             }
-            (Some(mut spool), _) => spool.replay(&mut |chunk| {
+            (Some(spool), _) => spool.replay(&mut |chunk| {
                 for (o, c) in out.iter_mut().zip(chunk) {
                     o.extend(c.iter().map(|x| x * trim));
                 }
@@ -703,11 +710,26 @@ pub fn loudness_guard(settings: &mut Settings, mix_plr_db: f64, opts: &MasterOpt
 }
 
 /// The signal entering the limiter in one pass (after EQ, compression and saturation) with its
-/// true-peak envelope: kept in memory when it fits the memory budget, else rendered again
-/// from the mix each time it is read.
+/// true-peak envelope: kept in memory when it fits the memory budget, else in an unnamed
+/// temporary file (the planes and the envelope interleaved), else rendered again from the mix
+/// each time it is read.
 enum Pre<'a> {
     Cached { pre: Planes, env: Vec<f32> },
+    Spooled(Spool),
     Live { source: &'a dyn FrameSource, settings: Box<Settings>, quality: Quality },
+}
+
+/// Where [`prepare`] keeps the render between the readings of its pass.
+#[derive(Clone, Copy)]
+enum Keep<'p> {
+    /// In memory: it fits the memory budget.
+    Memory,
+    /// In an unnamed temporary file in this folder (else the system's temporary folder): a
+    /// render over the memory budget is read back from the page cache or the disk, far cheaper
+    /// than rendering the chain again (its 8x saturator above all) for every reading.
+    Disk(Option<&'p Path>),
+    /// Nowhere: rendered again from the mix for every reading.
+    Nothing,
 }
 
 impl Pre<'_> {
@@ -724,6 +746,10 @@ impl Pre<'_> {
                 }
                 Ok(())
             }
+            Pre::Spooled(spool) => spool.replay(&mut |planes| match planes.split_last() {
+                Some((env, audio)) => f(audio, env),
+                None => Ok(()),
+            }),
             Pre::Live { source, settings, quality } => render_pre(*source, settings, Some(*quality), f),
         }
     }
@@ -859,9 +885,10 @@ fn prepare<'a>(
     settings: &mut Settings,
     saturation: Option<SaturationPlan<'_>>,
     quality: Quality,
-    cache: bool,
+    keep_in: Keep<'_>,
     song_frames: usize,
 ) -> Result<Prepared<'a>> {
+    let cache = matches!(keep_in, Keep::Memory);
     let (rate, channels, frames) = (source.sample_rate_hz(), source.channel_count(), source.frames());
     let decimation = decimation_for(song_frames);
     let keep = |store: &mut Option<(Planes, Vec<f32>)>, p: &[&[f32]], e: &[f32]| {
@@ -908,6 +935,7 @@ fn prepare<'a>(
     }
     let mut m = Measure::new(rate, channels, frames, decimation, true);
     let store;
+    let mut spooled_pre = None;
     let saturating = settings.saturation.enabled && saturation.is_some();
     match unsaturated {
         Some((mut pre, mut env)) if saturating => {
@@ -970,18 +998,32 @@ fn prepare<'a>(
         None => {
             let q = if saturating { Some(quality) } else { None };
             let mut kept = new_store();
+            let mut disk = match keep_in {
+                Keep::Disk(dir) => Spool::create(dir, channels + 1, false),
+                Keep::Memory | Keep::Nothing => None,
+            };
+            let mut writer = disk.as_mut().map(Spool::writer);
             render_pre(source, settings, q, &mut |p, e| {
                 m.push(p, e);
                 keep(&mut kept, p, e);
+                if let Some(w) = writer.as_mut() {
+                    let planes: Vec<&[f32]> = p.iter().copied().chain([e]).collect();
+                    w.push(&planes);
+                }
                 Ok(())
             })?;
+            writer.into_iter().for_each(SpoolWriter::finish);
             store = kept;
+            // A spool whose writing failed (a full disk) is dropped: the render is then
+            // rendered again for every reading.
+            spooled_pre = disk.filter(|d| d.frames == Some(frames));
         }
     }
     m.flush();
-    let pre = match store {
-        Some((pre, env)) => Pre::Cached { pre, env },
-        None => Pre::Live { source, settings: Box::new(settings.clone()), quality },
+    let pre = match (store, spooled_pre) {
+        (Some((pre, env)), _) => Pre::Cached { pre, env },
+        (None, Some(spool)) => Pre::Spooled(spool),
+        (None, None) => Pre::Live { source, settings: Box::new(settings.clone()), quality },
     };
     Ok(Prepared {
         pre,
@@ -1173,12 +1215,12 @@ impl Spool {
     }
 
     /// Streams the kept frames back as planar chunks of at most [`CHUNK_FRAMES`] frames.
-    fn replay(&mut self, f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()> {
+    fn replay(&self, f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()> {
         use std::io::Read;
         let frames = self.frames.ok_or_else(|| Error::Unsupported("internal: the spool holds no reading".into()))?;
         let io =
             |e: std::io::Error| Error::Unsupported(format!("cannot read the render back from its temporary file: {e}"));
-        std::io::Seek::rewind(&mut self.file).map_err(io)?;
+        std::io::Seek::rewind(&mut &self.file).map_err(io)?;
         let channels = self.channels;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, &self.file);
         let mut bytes = vec![0u8; CHUNK_FRAMES * channels * 4];

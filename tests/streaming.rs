@@ -70,14 +70,29 @@ fn a_mix_read_again_from_its_file_masters_to_the_same_bits_as_one_held_in_memory
 }
 
 #[test]
-fn rendering_again_for_every_read_gives_the_master_that_keeping_the_render_gives() {
+fn keeping_the_render_in_a_temporary_file_or_rendering_it_again_for_every_read_gives_the_master_kept_in_memory_gives() {
     let dir = temp_dir();
     let path = dir.path().join("mix.wav");
     write_wav_i16(&path, RATE, &song(25.0, 3));
     let (mix, profile, _) = open_mix(&path, usize::MAX).expect("opens");
     let kept = master_of(&mix, &profile, &MasterOptions::default());
+    // Over the memory budget the last pass's render goes to an unnamed file in the spool folder.
+    let spool_dir = temp_dir();
+    let on_disk = master_of(
+        &mix,
+        &profile,
+        &MasterOptions {
+            memory_budget_bytes: 0,
+            spool_dir: Some(spool_dir.path().to_path_buf()),
+            ..MasterOptions::default()
+        },
+    );
+    assert!(kept == on_disk, "the master differs when the render is kept in a temporary file between reads");
+    let unnamed_only = std::fs::read_dir(spool_dir.path()).expect("lists").count();
+    assert_eq!(unnamed_only, 0, "the temporary files have no name and vanish with the run");
+    // Without spooling, every reading renders the chain again from the mix.
     let rendered_again =
-        master_of(&mix, &profile, &MasterOptions { memory_budget_bytes: 0, ..MasterOptions::default() });
+        master_of(&mix, &profile, &MasterOptions { memory_budget_bytes: 0, spool: false, ..MasterOptions::default() });
     assert!(kept == rendered_again, "the master differs when the render is not kept between reads");
 }
 

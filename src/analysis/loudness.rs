@@ -163,8 +163,11 @@ impl KMeter {
         let mut start = 0;
         while start < len {
             let end = len.min(start + self.hop - self.filled);
-            for c in &mut self.channels {
-                c.add(&chunk[c.index][start..end]);
+            match self.channels.as_mut_slice() {
+                // Stereo: both channels' filters in one loop, so their two dependency chains
+                // (each sample's output feeds the next) overlap; each sum is the one `add` makes.
+                [a, b] => KChannel::add_pair(a, b, &chunk[a.index][start..end], &chunk[b.index][start..end]),
+                channels => channels.iter_mut().for_each(|c| c.add(&chunk[c.index][start..end])),
             }
             self.filled += end - start;
             start = end;
@@ -221,6 +224,21 @@ impl KChannel {
             sum += y * y;
         }
         (self.shelf, self.highpass, self.sum) = (shelf, hp, sum);
+    }
+
+    /// [`Self::add`] of two channels at once, `a` with `xa` and `b` with `xb` (equal lengths):
+    /// the same operations per channel, interleaved.
+    fn add_pair(a: &mut Self, b: &mut Self, xa: &[f32], xb: &[f32]) {
+        let (mut shelf_a, mut hp_a, mut sum_a) = (a.shelf, a.highpass, a.sum);
+        let (mut shelf_b, mut hp_b, mut sum_b) = (b.shelf, b.highpass, b.sum);
+        for (&u, &v) in xa.iter().zip(xb) {
+            let ya = hp_a.process(shelf_a.process(f64::from(u)));
+            let yb = hp_b.process(shelf_b.process(f64::from(v)));
+            sum_a += ya * ya;
+            sum_b += yb * yb;
+        }
+        (a.shelf, a.highpass, a.sum) = (shelf_a, hp_a, sum_a);
+        (b.shelf, b.highpass, b.sum) = (shelf_b, hp_b, sum_b);
     }
 }
 
@@ -293,6 +311,18 @@ impl KWeightedEnergy {
     pub fn push(&mut self, chunk: &[&[f32]], out: &mut Vec<f32>) {
         out.clear();
         out.resize(chunk.first().map_or(0, |c| c.len()), 0.0);
+        if let ([l, r], [left, right], &[wl, wr]) = (chunk, self.filters.as_mut_slice(), self.weights.as_slice()) {
+            // Stereo: both channels in one loop (their filter chains overlap), each frame summed
+            // in the order the loop below sums it.
+            let ((mut la, mut lb), (mut ra, mut rb)) = (*left, *right);
+            for ((o, &x), &y) in out.iter_mut().zip(l.iter()).zip(r.iter()) {
+                let yl = lb.process(la.process(f64::from(x)));
+                let yr = rb.process(ra.process(f64::from(y)));
+                *o = (0.0 + (wl * yl * yl) as f32) + (wr * yr * yr) as f32;
+            }
+            (*left, *right) = ((la, lb), (ra, rb));
+            return;
+        }
         for ((c, (a, b)), &w) in chunk.iter().zip(self.filters.iter_mut()).zip(&self.weights) {
             if w == 0.0 {
                 continue;
