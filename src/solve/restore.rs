@@ -167,13 +167,25 @@ pub fn restore(mix_bands: &[Vec<f32>], mix_edges_hz: [f64; 5], reference: &BandE
     // Both topologies, each with one line for all bands (broadband) and one per band.
     let mut best: Option<(f64, Choice)> = None;
     let mut report = Vec::with_capacity(2);
+    // The detectors' chunk levels at every time constant, broadband then per band: most of the
+    // fit's work, pure, and independent between the topologies, so the feedback one is read on
+    // a second thread.
+    type Levels = (Vec<Vec<f64>>, Vec<Vec<Vec<f64>>>);
+    let levels_of = |broad: &[f32], bands: &[Vec<f32>]| -> Levels {
+        (
+            TIMES_MS.iter().map(|&t| chunk_levels_db(broad, t)).collect(),
+            bands.iter().map(|m| TIMES_MS.iter().map(|&t| chunk_levels_db(m, t)).collect()).collect(),
+        )
+    };
+    let (forward_levels, feedback_levels) = std::thread::scope(|scope| {
+        let feedback = scope.spawn(|| levels_of(&ideal_broad, &ideal));
+        let forward = levels_of(&mix_broad, mix_bands);
+        // A panic on the second thread is a bug: it goes on here as it would have alone.
+        (forward, feedback.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
     for feedback in [false, true] {
-        let (broad_detector, band_detectors): (&[f32], &[Vec<f32>]) =
-            if feedback { (&ideal_broad, &ideal) } else { (&mix_broad, mix_bands) };
-        let broad_levels: Vec<Vec<f64>> = TIMES_MS.iter().map(|&t| chunk_levels_db(broad_detector, t)).collect();
+        let (broad_levels, band_levels) = if feedback { &feedback_levels } else { &forward_levels };
         let broadband = fit_line(&readings, |_, t| &broad_levels[t]);
-        let band_levels: Vec<Vec<Vec<f64>>> =
-            band_detectors.iter().map(|m| TIMES_MS.iter().map(|&t| chunk_levels_db(m, t)).collect()).collect();
         let per_band: Vec<Option<LineFit>> = readings
             .iter()
             .enumerate()
