@@ -581,16 +581,31 @@ pub fn solve_dynamics(
         return neutral(crossovers);
     }
 
-    // Broadband: one detector on the sum, one gain for every band.
-    let all = [0usize, 1, 2, 3];
-    let total = |s: &[ChunkSums], sc: &mut Scratch| problem.total_cost(s, sc);
-    let broad = search(&problem.broadband, &all, &problem, &total).map(|f| Outcome {
-        bands: vec![f.band; 4],
-        cost: f.cost,
-        movement_db: f.movement_db,
-    });
+    // Broadband: one detector on the sum, one gain for every band. Its search is independent
+    // of the per-band ones below (each reads the problem and writes only its own result), so
+    // it runs on a second thread beside them.
+    let problem = &problem;
+    std::thread::scope(|scope| {
+        let broad = scope.spawn(move || {
+            let all = [0usize, 1, 2, 3];
+            let total = |s: &[ChunkSums], sc: &mut Scratch| problem.total_cost(s, sc);
+            search(&problem.broadband, &all, problem, &total).map(|f| Outcome {
+                bands: vec![f.band; 4],
+                cost: f.cost,
+                movement_db: f.movement_db,
+            })
+        });
+        let multi = multiband(problem, &mut scratch);
+        // A panic on the second thread is a bug: it goes on here as it would have alone.
+        let broad = broad.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        choose(broad, multi, none_cost, crossovers, notes)
+    })
+}
 
-    // Multiband: each band on its own motion; a band that does not improve its own stays off.
+/// The multiband chain: each band searched on its own motion; a band that does not improve its
+/// own stays off. `None` when every band stays off.
+fn multiband(problem: &Problem<'_>, scratch: &mut Scratch) -> Option<Outcome> {
+    let motion = problem.target;
     let mut multi_bands = Vec::with_capacity(4);
     let mut multi_series = problem.chunks.clone();
     let (mut moved, mut energy) = (0f64, 0f64);
@@ -614,16 +629,21 @@ pub fn solve_dynamics(
             _ => multi_bands.push(neutral_band(b)),
         }
     }
-    let multi = if multi_bands.iter().any(|b| b.ratio > 1.0) {
-        Some(Outcome {
-            cost: problem.total_cost(&multi_series, &mut scratch),
-            bands: multi_bands,
-            movement_db: if energy > 0.0 { moved / energy } else { 0.0 },
-        })
-    } else {
-        None
-    };
+    multi_bands.iter().any(|b| b.ratio > 1.0).then(|| Outcome {
+        cost: problem.total_cost(&multi_series, scratch),
+        bands: multi_bands,
+        movement_db: if energy > 0.0 { moved / energy } else { 0.0 },
+    })
+}
 
+/// Chooses between the broadband and the multiband chain (or neither), saying why in `notes`.
+fn choose(
+    broad: Option<Outcome>,
+    multi: Option<Outcome>,
+    none_cost: f64,
+    crossovers: [f64; 3],
+    notes: &mut Vec<String>,
+) -> DynamicsSettings {
     let rms = |c: f64| c.sqrt();
     let describe = |o: &Option<Outcome>| {
         o.as_ref().map_or("none found".to_string(), |o| {
