@@ -618,7 +618,7 @@ fn multiband(problem: &Problem<'_>, scratch: &mut Scratch) -> Option<Outcome> {
         };
         let own = |s: &[ChunkSums], sc: &mut Scratch| motion_cost(&motion_stats_of_chunks(&s[b], &mut sc.motion), t);
         let base = motion_cost(&motion_stats_of_chunks(&problem.chunks[b], &mut scratch.motion), t);
-        match search(&problem.bands[b], &[b], &problem, &own) {
+        match search(&problem.bands[b], &[b], problem, &own) {
             Some(f) if worth_processing(f.cost, f.movement_db, base, MIN_STEP_SHARE) => {
                 let mut gains = Vec::new();
                 gain_track(&problem.bands[b], &f.band, &mut gains);
