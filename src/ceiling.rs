@@ -300,8 +300,10 @@ impl CeilingNet {
             let frames = out[at..].chunks_exact_mut(channels).zip(&q[a..b]);
             match self.quantiser {
                 Quantiser::Int(bits) => {
-                    let scale = f64::from(1u32 << (bits - 1));
-                    frames.for_each(|(f, &v)| f[c] = round_half_away(f64::from(v) * scale) as i32);
+                    // `v` is an integer over 2^(bits − 1) (exact in an f32 up to 24 bits), so
+                    // times that power of two it is the integer, exactly.
+                    let scale = (1u32 << (bits - 1)) as f32;
+                    frames.for_each(|(f, &v)| f[c] = (v * scale) as i32);
                 }
                 Quantiser::Float => frames.for_each(|(f, &v)| f[c] = v.to_bits() as i32),
             }

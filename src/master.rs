@@ -521,7 +521,7 @@ pub fn master_stream(
         let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
         let meter = analyse.then(|| {
             scope.spawn(move || {
-                let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+                let mut analyzer = Analyzer::without_dynamics(rate, channels, Some(frames));
                 for planes in chunks {
                     analyzer.push(&slices(&planes));
                     let _ = recycle.send(planes);
@@ -1294,7 +1294,7 @@ fn read_limited(
     match meters {
         Meters::Analysis => {
             // The analyser measures on its own threads, a block behind the limiter.
-            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            let mut analyzer = Analyzer::without_dynamics(rate, channels, Some(frames));
             let mut take = |out: &mut Planes| {
                 let planes = slices(out);
                 analyzer.push(&planes);
