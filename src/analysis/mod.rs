@@ -197,20 +197,21 @@ trait Meter {
     fn push(&mut self, block: &[&[f32]]);
 }
 
-/// K-weighting, true peak, the stereo sums and the side's spectrum.
+/// K-weighting, true peak, the stereo sums and (with the band envelopes) the side's spectrum.
 struct LevelMeters {
     k: loudness::KMeter,
     true_peak: TruePeakDetector,
     stereo: StereoSums,
-    side_welch: spectrum::Welch,
-    mid: Vec<f32>,
+    side_welch: Option<spectrum::Welch>,
     side: Vec<f32>,
 }
 
-/// The mid's band envelopes (unless left out) and spectrum.
+/// The mid's band envelopes (unless left out) and spectrum, and without the envelopes the
+/// side's spectrum too (which keeps the two threads' work closer to equal).
 struct EnvelopeMeter {
     follower: Option<dynamics::EnvelopeFollower>,
     mid_welch: spectrum::Welch,
+    side_welch: Option<spectrum::Welch>,
     mid: Vec<f32>,
     side: Vec<f32>,
 }
@@ -261,13 +262,13 @@ impl Analyzer {
                 k: loudness::KMeter::new(sample_rate_hz, channel_count),
                 true_peak: TruePeakDetector::new(channel_count),
                 stereo: StereoSums::default(),
-                side_welch: spectrum::Welch::new(sample_rate_hz, 1, total_frames),
-                mid: Vec::new(),
+                side_welch: dynamics.then(|| spectrum::Welch::new(sample_rate_hz, 1, total_frames)),
                 side: Vec::new(),
             }),
             envelopes: Worker::spawn(EnvelopeMeter {
                 follower: dynamics.then(|| dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ)),
                 mid_welch: spectrum::Welch::new(sample_rate_hz, 1, total_frames),
+                side_welch: (!dynamics).then(|| spectrum::Welch::new(sample_rate_hz, 1, total_frames)),
                 mid: Vec::new(),
                 side: Vec::new(),
             }),
@@ -323,8 +324,13 @@ impl Analyzer {
         let (levels, envelopes) = (levels.finish(), envelopes.finish());
         // Each signal's spectrum is its own sum (a Welch of one signal is that signal's part of
         // a Welch of several), so mid and side are measured on the two threads.
-        let spectra: Vec<PowerSpectrum> =
-            envelopes.mid_welch.finish().into_iter().chain(levels.side_welch.finish()).collect();
+        let side_welch = levels.side_welch.or(envelopes.side_welch);
+        let spectra: Vec<PowerSpectrum> = envelopes
+            .mid_welch
+            .finish()
+            .into_iter()
+            .chain(side_welch.map(spectrum::Welch::finish).into_iter().flatten())
+            .collect();
         let envelopes = envelopes.follower.map(dynamics::EnvelopeFollower::finish);
         let sample_peak = extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
         let true_peak = levels.true_peak.peak();
@@ -370,21 +376,31 @@ impl Analyzer {
     }
 }
 
-/// The block's mid and side into `mid` and `side` (for mono: the channel, and silence); `None`
-/// for a block without channels.
-fn mid_side<'a>(block: &[&'a [f32]], mid: &'a mut Vec<f32>, side: &'a mut Vec<f32>) -> Option<(&'a [f32], &'a [f32])> {
+/// The block's mid `(L + R) / 2` (for mono: the channel itself), computed into `buf` when it
+/// takes computing; `None` for a block without channels. Each meter thread computes only the
+/// signal it measures (the same values as [`crate::audio::split_mid_side`]).
+fn mid_of<'a>(block: &[&'a [f32]], buf: &'a mut Vec<f32>) -> Option<&'a [f32]> {
     match block {
         [] => None,
-        [mono] => {
-            side.clear();
-            side.resize(mono.len(), 0.0);
-            Some((mono, side))
-        }
+        [mono] => Some(mono),
         [l, r, ..] => {
-            crate::audio::split_mid_side(l, r, mid, side);
-            Some((mid, side))
+            buf.clear();
+            buf.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a + b)));
+            Some(buf)
         }
     }
+}
+
+/// The block's side `(L − R) / 2` (for mono: silence) in `buf`; `None` for a block without
+/// channels.
+fn side_of<'a>(block: &[&[f32]], buf: &'a mut Vec<f32>) -> Option<&'a [f32]> {
+    buf.clear();
+    match block {
+        [] => return None,
+        [mono] => buf.resize(mono.len(), 0.0),
+        [l, r, ..] => buf.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a - b))),
+    }
+    Some(buf)
 }
 
 impl Meter for LevelMeters {
@@ -394,19 +410,26 @@ impl Meter for LevelMeters {
         if let [l, r, ..] = block {
             self.stereo.add(l, r);
         }
-        if let Some((_, side)) = mid_side(block, &mut self.mid, &mut self.side) {
-            self.side_welch.push(&[side]);
+        if let Some(w) = self.side_welch.as_mut() {
+            if let Some(side) = side_of(block, &mut self.side) {
+                w.push(&[side]);
+            }
         }
     }
 }
 
 impl Meter for EnvelopeMeter {
     fn push(&mut self, block: &[&[f32]]) {
-        if let Some((mid, _)) = mid_side(block, &mut self.mid, &mut self.side) {
+        if let Some(mid) = mid_of(block, &mut self.mid) {
             if let Some(f) = self.follower.as_mut() {
                 f.push(mid);
             }
             self.mid_welch.push(&[mid]);
+        }
+        if let Some(w) = self.side_welch.as_mut() {
+            if let Some(side) = side_of(block, &mut self.side) {
+                w.push(&[side]);
+            }
         }
     }
 }
