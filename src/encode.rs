@@ -1,4 +1,5 @@
-//! The way out: WAV files written with hound, 16/24-bit integer with TPDF dither or 32-bit float.
+//! The way out: WAV files (hound's layout, written a chunk at a time), 16/24-bit integer with
+//! TPDF dither or 32-bit float.
 //!
 //! Every file is first written to a temporary file beside its target and renamed into place only
 //! once complete, so a failure (disk full, killed process) never leaves a half-written output.
@@ -8,7 +9,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::audio::AudioBuffer;
-use crate::ceiling::{CeilingNet, NetStats, Quantiser};
+use crate::ceiling::{quantise_with, CeilingNet, NetStats, Quantiser};
 use crate::error::{Error, Result};
 
 /// Output sample format.
@@ -53,19 +54,90 @@ impl DitherRng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (v >> 11) as f64 / (1u64 << 53) as f64
+        // Through i64: the same value (it is under 2^53), without the slow path that an
+        // unsigned 64-bit conversion compiles to on x86-64.
+        ((v >> 11) as i64) as f64 / (1u64 << 53) as f64
     }
     /// Triangular (TPDF) noise in (−1, 1) LSB: the sum of two uniform variables.
     #[inline]
     pub fn tpdf(&mut self) -> f64 {
         self.next_unit() - self.next_unit()
     }
+
+    /// Fills `out` with the next `out.len()` values of [`Self::tpdf`], in order: the same
+    /// values and the same state after, several times faster on a long buffer. One generator
+    /// is a serial chain (each step waits for the last), so the buffer is cut in
+    /// [`FILL_LANES`] equal parts, each drawn by its own copy of the generator started where
+    /// that part's draws begin (xorshift is linear, so its state any number of steps on is a
+    /// fixed matrix times the state: [`jump`]), and the copies step side by side.
+    pub fn fill_tpdf(&mut self, out: &mut [f64]) {
+        let part = out.len() / FILL_LANES;
+        if part < 256 {
+            out.iter_mut().for_each(|o| *o = self.tpdf());
+            return;
+        }
+        // Two steps per value.
+        let mut states = [self.0; FILL_LANES];
+        for k in 1..FILL_LANES {
+            states[k] = jump(states[k - 1], 2 * part as u64);
+        }
+        let (parts, tail) = out.split_at_mut(part * FILL_LANES);
+        let mut lanes = parts.chunks_exact_mut(part);
+        let (Some(a), Some(b), Some(c), Some(d)) = (lanes.next(), lanes.next(), lanes.next(), lanes.next()) else {
+            return;
+        };
+        let [mut ra, mut rb, mut rc, mut rd] = states.map(DitherRng);
+        for (((a, b), c), d) in a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()).zip(d.iter_mut()) {
+            *a = ra.tpdf();
+            *b = rb.tpdf();
+            *c = rc.tpdf();
+            *d = rd.tpdf();
+        }
+        self.0 = rd.0;
+        tail.iter_mut().for_each(|o| *o = self.tpdf());
+    }
+}
+
+/// Copies of the generator that [`DitherRng::fill_tpdf`] steps side by side.
+const FILL_LANES: usize = 4;
+
+/// One xorshift step of [`DitherRng::next_unit`] (without its output multiply).
+#[inline]
+fn xorshift(mut s: u64) -> u64 {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    s
+}
+
+/// The xorshift state `steps` steps after `state`. A step is linear over GF(2) (shifts and
+/// exclusive ors), so `steps` of them are the matrix M^steps: applied as the product of the
+/// powers M^(2^j) of the bits set in `steps`, each held as its 64 columns (the images of the
+/// 64 one-bit states) and applied as the exclusive or of the columns of the state's set bits.
+fn jump(state: u64, steps: u64) -> u64 {
+    static POWERS: std::sync::OnceLock<Vec<[u64; 64]>> = std::sync::OnceLock::new();
+    let powers = POWERS.get_or_init(|| {
+        let apply = |m: &[u64; 64], s: u64| (0..64).filter(|i| s >> i & 1 == 1).fold(0u64, |a, i| a ^ m[i]);
+        let mut p: Vec<[u64; 64]> = vec![std::array::from_fn(|i| xorshift(1 << i))];
+        for j in 1..64 {
+            let m = p[j - 1];
+            p.push(std::array::from_fn(|i| apply(&m, m[i])));
+        }
+        p
+    });
+    let mut s = state;
+    for (j, m) in powers.iter().enumerate() {
+        if steps >> j & 1 == 1 {
+            s = (0..64).filter(|i| s >> i & 1 == 1).fold(0u64, |a, i| a ^ m[i]);
+        }
+    }
+    s
 }
 
 /// Quantises one sample to a `bits`-bit integer with TPDF dither, clamped to the integer range.
 #[inline]
 pub fn quantise(x: f32, bits: u32, rng: &mut DitherRng) -> i32 {
-    crate::ceiling::quantise_with(x, bits, rng.tpdf())
+    quantise_with(x, bits, rng.tpdf())
 }
 
 /// Refuses to write `output` when it is one of `inputs` (compared after resolving symlinks).
@@ -342,23 +414,27 @@ where
     if channels == 0 {
         return Err(Error::output(path, "no channels to write"));
     }
-    let (bits, format) = match depth {
-        BitDepth::Int16 => (16, hound::SampleFormat::Int),
-        BitDepth::Int24 => (24, hound::SampleFormat::Int),
-        BitDepth::Float32 => (32, hound::SampleFormat::Float),
-    };
-    let spec = hound::WavSpec { channels, sample_rate: sample_rate_hz, bits_per_sample: bits, sample_format: format };
+    let layout = WavLayout { channels, sample_rate_hz, depth };
     // The producer's own error (a decode failure, say) travels past the io-typed writer here.
     let mut failure: Option<Error> = None;
     let result = write_atomically(path, |w| {
         let w: &mut dyn WriteSeek = w;
-        let writer = hound::WavWriter::new(w, spec).map_err(hound_io)?;
+        w.write_all(&layout.header(0))?;
+        let bits = match depth {
+            BitDepth::Int16 => 16,
+            BitDepth::Int24 => 24,
+            BitDepth::Float32 => 32,
+        };
         let mut chunks = WavChunks {
-            writer,
+            out: w,
+            layout,
+            data_bytes: 0,
             depth,
-            bits: u32::from(bits),
+            bits,
             rng: DitherRng::new(0),
             interleaved: Vec::new(),
+            bytes: Vec::new(),
+            draws: Vec::new(),
             path: path.to_path_buf(),
             sample_rate_hz,
             channels: usize::from(channels),
@@ -369,7 +445,7 @@ where
             failure = Some(e);
             return Err(std::io::Error::other("the master could not be produced"));
         }
-        chunks.writer.finalize().map_err(hound_io)
+        chunks.finalize()
     });
     match (result, failure) {
         (_, Some(e)) => Err(e),
@@ -381,14 +457,140 @@ where
 pub trait WriteSeek: Write + std::io::Seek {}
 impl<T: Write + std::io::Seek> WriteSeek for T {}
 
+/// The shape of a WAV file as [`write_wav_stream`] writes it: hound's layout (3.5) to the byte,
+/// so the files are the ones refmaster wrote with hound sample by sample, written here a chunk
+/// at a time (hound's per-sample `write_sample` was a tenth of the writing stage).
+#[derive(Debug, Clone, Copy)]
+struct WavLayout {
+    channels: u16,
+    sample_rate_hz: u32,
+    depth: BitDepth,
+}
+
+/// KSDATAFORMAT_SUBTYPE_PCM, the WAVE_FORMAT_EXTENSIBLE sub-format of integer samples.
+const SUBTYPE_PCM: [u8; 16] = [1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71];
+/// KSDATAFORMAT_SUBTYPE_IEEE_FLOAT, the sub-format of 32-bit float samples.
+const SUBTYPE_IEEE_FLOAT: [u8; 16] = [3, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71];
+
+impl WavLayout {
+    fn bytes_per_sample(self) -> u16 {
+        match self.depth {
+            BitDepth::Int16 => 2,
+            BitDepth::Int24 => 3,
+            BitDepth::Float32 => 4,
+        }
+    }
+
+    /// The plain PCMWAVEFORMAT header (16-bit mono or stereo, the most widely read); more
+    /// channels or bits take WAVE_FORMAT_EXTENSIBLE, as hound chooses.
+    fn extensible(self) -> bool {
+        self.channels > 2 || self.bytes_per_sample() > 2
+    }
+
+    /// Byte offset of the data chunk's length, the last field of the header.
+    fn data_len_offset(self) -> u64 {
+        if self.extensible() {
+            64
+        } else {
+            40
+        }
+    }
+
+    /// The most sample bytes the file can hold: the RIFF chunk's size (the data, plus the
+    /// header after its first 8 bytes) is a 32-bit field.
+    fn max_data_bytes(self) -> u64 {
+        u64::from(u32::MAX) - (self.data_len_offset() + 4 - 8)
+    }
+
+    /// The header (RIFF, fmt and the data chunk's start) of a file of `data_bytes` sample bytes.
+    fn header(self, data_bytes: u32) -> Vec<u8> {
+        let bytes = self.bytes_per_sample();
+        let block_align = bytes.wrapping_mul(self.channels);
+        let byte_rate = self.sample_rate_hz.wrapping_mul(u32::from(block_align));
+        let riff_size = data_bytes.wrapping_add((self.data_len_offset() + 4 - 8) as u32);
+        let mut h = Vec::with_capacity(68);
+        h.extend_from_slice(b"RIFF");
+        h.extend_from_slice(&riff_size.to_le_bytes());
+        h.extend_from_slice(b"WAVEfmt ");
+        let float = self.depth == BitDepth::Float32;
+        let format_tag: u16 = match (self.extensible(), float) {
+            (true, _) => 0xfffe,
+            (false, true) => 3,
+            (false, false) => 1,
+        };
+        h.extend_from_slice(&(if self.extensible() { 40u32 } else { 16 }).to_le_bytes());
+        h.extend_from_slice(&format_tag.to_le_bytes());
+        h.extend_from_slice(&self.channels.to_le_bytes());
+        h.extend_from_slice(&self.sample_rate_hz.to_le_bytes());
+        h.extend_from_slice(&byte_rate.to_le_bytes());
+        h.extend_from_slice(&block_align.to_le_bytes());
+        h.extend_from_slice(&(bytes * 8).to_le_bytes());
+        if self.extensible() {
+            // cbSize, valid bits, channel mask (the first channels, at most 18), sub-format.
+            h.extend_from_slice(&22u16.to_le_bytes());
+            h.extend_from_slice(&(bytes * 8).to_le_bytes());
+            let mask = (0..u32::from(self.channels.min(18))).fold(0u32, |m, c| m | 1 << c);
+            h.extend_from_slice(&mask.to_le_bytes());
+            h.extend_from_slice(if float { &SUBTYPE_IEEE_FLOAT } else { &SUBTYPE_PCM });
+        }
+        h.extend_from_slice(b"data");
+        h.extend_from_slice(&data_bytes.to_le_bytes());
+        h
+    }
+
+    /// Appends the little-endian bytes of interleaved samples to `bytes`: integers in the
+    /// file's width (the quantiser has clamped them to its range), or the bits of 32-bit
+    /// floats as [`CeilingNet`] hands them (`f32::to_bits`).
+    fn encode(self, samples: &[i32], bytes: &mut Vec<u8>) {
+        let width = usize::from(self.bytes_per_sample());
+        let at = bytes.len();
+        bytes.resize(at + samples.len() * width, 0);
+        let out = &mut bytes[at..];
+        match self.depth {
+            BitDepth::Int16 => {
+                for (b, &v) in out.chunks_exact_mut(2).zip(samples) {
+                    b.copy_from_slice(&(v as i16).to_le_bytes());
+                }
+            }
+            BitDepth::Int24 => {
+                // Four samples in three little-endian words (a tenth of the time of three
+                // bytes at a time), the rest one by one.
+                let mut four = out.chunks_exact_mut(12);
+                let mut groups = samples.chunks_exact(4);
+                for (b, g) in (&mut four).zip(&mut groups) {
+                    let [s0, s1, s2, s3] = [g[0], g[1], g[2], g[3]].map(|v| v as u32 & 0x00ff_ffff);
+                    b[0..4].copy_from_slice(&(s0 | s1 << 24).to_le_bytes());
+                    b[4..8].copy_from_slice(&(s1 >> 8 | s2 << 16).to_le_bytes());
+                    b[8..12].copy_from_slice(&(s2 >> 16 | s3 << 8).to_le_bytes());
+                }
+                for (b, &v) in four.into_remainder().chunks_exact_mut(3).zip(groups.remainder()) {
+                    b.copy_from_slice(&v.to_le_bytes()[..3]);
+                }
+            }
+            BitDepth::Float32 => {
+                for (b, &v) in out.chunks_exact_mut(4).zip(samples) {
+                    b.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
 /// The open WAV file [`write_wav_stream`] hands its producer: planar chunks in, dithered and
 /// interleaved samples out.
 pub struct WavChunks<'a> {
-    writer: hound::WavWriter<&'a mut (dyn WriteSeek + 'a)>,
+    out: &'a mut (dyn WriteSeek + 'a),
+    layout: WavLayout,
+    /// Sample bytes written so far.
+    data_bytes: u64,
     depth: BitDepth,
     bits: u32,
     rng: DitherRng,
     interleaved: Vec<i32>,
+    /// The file's bytes of the chunk being written.
+    bytes: Vec<u8>,
+    /// The chunk's dither (without the net, which draws its own).
+    draws: Vec<f64>,
     path: PathBuf,
     sample_rate_hz: u32,
     channels: usize,
@@ -429,64 +631,225 @@ impl WavChunks<'_> {
         Ok(self.net_stats.clone())
     }
 
+    /// Writes interleaved samples (integers, or float bits) to the file.
     fn write_interleaved(&mut self, samples: &[i32]) -> Result<()> {
-        let path = &self.path;
-        let io = |e: hound::Error| Error::output(path, io_reason(&hound_io(e)));
-        match self.depth {
-            BitDepth::Float32 => {
-                for &v in samples {
-                    self.writer.write_sample(f32::from_bits(v as u32)).map_err(io)?;
-                }
-            }
-            BitDepth::Int16 | BitDepth::Int24 => {
-                for &v in samples {
-                    self.writer.write_sample(v).map_err(io)?;
-                }
-            }
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        self.layout.encode(samples, &mut bytes);
+        let r = self.write_bytes(&bytes);
+        self.bytes = bytes;
+        r
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let total = self.data_bytes + bytes.len() as u64;
+        if total > self.layout.max_data_bytes() {
+            return Err(Error::output(&self.path, "too long for a WAV file (its samples would pass 4 GiB)"));
         }
+        self.out.write_all(bytes).map_err(|e| Error::output(&self.path, io_reason(&e)))?;
+        self.data_bytes = total;
         Ok(())
+    }
+
+    /// Writes the sizes into the header (the data's length, now known) and flushes.
+    fn finalize(&mut self) -> std::io::Result<()> {
+        use std::io::SeekFrom;
+        let data = u32::try_from(self.data_bytes).map_err(std::io::Error::other)?;
+        let header = self.layout.header(data);
+        self.out.seek(SeekFrom::Start(4))?;
+        self.out.write_all(&header[4..8])?;
+        let at = self.layout.data_len_offset();
+        self.out.seek(SeekFrom::Start(at))?;
+        self.out.write_all(&data.to_le_bytes())?;
+        self.out.flush()
     }
 
     /// Appends a planar chunk (one slice per channel, equal lengths).
     pub fn write(&mut self, chunk: &[&[f32]]) -> Result<()> {
+        let mut out = std::mem::take(&mut self.interleaved);
+        out.clear();
         if let Some(net) = self.net.as_mut() {
-            let mut out = std::mem::take(&mut self.interleaved);
-            out.clear();
             net.push(chunk, &mut self.rng, &mut out);
-            let r = self.write_interleaved(&out);
-            self.interleaved = out;
-            return r;
-        }
-        let frames = chunk.first().map_or(0, |c| c.len());
-        let path = &self.path;
-        let io = |e: hound::Error| Error::output(path, io_reason(&hound_io(e)));
-        match self.depth {
-            BitDepth::Float32 => {
-                for i in 0..frames {
-                    for ch in chunk {
-                        self.writer.write_sample(ch[i]).map_err(io)?;
-                    }
+        } else {
+            let frames = chunk.first().map_or(0, |c| c.len());
+            match self.depth {
+                BitDepth::Float32 => {
+                    out.extend((0..frames).flat_map(|i| chunk.iter().map(move |ch| ch[i].to_bits() as i32)));
                 }
-            }
-            BitDepth::Int16 | BitDepth::Int24 => {
-                self.interleaved.clear();
-                for i in 0..frames {
-                    for ch in chunk {
-                        self.interleaved.push(quantise(ch[i], self.bits, &mut self.rng));
-                    }
-                }
-                for &q in &self.interleaved {
-                    self.writer.write_sample(q).map_err(io)?;
+                BitDepth::Int16 | BitDepth::Int24 => {
+                    // The dither in frame order, channel within frame, as `quantise` draws it.
+                    let mut draws = std::mem::take(&mut self.draws);
+                    draws.clear();
+                    draws.resize(frames * chunk.len(), 0.0);
+                    self.rng.fill_tpdf(&mut draws);
+                    let samples = (0..frames).flat_map(|i| chunk.iter().map(move |ch| ch[i]));
+                    out.extend(samples.zip(&draws).map(|(x, &d)| quantise_with(x, self.bits, d)));
+                    self.draws = draws;
                 }
             }
         }
-        Ok(())
+        let r = self.write_interleaved(&out);
+        self.interleaved = out;
+        r
     }
 }
 
-fn hound_io(e: hound::Error) -> std::io::Error {
-    match e {
-        hound::Error::IoError(io) => io,
-        other => std::io::Error::other(other.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test audio: a loud sine with an over every 1777 frames (which the net lowers), per channel.
+    fn signal(channels: usize, frames: usize) -> Vec<Vec<f32>> {
+        (0..channels)
+            .map(|c| {
+                (0..frames)
+                    .map(|i| {
+                        let v = 0.8 * (i as f32 * 0.05 * (c + 1) as f32).sin();
+                        if i % 1777 == 5 {
+                            1.3
+                        } else {
+                            v
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The dither drawn a buffer at a time is the dither drawn one value at a time, and the
+    /// generator ends in the same state, for buffers too short to split and long ones whose
+    /// parts do not divide evenly.
+    #[test]
+    fn dither_drawn_a_buffer_at_a_time_is_the_one_drawn_value_by_value() {
+        for (seed, len) in [(0, 0), (1, 1), (2, 1023), (3, 1024), (4, 1025), (5, 4099), (6, 131_072), (7, 262_147)] {
+            let (mut one, mut many) = (DitherRng::new(seed), DitherRng::new(seed));
+            let want: Vec<f64> = (0..len).map(|_| one.tpdf()).collect();
+            let mut got = vec![0.0; len];
+            many.fill_tpdf(&mut got);
+            assert!(got == want, "{len} values from seed {seed}");
+            assert_eq!(one.next_unit(), many.next_unit(), "state after {len} values");
+        }
+        // Jumps of any length, by the step itself.
+        let mut s = 0x1234_5678_9abc_def0u64;
+        for steps in 0..300u64 {
+            assert_eq!(jump(0x1234_5678_9abc_def0, steps), s, "{steps} steps");
+            s = xorshift(s);
+        }
+    }
+
+    /// Where the test audio is cut into chunks: 1, 999, 1, 3095 and 907 frames (each written
+    /// after an empty one).
+    const CUTS: [usize; 6] = [0, 1, 1000, 1001, 4096, 5_003];
+
+    /// The file hound writes for `samples` (interleaved: integers, or the bits of floats).
+    fn hound_file(channels: usize, rate: u32, depth: BitDepth, samples: &[i32]) -> Vec<u8> {
+        let (bits, format) = match depth {
+            BitDepth::Int16 => (16, hound::SampleFormat::Int),
+            BitDepth::Int24 => (24, hound::SampleFormat::Int),
+            BitDepth::Float32 => (32, hound::SampleFormat::Float),
+        };
+        let spec = hound::WavSpec {
+            channels: channels as u16,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: format,
+        };
+        let mut file = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut file, spec).expect("hound writes");
+        for &v in samples {
+            match depth {
+                BitDepth::Float32 => w.write_sample(f32::from_bits(v as u32)),
+                _ => w.write_sample(v),
+            }
+            .expect("hound writes");
+        }
+        w.finalize().expect("hound finalises");
+        file.into_inner()
+    }
+
+    /// The file written is the one hound writes sample by sample (refmaster's writer before it
+    /// wrote a chunk at a time): header and samples, every byte, in each format, for mono,
+    /// stereo and 6 channels (hound's plain and extensible headers), with the dither and with
+    /// the ceiling's net, in chunks of any size.
+    #[test]
+    fn the_wav_files_are_the_bytes_hound_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out.wav");
+        for depth in [BitDepth::Int16, BitDepth::Int24, BitDepth::Float32] {
+            for channels in [1, 2, 6] {
+                for ceiling in [None, Some(-1.0)] {
+                    let rate = 48_000;
+                    let audio = signal(channels, 5_003);
+                    let mut net_stats = None;
+                    write_wav_stream(&path, rate, channels, depth, |w| {
+                        w.set_dither_seed(42);
+                        if let Some(c) = ceiling {
+                            w.set_ceiling(c);
+                        }
+                        for s in CUTS.windows(2) {
+                            let planes: Vec<&[f32]> = audio.iter().map(|c| &c[s[0]..s[0]]).collect();
+                            w.write(&planes)?;
+                            let planes: Vec<&[f32]> = audio.iter().map(|c| &c[s[0]..s[1]]).collect();
+                            w.write(&planes)?;
+                        }
+                        net_stats = w.end()?;
+                        Ok(())
+                    })
+                    .expect("writes");
+                    // The samples as refmaster always chose them: through the net, else
+                    // quantised in frame order with the same seed (or the floats).
+                    let mut rng = DitherRng::new(42);
+                    let mut samples = Vec::new();
+                    match ceiling {
+                        Some(c) => {
+                            let q = match depth {
+                                BitDepth::Float32 => Quantiser::Float,
+                                BitDepth::Int16 => Quantiser::Int(16),
+                                BitDepth::Int24 => Quantiser::Int(24),
+                            };
+                            let mut net = CeilingNet::new(rate, channels, c, q);
+                            for s in CUTS.windows(2) {
+                                let planes: Vec<&[f32]> = audio.iter().map(|c| &c[s[0]..s[1]]).collect();
+                                net.push(&planes, &mut rng, &mut samples);
+                            }
+                            assert_eq!(net_stats, Some(net.finish(&mut samples)));
+                        }
+                        None => {
+                            for i in 0..audio[0].len() {
+                                for ch in &audio {
+                                    samples.push(match depth {
+                                        BitDepth::Float32 => ch[i].to_bits() as i32,
+                                        BitDepth::Int16 => quantise(ch[i], 16, &mut rng),
+                                        BitDepth::Int24 => quantise(ch[i], 24, &mut rng),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    assert_eq!(samples.len(), channels * audio[0].len());
+                    let written = std::fs::read(&path).expect("reads back");
+                    let want = hound_file(channels, rate, depth, &samples);
+                    assert!(written == want, "{depth:?}, {channels} channels, ceiling {ceiling:?}: not hound's bytes");
+                }
+            }
+        }
+    }
+
+    /// A file whose samples would pass the 4 GiB a WAV header can count is refused (hound
+    /// wrapped the count round and wrote a header that lies), and nothing is left behind.
+    #[test]
+    fn a_file_past_the_wav_size_limit_is_refused() {
+        let layout = WavLayout { channels: 2, sample_rate_hz: 48_000, depth: BitDepth::Float32 };
+        assert_eq!(layout.max_data_bytes() + layout.data_len_offset() + 4 - 8, u64::from(u32::MAX));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("long.wav");
+        let r = write_wav_stream(&path, 48_000, 2, BitDepth::Float32, |w| {
+            // As if nearly 4 GiB had been written already.
+            w.data_bytes = w.layout.max_data_bytes() - 4;
+            w.write(&[&[0.1][..], &[0.2][..]])
+        });
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains("long.wav") && e.contains("4 GiB"), "{e}");
+        assert!(std::fs::read_dir(dir.path()).expect("lists").next().is_none(), "something was left behind");
     }
 }

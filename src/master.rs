@@ -534,7 +534,7 @@ pub fn master_stream(
         let meter = analyse.then(|| {
             let spare_to = spare_to.clone();
             scope.spawn(move || {
-                let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+                let mut analyzer = Analyzer::without_dynamics(rate, channels, Some(frames));
                 for mut planes in for_meter {
                     analyzer.push(&slices(&planes));
                     planes.iter_mut().for_each(Vec::clear);
@@ -1358,7 +1358,7 @@ fn read_limited(
     match meters {
         Meters::Analysis => {
             // The analyser measures on its own threads, a block behind the limiter.
-            let mut analyzer = Analyzer::new(rate, channels, Some(frames));
+            let mut analyzer = Analyzer::without_dynamics(rate, channels, Some(frames));
             let mut take = |out: &mut Planes| {
                 let planes = slices(out);
                 analyzer.push(&planes);

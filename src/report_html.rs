@@ -125,10 +125,7 @@ impl WaveformMeter {
             let take = (self.end - self.pos).min(n - i);
             let (lo, hi) = (&mut self.min[self.column], &mut self.max[self.column]);
             for ch in chunk {
-                for &v in &ch[i..i + take] {
-                    *lo = lo.min(v);
-                    *hi = hi.max(v);
-                }
+                (*lo, *hi) = min_max(&ch[i..i + take], (*lo, *hi));
             }
             i += take;
             self.pos += take;
@@ -145,6 +142,26 @@ impl WaveformMeter {
     pub fn finish(self) -> Waveform {
         Waveform { duration_s: self.frames as f64 / f64::from(self.rate.max(1)), min: self.min, max: self.max }
     }
+}
+
+/// The smallest and largest of `x` and `(lo, hi)`, in eight lanes so that it vectorises (a
+/// running minimum and maximum compile to a serial chain, a tenth of the writing stage's time
+/// with a report). The same values as the running fold: minimum and maximum are exact, and
+/// only the sign of a zero may come out differently, which no overview column shows.
+fn min_max(x: &[f32], (lo, hi): (f32, f32)) -> (f32, f32) {
+    let (mut l, mut h) = ([lo; 8], [hi; 8]);
+    let chunks = x.chunks_exact(8);
+    let (mut lo, mut hi) = chunks.remainder().iter().fold((lo, hi), |(l, h), &v| (l.min(v), h.max(v)));
+    for c in chunks {
+        for k in 0..8 {
+            l[k] = l[k].min(c[k]);
+            h[k] = h[k].max(c[k]);
+        }
+    }
+    for k in 0..8 {
+        (lo, hi) = (lo.min(l[k]), hi.max(h[k]));
+    }
+    (lo, hi)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1035,6 +1052,40 @@ mod tests {
         assert_eq!(time_label(125.0), "2:05");
         assert_eq!(hz_tick(20_000.0), "20k");
         assert_eq!(hz_tick(50.0), "50");
+    }
+
+    /// The overview's columns are each the smallest and largest sample of their slice of frames
+    /// (over all channels, and 0), however the stream is cut into chunks.
+    #[test]
+    fn the_waveform_overview_holds_each_slices_extremes_in_any_chunking() {
+        let frames = 10_007;
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut noise = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let audio: Vec<Vec<f32>> = (0..2).map(|_| (0..frames).map(|_| 0.3 + noise()).collect()).collect();
+        let columns = 37;
+        let (mut want_lo, mut want_hi) = (vec![0f32; columns], vec![0f32; columns]);
+        for c in 0..columns {
+            let (a, b) = (c * frames / columns, (c + 1) * frames / columns);
+            for ch in &audio {
+                for &v in &ch[a..b] {
+                    want_lo[c] = want_lo[c].min(v);
+                    want_hi[c] = want_hi[c].max(v);
+                }
+            }
+        }
+        for chunk in [1, 7, 64, 1000, frames] {
+            let mut m = WaveformMeter::new(frames, 1, columns);
+            for s in (0..frames).step_by(chunk) {
+                m.push(&[&audio[0][s..(s + chunk).min(frames)], &audio[1][s..(s + chunk).min(frames)]]);
+            }
+            let w = m.finish();
+            assert_eq!((&w.min, &w.max), (&want_lo, &want_hi), "chunks of {chunk}");
+        }
     }
 
     #[test]

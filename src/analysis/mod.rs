@@ -47,12 +47,14 @@ pub struct Profile {
     pub loudness: Loudness,
     /// Long-term spectra on the fixed grid.
     pub spectrum: Spectrum,
-    /// Dynamics in the four compressor bands.
+    /// Dynamics in the four compressor bands (empty when the analysis left the band envelopes
+    /// out: [`Analyzer::without_dynamics`], a master's profile).
     pub dynamics: Vec<BandDynamics>,
     /// Stereo image.
     pub stereo: Stereo,
     /// How the level moves over time, broadband and per dynamics band (absent in profiles saved
-    /// before it existed: the solver then leaves dynamics alone).
+    /// before it existed, and in an analysis without the band envelopes: the solver then leaves
+    /// dynamics alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level_motion: Option<LevelMotion>,
     /// The mix's 5 ms band envelopes, kept in memory for the solver's compressor simulation; not
@@ -195,20 +197,21 @@ trait Meter {
     fn push(&mut self, block: &[&[f32]]);
 }
 
-/// K-weighting, true peak, the stereo sums and the side's spectrum.
+/// K-weighting, true peak, the stereo sums and (with the band envelopes) the side's spectrum.
 struct LevelMeters {
     k: loudness::KMeter,
     true_peak: TruePeakDetector,
     stereo: StereoSums,
-    side_welch: spectrum::Welch,
-    mid: Vec<f32>,
+    side_welch: Option<spectrum::Welch>,
     side: Vec<f32>,
 }
 
-/// The mid's band envelopes and spectrum.
+/// The mid's band envelopes (unless left out) and spectrum, and without the envelopes the
+/// side's spectrum too (which keeps the two threads' work closer to equal).
 struct EnvelopeMeter {
-    follower: dynamics::EnvelopeFollower,
+    follower: Option<dynamics::EnvelopeFollower>,
     mid_welch: spectrum::Welch,
+    side_welch: Option<spectrum::Welch>,
     mid: Vec<f32>,
     side: Vec<f32>,
 }
@@ -232,6 +235,23 @@ impl Analyzer {
     /// without it the first window of mid and side is held back until it is clear the audio is
     /// longer (see [`spectrum::Welch`]).
     pub fn new(sample_rate_hz: u32, channel_count: usize, total_frames: Option<usize>) -> Self {
+        Self::with_dynamics(sample_rate_hz, channel_count, total_frames, true)
+    }
+
+    /// An analyser like [`Self::new`] that leaves out the band envelopes (the 4-band crossover
+    /// and its 5 ms envelope followers, the costliest meter): the profile's
+    /// [`Profile::dynamics`] is empty, its [`Profile::level_motion`] and
+    /// [`Profile::envelopes`] are `None`, and everything else is the same, bit for bit.
+    ///
+    /// For a master's profile: only a mix's envelopes (the solver's compressor simulation) and
+    /// a reference's dynamics and level motion (the solver's targets) are ever read; a master's
+    /// are read by nothing (the reports show its loudness, peaks, spectrum and width), and the
+    /// closed loop's last pass analyses every reading of the master it tries.
+    pub fn without_dynamics(sample_rate_hz: u32, channel_count: usize, total_frames: Option<usize>) -> Self {
+        Self::with_dynamics(sample_rate_hz, channel_count, total_frames, false)
+    }
+
+    fn with_dynamics(sample_rate_hz: u32, channel_count: usize, total_frames: Option<usize>, dynamics: bool) -> Self {
         Self {
             sample_rate_hz,
             channel_count,
@@ -242,13 +262,13 @@ impl Analyzer {
                 k: loudness::KMeter::new(sample_rate_hz, channel_count),
                 true_peak: TruePeakDetector::new(channel_count),
                 stereo: StereoSums::default(),
-                side_welch: spectrum::Welch::new(sample_rate_hz, 1, total_frames),
-                mid: Vec::new(),
+                side_welch: dynamics.then(|| spectrum::Welch::new(sample_rate_hz, 1, total_frames)),
                 side: Vec::new(),
             }),
             envelopes: Worker::spawn(EnvelopeMeter {
-                follower: dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ),
+                follower: dynamics.then(|| dynamics::EnvelopeFollower::new(sample_rate_hz, DEFAULT_CROSSOVERS_HZ)),
                 mid_welch: spectrum::Welch::new(sample_rate_hz, 1, total_frames),
+                side_welch: (!dynamics).then(|| spectrum::Welch::new(sample_rate_hz, 1, total_frames)),
                 mid: Vec::new(),
                 side: Vec::new(),
             }),
@@ -304,9 +324,14 @@ impl Analyzer {
         let (levels, envelopes) = (levels.finish(), envelopes.finish());
         // Each signal's spectrum is its own sum (a Welch of one signal is that signal's part of
         // a Welch of several), so mid and side are measured on the two threads.
-        let spectra: Vec<PowerSpectrum> =
-            envelopes.mid_welch.finish().into_iter().chain(levels.side_welch.finish()).collect();
-        let envelopes = envelopes.follower.finish();
+        let side_welch = levels.side_welch.or(envelopes.side_welch);
+        let spectra: Vec<PowerSpectrum> = envelopes
+            .mid_welch
+            .finish()
+            .into_iter()
+            .chain(side_welch.map(spectrum::Welch::finish).into_iter().flatten())
+            .collect();
+        let envelopes = envelopes.follower.map(dynamics::EnvelopeFollower::finish);
         let sample_peak = extremes.iter().fold(0f32, |a, (lo, hi)| a.max(lo.abs()).max(hi.abs()));
         let true_peak = levels.true_peak.peak();
         let loudness = loudness::loudness_of(&levels.k, true_peak, sample_peak);
@@ -330,10 +355,10 @@ impl Analyzer {
             lossy,
             loudness,
             spectrum: Spectrum { frequencies_hz: grid, mid_db, side_db, content_cutoff_hz: cutoff },
-            dynamics: dynamics::band_dynamics(&envelopes),
+            dynamics: envelopes.as_ref().map_or_else(Vec::new, dynamics::band_dynamics),
             stereo,
-            level_motion: Some(dynamics::level_motion(&envelopes)),
-            envelopes: Some(envelopes),
+            level_motion: envelopes.as_ref().map(dynamics::level_motion),
+            envelopes,
         };
         (profile, readings)
     }
@@ -351,21 +376,31 @@ impl Analyzer {
     }
 }
 
-/// The block's mid and side into `mid` and `side` (for mono: the channel, and silence); `None`
-/// for a block without channels.
-fn mid_side<'a>(block: &[&'a [f32]], mid: &'a mut Vec<f32>, side: &'a mut Vec<f32>) -> Option<(&'a [f32], &'a [f32])> {
+/// The block's mid `(L + R) / 2` (for mono: the channel itself), computed into `buf` when it
+/// takes computing; `None` for a block without channels. Each meter thread computes only the
+/// signal it measures (the same values as [`crate::audio::split_mid_side`]).
+fn mid_of<'a>(block: &[&'a [f32]], buf: &'a mut Vec<f32>) -> Option<&'a [f32]> {
     match block {
         [] => None,
-        [mono] => {
-            side.clear();
-            side.resize(mono.len(), 0.0);
-            Some((mono, side))
-        }
+        [mono] => Some(mono),
         [l, r, ..] => {
-            crate::audio::split_mid_side(l, r, mid, side);
-            Some((mid, side))
+            buf.clear();
+            buf.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a + b)));
+            Some(buf)
         }
     }
+}
+
+/// The block's side `(L − R) / 2` (for mono: silence) in `buf`; `None` for a block without
+/// channels.
+fn side_of<'a>(block: &[&[f32]], buf: &'a mut Vec<f32>) -> Option<&'a [f32]> {
+    buf.clear();
+    match block {
+        [] => return None,
+        [mono] => buf.resize(mono.len(), 0.0),
+        [l, r, ..] => buf.extend(l.iter().zip(r.iter()).map(|(a, b)| 0.5 * (a - b))),
+    }
+    Some(buf)
 }
 
 impl Meter for LevelMeters {
@@ -375,17 +410,26 @@ impl Meter for LevelMeters {
         if let [l, r, ..] = block {
             self.stereo.add(l, r);
         }
-        if let Some((_, side)) = mid_side(block, &mut self.mid, &mut self.side) {
-            self.side_welch.push(&[side]);
+        if let Some(w) = self.side_welch.as_mut() {
+            if let Some(side) = side_of(block, &mut self.side) {
+                w.push(&[side]);
+            }
         }
     }
 }
 
 impl Meter for EnvelopeMeter {
     fn push(&mut self, block: &[&[f32]]) {
-        if let Some((mid, _)) = mid_side(block, &mut self.mid, &mut self.side) {
-            self.follower.push(mid);
+        if let Some(mid) = mid_of(block, &mut self.mid) {
+            if let Some(f) = self.follower.as_mut() {
+                f.push(mid);
+            }
             self.mid_welch.push(&[mid]);
+        }
+        if let Some(w) = self.side_welch.as_mut() {
+            if let Some(side) = side_of(block, &mut self.side) {
+                w.push(&[side]);
+            }
         }
     }
 }
@@ -525,4 +569,40 @@ fn check_profile_ranges(p: &Profile) -> std::result::Result<(), String> {
         check(&format!("stereo.bands[{i}].side_to_mid_db"), b.side_to_mid_db, (-400.0, 400.0), true)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_audio::music;
+    use super::*;
+
+    /// An analysis without the band envelopes is the full analysis with its dynamics, level
+    /// motion and envelopes left out, and every other figure the same bit for bit (loudness,
+    /// peaks, spectra, stereo): the master's profile loses only what nothing reads of it.
+    #[test]
+    fn an_analysis_without_dynamics_is_the_full_one_without_its_dynamics() {
+        let cases = [
+            ("stereo 44.1k", music(44_100, 2, 8.0, 11)),
+            ("mono 48k", music(48_000, 1, 3.0, 12)),
+            ("5.1 48k", music(48_000, 6, 2.0, 13)),
+            ("0.3 s", music(44_100, 2, 0.3, 14)),
+            ("silence", AudioBuffer::silent(48_000, 2, 48_000)),
+        ];
+        for (name, audio) in &cases {
+            let mut full = analyze(audio, "test", false);
+            assert_eq!(full.dynamics.len(), 4, "{name}");
+            let mut lean =
+                Analyzer::without_dynamics(audio.sample_rate_hz, audio.channel_count(), Some(audio.frames()));
+            for start in (0..audio.frames()).step_by(10_000) {
+                let end = audio.frames().min(start + 10_000);
+                lean.push(&audio.channels.iter().map(|c| &c[start..end]).collect::<Vec<_>>());
+            }
+            let (lean, levels) = lean.finish_with_levels("test", false);
+            assert!(lean.dynamics.is_empty() && lean.level_motion.is_none() && lean.envelopes.is_none(), "{name}");
+            (full.dynamics, full.level_motion, full.envelopes) = (Vec::new(), None, None);
+            assert!(lean == full, "{name}: the figures measured without the envelopes changed");
+            let same_nan = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());
+            assert!(same_nan(levels.integrated_lufs, full.loudness.integrated_lufs), "{name}");
+        }
+    }
 }
