@@ -221,7 +221,18 @@ pub struct PeakInterpolator {
     /// The most a frame's true peak can exceed the largest |sample| its interpolation weighs,
     /// linear (the screen of [`Self::frame_peaks_over`]).
     gain_bound: f32,
+    /// Per branch: the L1 norm of the taps outside the central [`CENTRAL_TAPS`], raised by a
+    /// margin for float rounding (see [`Self::central_bounds`]).
+    outer_l1: [f32; OVERSAMPLING - 1],
 }
+
+/// Taps at the centre of each precise branch (samples n − 3 ..= n + 4) that the block screen of
+/// [`PeakInterpolator::central_bounds`] sums exactly; the rest are bounded by their L1 norm.
+/// Eight of 48: a sixth of the kernel's multiplies. The outer taps' L1 norm is then 0.58 for the
+/// half-sample branch (0.43, 0.43 for the others), against 2.69 for the whole branch.
+const CENTRAL_TAPS: usize = 8;
+/// Index of the first central tap (tap `k` multiplies sample `n + k − 23`).
+const CENTRAL_FIRST: usize = PRECISE_TAPS / 2 - CENTRAL_TAPS / 2;
 
 impl Default for PeakInterpolator {
     fn default() -> Self {
@@ -236,7 +247,77 @@ impl PeakInterpolator {
         let l1 = branches.iter().map(|b| b.iter().map(|t| f64::from(t.abs())).sum::<f64>()).fold(1.0, f64::max);
         // 1.125: the parabolic reading's largest rise over a point; 1e-3: room for the float
         // rounding of the dot products (about 1e-6 relative).
-        Self { branches, gain_bound: (1.125 * l1 * (1.0 + 1e-3)) as f32 }
+        let mut outer_l1 = [0f32; OVERSAMPLING - 1];
+        for (o, b) in outer_l1.iter_mut().zip(&branches) {
+            let all: f64 = b.iter().map(|t| f64::from(t.abs())).sum();
+            let central: f64 = b[CENTRAL_FIRST..CENTRAL_FIRST + CENTRAL_TAPS].iter().map(|t| f64::from(t.abs())).sum();
+            // 1e-4 · all: far over the rounding of the two f32 sums (at most (48 + 8) · 2⁻²⁴
+            // · 1.0001 ≈ 3.4e-6 of Σ|c·x| ≤ all · M; see `central_bounds`); the factor
+            // 1 + 1e-4 covers the rounding to f32 here.
+            *o = ((all - central + 1e-4 * all) * (1.0 + 1e-4)) as f32;
+        }
+        Self { branches, gain_bound: (1.125 * l1 * (1.0 + 1e-3)) as f32, outer_l1 }
+    }
+
+    /// Per lane, an upper bound on every |point| the kernel computes for the `BLOCK` frames whose
+    /// windows start in `w` (`w` as in [`branch_block`]), and on their samples: the most each
+    /// of those frames can read before the parabolic step.
+    ///
+    /// Why it holds. Lane `l` of branch `b` is the f32 sum p̂ = fl(Σₖ cₖ·xₖ) over the 48 taps,
+    /// summed from zero in tap order. Split the exact sum p = Σₖ cₖ·xₖ into the central taps C
+    /// and the outer taps O: |p| ≤ |Σ_C cₖ·xₖ| + M·Σ_O |cₖ|, where M is the largest |sample| of
+    /// the block's reach (`w[..PRECISE_TAPS + BLOCK − 1]`, which holds every sample any lane
+    /// weighs). Here Σ_C is computed in f32 as ĉ = fl(Σ_C cₖ·xₖ) (8 taps), and both float sums
+    /// err by at most γₙ·Σ|cₖ·xₖ| (the standard bound for recursive summation of n products,
+    /// γₙ = n·u / (1 − n·u), u = 2⁻²⁴), so
+    /// |p̂| ≤ |ĉ| + M·Σ_O|cₖ| + (γ₈ + γ₄₈)·M·Σ|cₖ| ≤ |ĉ| + M·`outer_l1[b]`,
+    /// as `outer_l1` adds 1e-4·Σ|cₖ| (γ₈ + γ₄₈ ≈ 3.4e-6). Evaluating |ĉ| + M·`outer_l1` in
+    /// f32 errs by at most 2u relative, which the caller's factor 1 + 1e-3 covers (with the
+    /// parabola's own rounding, as in the kernel's second screen). Lanes past the last frame
+    /// only make the bound larger. The samples' |x| are included directly (a frame reads at
+    /// least its own sample, and a parabola can rise over it).
+    #[inline(always)]
+    fn central_bounds(&self, w: &[f32]) -> [f32; BLOCK] {
+        // `if a > b { a } else { b }` rather than `f32::max` (which orders NaN and so stays
+        // scalar): the same value on every non-NaN input, and one vector max.
+        #[inline(always)]
+        fn larger(a: f32, b: f32) -> f32 {
+            if a > b {
+                a
+            } else {
+                b
+            }
+        }
+        let w = &w[..PRECISE_TAPS + BLOCK - 1];
+        let mut lanes = [0f32; 8];
+        for c in w.chunks(8) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = larger(v.abs(), *m);
+            }
+        }
+        let m = lanes.iter().fold(0f32, |a, &b| larger(b, a));
+        let mut acc = [[0f32; BLOCK]; OVERSAMPLING - 1];
+        for k in CENTRAL_FIRST..CENTRAL_FIRST + CENTRAL_TAPS {
+            let x = &w[k..k + BLOCK];
+            for (a, b) in acc.iter_mut().zip(&self.branches) {
+                let c = b[k];
+                for (a, &x) in a.iter_mut().zip(x) {
+                    *a += c * x;
+                }
+            }
+        }
+        let lead = PRECISE_TAPS / 2 - 1;
+        let mut bound = [0f32; BLOCK];
+        for (b, x) in bound.iter_mut().zip(&w[lead..lead + BLOCK]) {
+            *b = x.abs();
+        }
+        for (a, o) in acc.iter().zip(self.outer_l1) {
+            let outer = o * m;
+            for (b, a) in bound.iter_mut().zip(a) {
+                *b = larger(a.abs() + outer, *b);
+            }
+        }
+        bound
     }
 
     /// Writes the true peak (linear) of frames `first .. first + out.len()` of `ctx` into `out`,
@@ -286,7 +367,11 @@ impl PeakInterpolator {
         }
         // Frame i's points weigh ctx[i + 1 − PRECISE_TAPS / 2 ..][..PRECISE_TAPS].
         let lead = PRECISE_TAPS / 2 - 1;
-        let mut prev = branch_point(&ctx[first - 1 - lead..], &self.branches[2]);
+        // The last point of the frame before the block (`None` after a skipped block: it is
+        // then computed alone, to the same bits, see [`branch_block`]).
+        let mut prev = None;
+        // Whether the last block's points stayed under the floor (the first block: tried).
+        let mut under = true;
         let mut tail = [0f32; PRECISE_TAPS + BLOCK - 1];
         for (k, o) in out.chunks_mut(BLOCK).enumerate() {
             let i = first + k * BLOCK;
@@ -298,12 +383,27 @@ impl PeakInterpolator {
                 tail[..w.len()].copy_from_slice(w);
                 &tail[..]
             };
+            // The first screen: the central taps exactly, the outer ones by their L1 norm
+            // ([`Self::central_bounds`]); on a loud master it skips most blocks the 64-frame
+            // screen cannot, for a sixth of the multiplies.
+            // Tried only after a block that was under the floor (skipped, or its points were):
+            // where the signal is passing the floor (a burst of noise) it would fail, at the
+            // cost of a sixth of the block. Which blocks it tries changes no reading.
+            if floor >= 0.0
+                && under
+                && self.central_bounds(w).iter().fold(true, |ok, b| ok & (b * (1.125 * (1.0 + 1e-3)) <= floor))
+            {
+                o.fill(0.0);
+                prev = None;
+                continue;
+            }
+            let prev_point = prev.unwrap_or_else(|| branch_point(&ctx[i - 1 - lead..], &self.branches[2]));
             let [p1, p2, p3] = branch_block(w, &self.branches);
             // Lane by lane over whole blocks (so it vectorises): the sample, the points, and the
             // parabolic readings of the four intervals, each starting at the point before.
             let x0: &[f32; BLOCK] = w[lead..lead + BLOCK].try_into().expect("block-long");
             let x1: &[f32; BLOCK] = w[lead + 1..lead + 1 + BLOCK].try_into().expect("block-long");
-            let mut before = [prev; BLOCK];
+            let mut before = [prev_point; BLOCK];
             before[1..].copy_from_slice(&p3[..BLOCK - 1]);
             let mut m = [0f32; BLOCK];
             for l in 0..BLOCK {
@@ -311,9 +411,10 @@ impl PeakInterpolator {
             }
             // The parabolic readings rise at most 1/8 over the points: a block whose points stay
             // that far under the floor cannot pass it.
-            if floor >= 0.0 && abs_max(&m[..o.len()]) * (1.125 * (1.0 + 1e-3)) <= floor {
+            under = abs_max(&m[..o.len()]) * (1.125 * (1.0 + 1e-3)) <= floor;
+            if floor >= 0.0 && under {
                 o.fill(0.0);
-                prev = p3[o.len() - 1];
+                prev = Some(p3[o.len() - 1]);
                 continue;
             }
             for l in 0..BLOCK {
@@ -324,7 +425,7 @@ impl PeakInterpolator {
                     .max(parabola_peak(p2[l], p3[l], x1[l]));
             }
             o.copy_from_slice(&m[..o.len()]);
-            prev = p3[o.len() - 1];
+            prev = Some(p3[o.len() - 1]);
         }
     }
 }
@@ -566,6 +667,145 @@ mod precise_tests {
         assert!(skipped > n / 2, "only {skipped} of {n} frames skipped");
         // The streamed detector (which screens under its running maximum) reads the same.
         assert_eq!(precise_true_peak_db(&[&x]), 20.0 * f64::from(max).log10());
+    }
+
+    /// The largest frame peak with no screen at all (every frame read in full), linear.
+    fn unscreened_max(channels: &[&[f32]]) -> f32 {
+        let interp = PeakInterpolator::new();
+        let mut peak = 0f32;
+        for x in channels {
+            let mut ctx = vec![0f32; PRECISE_REACH];
+            ctx.extend_from_slice(x);
+            ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + 1));
+            let mut out = vec![0f32; x.len() + 1];
+            interp.frame_peaks(&ctx, PRECISE_REACH - 1, &mut out);
+            peak = out.iter().fold(peak, |a, &v| a.max(v));
+        }
+        peak
+    }
+
+    /// Deterministic uniform noise in [−1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Loud, dense signals (where the screens matter: near their maximum almost everywhere),
+    /// each at several levels: the streamed, screened detector must return the very bits of
+    /// the unscreened maximum, and so must `frame_peaks_over` under floors at and below it.
+    #[test]
+    fn the_screened_detector_returns_the_unscreened_maximum_bit_for_bit() {
+        let n = 20_000;
+        let tau = std::f32::consts::TAU;
+        let white = noise(n, 7);
+        let clipped: Vec<f32> = noise(n, 8).iter().map(|v| (3.0 * v).clamp(-1.0, 1.0)).collect();
+        let square: Vec<f32> = (0..n).map(|i| if (i / 37) % 2 == 0 { 0.9 } else { -0.9 }).collect();
+        let nyquist: Vec<f32> = (0..n).map(|i| (tau * 0.49 * i as f32 + 0.4).sin()).collect();
+        let near_nyquist: Vec<f32> = (0..n).map(|i| (tau * (20_500.0 / 44_100.0) * i as f32 + 1.1).sin()).collect();
+        // Music-like: a bass square, tones, noise, a slow envelope, then hard-limited (a loud
+        // master hugging its ceiling).
+        let noise_m = noise(n, 9);
+        let music: Vec<f32> = (0..n)
+            .map(|i| {
+                let t = i as f32 / 44_100.0;
+                let bass = if (t * 55.0).fract() < 0.5 { 0.5 } else { -0.5 };
+                let env = 0.7 + 0.3 * (t * 3.0 * tau).sin();
+                (env * (bass + 0.4 * (t * 440.0 * tau).sin() + 0.3 * (t * 3_520.0 * tau).sin() + 0.4 * noise_m[i]))
+                    .clamp(-0.95, 0.95)
+            })
+            .collect();
+        let signals = [
+            ("white", white),
+            ("clipped", clipped),
+            ("square", square),
+            ("0.49 fs", nyquist),
+            ("20.5 kHz", near_nyquist),
+            ("music", music),
+            ("bursts", bursts(n, 10)),
+        ];
+        let interp = PeakInterpolator::new();
+        for (name, x) in &signals {
+            for gain in [1.0f32, 0.5, 0.1, 0.0031, 1.7] {
+                let x: Vec<f32> = x.iter().map(|v| v * gain).collect();
+                let exact = unscreened_max(&[&x]);
+                let mut d = TruePeakDetector::new(1);
+                for c in x.chunks(4096) {
+                    d.push(&[c]);
+                }
+                assert_eq!(d.peak().to_bits(), exact.to_bits(), "{name} × {gain}");
+                let mut ctx = vec![0f32; PRECISE_REACH];
+                ctx.extend_from_slice(&x);
+                ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + 1));
+                let mut full = vec![0f32; x.len() + 1];
+                interp.frame_peaks(&ctx, PRECISE_REACH - 1, &mut full);
+                let mut screened = vec![0f32; x.len() + 1];
+                for floor in [0.0, 0.5 * exact, 0.9 * exact, 0.99 * exact, exact] {
+                    interp.frame_peaks_over(&ctx, PRECISE_REACH - 1, &mut screened, floor);
+                    for (e, s) in full.iter().zip(&screened) {
+                        assert!(s == e || (*s == 0.0 && *e <= floor), "{name} × {gain}, floor {floor}: {s} for {e}");
+                    }
+                }
+            }
+        }
+        // Stereo: the channels' maxima combine the same way.
+        let (l, r) = (&signals[5].1, &signals[0].1);
+        let mut d = TruePeakDetector::new(2);
+        d.push(&[l, r]);
+        assert_eq!(d.peak().to_bits(), unscreened_max(&[l, r]).to_bits());
+    }
+
+    /// The central-tap bound is what its proof says: over every block of a dense loud signal (and
+    /// of white noise),
+    /// at least each lane's |sample| and |point|, and it skips a good share of such blocks under the
+    /// signal's maximum (it is the screen that pays on loud masters).
+    #[test]
+    fn the_central_tap_bound_covers_every_point_and_skips_a_loud_signal() {
+        // Noise through a one-pole low-pass (most energy under a few kHz, as in music), at full
+        // loud (its maximum several times its RMS, as on a dense master).
+        let mut lp = 0f32;
+        let x: Vec<f32> = noise(8_000, 11)
+            .iter()
+            .map(|v| {
+                lp += 0.2 * (v - lp);
+                3.0 * lp
+            })
+            .collect();
+        let interp = PeakInterpolator::new();
+        let lead = PRECISE_TAPS / 2 - 1;
+        let mut ctx = vec![0f32; PRECISE_REACH];
+        ctx.extend_from_slice(&x);
+        ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + BLOCK));
+        let max = unscreened_max(&[&x]);
+        let (mut blocks, mut skipped) = (0, 0);
+        for i in (PRECISE_REACH..PRECISE_REACH + x.len() - BLOCK).step_by(BLOCK) {
+            let w = &ctx[i - lead..];
+            let bound = interp.central_bounds(w).iter().fold(0f32, |a, &b| a.max(b));
+            let points = branch_block(w, &interp.branches);
+            let most = points.iter().flatten().chain(&w[lead..lead + BLOCK]).fold(0f32, |a, v| a.max(v.abs()));
+            assert!(most <= bound, "frame {i}: {most} over the bound {bound}");
+            blocks += 1;
+            skipped += usize::from(bound * (1.125 * (1.0 + 1e-3)) <= max);
+        }
+        assert!(skipped * 4 > blocks, "only {skipped} of {blocks} blocks under the bound");
+        for x in [noise(4_000, 12), noise(4_000, 13).iter().map(|v| (4.0 * v).clamp(-1.0, 1.0)).collect()] {
+            let mut ctx = vec![0f32; PRECISE_REACH];
+            ctx.extend_from_slice(&x);
+            ctx.extend(std::iter::repeat_n(0.0, PRECISE_REACH + BLOCK));
+            for i in PRECISE_REACH..PRECISE_REACH + x.len() - BLOCK {
+                let w = &ctx[i - lead..];
+                let most = branch_block(w, &interp.branches)
+                    .iter()
+                    .flatten()
+                    .chain(&w[lead..lead + BLOCK])
+                    .fold(0f32, |a, v| a.max(v.abs()));
+                assert!(most <= interp.central_bounds(w).iter().fold(0f32, |a, &b| a.max(b)), "noise, frame {i}");
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
