@@ -529,88 +529,73 @@ pub fn master_stream(
     // encoding, the file) on this one, and analysed on a third when the analysis is needed.
     // The chunks' buffers go round between them.
     let profile = std::thread::scope(|scope| -> Result<Option<Profile>> {
-        let (spare_to, spare) = std::sync::mpsc::channel::<Planes>();
         let (to_meter, for_meter) = std::sync::mpsc::sync_channel::<Planes>(2);
+        let (metered, meter_spare) = std::sync::mpsc::channel::<Planes>();
         let meter = analyse.then(|| {
-            let spare_to = spare_to.clone();
             scope.spawn(move || {
                 let mut analyzer = Analyzer::without_dynamics(rate, channels, Some(frames));
                 for mut planes in for_meter {
                     analyzer.push(&slices(&planes));
                     planes.iter_mut().for_each(Vec::clear);
-                    let _ = spare_to.send(planes);
+                    let _ = metered.send(planes);
                 }
                 analyzer.finish("master", false)
             })
         });
-        let (to_writer, for_writer) = std::sync::mpsc::sync_channel::<Planes>(2);
         let (pre, settings_ref, limiter_ref) = (&pre, &settings, limiter.as_mut());
-        let producer = scope.spawn(move || -> Result<()> {
-            let mut out: Planes = vec![Vec::new(); channels];
-            let emit = |out: &mut Planes| -> Result<()> {
-                if out.first().is_none_or(Vec::is_empty) {
-                    return Ok(());
-                }
-                let next = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
-                to_writer
-                    .send(std::mem::replace(out, next))
-                    .map_err(|_| Error::Unsupported("internal: the master's writer stopped".into()))
-            };
-            match (spooled, limiter_ref) {
-                (Some(spool), _) if spool.gains => {
-                    let Pre::Cached { pre: planes, .. } = pre else {
-                        return Err(Error::Unsupported("internal: a spool of gains without the render kept".into()));
-                    };
-                    // As the limiter computes it: `x * (drive * g) * trim`.
-                    let drive = db_to_lin(settings_ref.limiter.drive_db) as f32;
-                    let mut at = 0;
-                    spool.replay(&mut |chunk| {
-                        let g = chunk.first().copied().unwrap_or_default();
-                        for (o, c) in out.iter_mut().zip(planes) {
-                            o.extend(c[at..at + g.len()].iter().zip(g).map(|(x, g)| x * (drive * g) * trim));
-                        }
-                        at += g.len();
-                        emit(&mut out)
-                    })
-                }
-                (Some(spool), _) => spool.replay(&mut |chunk| {
-                    for (o, c) in out.iter_mut().zip(chunk) {
-                        o.extend(c.iter().map(|x| x * trim));
-                    }
-                    emit(&mut out)
-                }),
-                (None, Some(limiter)) => {
-                    pre.replay(&mut |p, e| {
-                        limiter.process(p, e, &mut out);
-                        emit(&mut out)
-                    })?;
-                    limiter.finish(&mut out);
-                    emit(&mut out)
-                }
-                (None, None) => Err(Error::Unsupported("internal: no limiter to write the master".into())),
-            }
-        });
         let mut written = 0usize;
-        let mut wrote = Ok(());
-        for mut planes in for_writer.iter() {
-            wrote = sink.write(written, &slices(&planes));
-            if wrote.is_err() {
-                break;
-            }
-            written += planes.first().map_or(0, Vec::len);
-            if analyse {
-                // A send fails only when the meter thread has died; its join reports that.
-                let _ = to_meter.send(planes);
-            } else {
-                planes.iter_mut().for_each(Vec::clear);
-                let _ = spare_to.send(planes);
-            }
-        }
-        drop(for_writer);
-        let produced =
-            producer.join().map_err(|_| Error::Unsupported("internal: the master's render thread panicked".into()))?;
-        wrote?;
-        produced?;
+        crate::render::chain::hand_over(
+            channels,
+            move |emit| {
+                let mut out: Planes = vec![Vec::new(); channels];
+                match (spooled, limiter_ref) {
+                    (Some(spool), _) if spool.gains => {
+                        let Pre::Cached { pre: planes, .. } = pre else {
+                            return Err(Error::Unsupported(
+                                "internal: a spool of gains without the render kept".into(),
+                            ));
+                        };
+                        // As the limiter computes it: `x * (drive * g) * trim`.
+                        let drive = db_to_lin(settings_ref.limiter.drive_db) as f32;
+                        let mut at = 0;
+                        spool.replay(&mut |chunk| {
+                            let g = chunk.first().copied().unwrap_or_default();
+                            for (o, c) in out.iter_mut().zip(planes) {
+                                o.extend(c[at..at + g.len()].iter().zip(g).map(|(x, g)| x * (drive * g) * trim));
+                            }
+                            at += g.len();
+                            emit(&mut out)
+                        })
+                    }
+                    (Some(spool), _) => spool.replay(&mut |chunk| {
+                        for (o, c) in out.iter_mut().zip(chunk) {
+                            o.extend(c.iter().map(|x| x * trim));
+                        }
+                        emit(&mut out)
+                    }),
+                    (None, Some(limiter)) => {
+                        pre.replay(&mut |p, e| {
+                            limiter.process(p, e, &mut out);
+                            emit(&mut out)
+                        })?;
+                        limiter.finish(&mut out);
+                        emit(&mut out)
+                    }
+                    (None, None) => Err(Error::Unsupported("internal: no limiter to write the master".into())),
+                }
+            },
+            &mut |planes| {
+                sink.write(written, &slices(planes))?;
+                written += planes.first().map_or(0, Vec::len);
+                if analyse {
+                    // The chunk goes on to the meter thread, a cleared buffer takes its place.
+                    let spare = meter_spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+                    // A send fails only when the meter thread has died; its join reports that.
+                    let _ = to_meter.send(std::mem::replace(planes, spare));
+                }
+                Ok(())
+            },
+        )?;
         drop(to_meter);
         if let Some(net) = sink.end()? {
             notes.extend(net_note(&net, rate));

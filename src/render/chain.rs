@@ -431,47 +431,72 @@ pub fn run_two_threads(
     back_planes: usize,
     f: &mut dyn FnMut(&mut Planes) -> Result<()>,
 ) -> Result<()> {
+    let mut out: Planes = vec![Vec::new(); back_planes];
+    hand_over(
+        front_planes,
+        |emit| {
+            let mut chunk_out: Planes = vec![Vec::new(); front_planes];
+            source.stream(&mut |chunk| {
+                front.process(chunk, &mut chunk_out);
+                emit(&mut chunk_out)
+            })?;
+            front.finish(&mut chunk_out);
+            emit(&mut chunk_out)
+        },
+        &mut |planes| {
+            back.process(&slices(planes), &mut out);
+            f(&mut out)
+        },
+    )?;
+    back.finish(&mut out);
+    f(&mut out)
+}
+
+/// Runs `produce` on a thread of its own and hands the chunks it emits to `consume` on the
+/// calling thread, a chunk or two behind: the two overlap on two cores.
+///
+/// `produce` fills planar chunks (`planes` planes) and passes each to `emit`, which takes it
+/// (an empty chunk is skipped) and leaves a cleared buffer in its place; `consume` sees each
+/// chunk in order and may swap the buffer out for a cleared one of its own (to hand it on to
+/// another thread). Buffers go back to the producer for reuse, so chunks cost no allocation
+/// once the pipe is full. A failing `consume` stops the producer (its `emit` then fails) and
+/// its error is the one returned; else the producer's own error, after everything it emitted
+/// before it was consumed.
+pub fn hand_over(
+    planes: usize,
+    produce: impl FnOnce(&mut dyn FnMut(&mut Planes) -> Result<()>) -> Result<()> + Send,
+    consume: &mut dyn FnMut(&mut Planes) -> Result<()>,
+) -> Result<()> {
     /// Chunks in flight between the threads: enough to ride out one slow chunk, few enough to
     /// keep the memory bounded (a chunk is [`crate::source::CHUNK_FRAMES`] frames).
     const IN_FLIGHT: usize = 2;
     std::thread::scope(|scope| -> Result<()> {
-        let (to_back, chunks) = std::sync::mpsc::sync_channel::<Planes>(IN_FLIGHT);
+        let (to_consumer, chunks) = std::sync::mpsc::sync_channel::<Planes>(IN_FLIGHT);
         let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
         let producer = scope.spawn(move || -> Result<()> {
-            let send = |planes: Planes| {
-                to_back.send(planes).map_err(|_| Error::Unsupported("internal: the render's consumer stopped".into()))
-            };
-            let fresh = || spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); front_planes]);
-            source.stream(&mut |chunk| {
-                let mut out = fresh();
-                front.process(chunk, &mut out);
-                if out.first().is_some_and(|p| !p.is_empty()) {
-                    send(out)?;
+            produce(&mut |out: &mut Planes| {
+                if out.first().is_none_or(Vec::is_empty) {
+                    return Ok(());
                 }
-                Ok(())
-            })?;
-            let mut out = fresh();
-            front.finish(&mut out);
-            send(out)
+                let next = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); planes]);
+                to_consumer
+                    .send(std::mem::replace(out, next))
+                    .map_err(|_| Error::Unsupported("internal: the chunks' consumer stopped".into()))
+            })
         });
-        let mut out: Planes = vec![Vec::new(); back_planes];
         let mut consumed = Ok(());
-        for mut planes in chunks.iter() {
-            back.process(&slices(&planes), &mut out);
-            consumed = f(&mut out);
+        for mut chunk in chunks.iter() {
+            consumed = consume(&mut chunk);
             if consumed.is_err() {
                 break;
             }
-            planes.iter_mut().for_each(Vec::clear);
+            chunk.iter_mut().for_each(Vec::clear);
             // The producer may have finished: its spares are then no longer wanted.
-            let _ = recycle.send(planes);
+            let _ = recycle.send(chunk);
         }
         drop(chunks);
-        let produced =
-            producer.join().map_err(|_| Error::Unsupported("internal: the render's first thread panicked".into()))?;
+        let produced = producer.join().map_err(|_| Error::Unsupported("internal: a render thread panicked".into()))?;
         consumed?;
-        produced?;
-        back.finish(&mut out);
-        f(&mut out)
+        produced
     })
 }
