@@ -601,6 +601,22 @@ pub struct WavChunks<'a> {
 }
 
 impl WavChunks<'_> {
+    /// Forgets every sample written so far: the next chunk is written at the start of the data
+    /// again (a master written speculatively, then written again; the same length overwrites
+    /// it to the byte, and the header's sizes are written at the end). The net, if any, is
+    /// dropped with what it held back: set the ceiling again.
+    pub fn rewind(&mut self) -> Result<()> {
+        if self.data_bytes == 0 && self.net.is_none() {
+            return Ok(());
+        }
+        let start = self.layout.header(0).len() as u64;
+        self.out.seek(std::io::SeekFrom::Start(start)).map_err(|e| Error::output(&self.path, io_reason(&e)))?;
+        self.data_bytes = 0;
+        self.net = None;
+        self.net_stats = None;
+        Ok(())
+    }
+
     /// Restarts the TPDF dither from `seed` (call before the first chunk).
     pub fn set_dither_seed(&mut self, seed: u64) {
         self.rng = DitherRng::new(seed);

@@ -713,6 +713,9 @@ impl Extras {
 struct NullSink;
 
 impl MasterSink for NullSink {
+    fn rewindable(&self) -> bool {
+        true
+    }
     fn begin(&mut self, _info: &WriteInfo) -> Result<()> {
         Ok(())
     }
@@ -728,6 +731,12 @@ struct ExtrasSink<'a, 'b, 'c> {
 }
 
 impl MasterSink for ExtrasSink<'_, '_, '_> {
+    /// Not while previews are kept: they are cut from the loudest window, known only once the
+    /// master has been measured.
+    fn rewindable(&self) -> bool {
+        !self.extras.keep_preview && self.wav.rewindable()
+    }
+
     fn begin(&mut self, info: &WriteInfo) -> Result<()> {
         let e = &mut *self.extras;
         if e.waveform.is_some() {

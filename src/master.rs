@@ -157,8 +157,16 @@ pub const PREVIEW_WINDOW_S: f64 = crate::preview::PREVIEW_SECONDS;
 
 /// Where the finished master goes, chunk by chunk, as the last pass renders it.
 pub trait MasterSink {
-    /// Called once, before the first chunk.
+    /// Called before the first chunk. Called again (only on a [`Self::rewindable`] sink), the
+    /// sink starts over: everything written so far is forgotten.
     fn begin(&mut self, info: &WriteInfo) -> Result<()>;
+    /// Whether the master may be written speculatively: begun before the loudest window is
+    /// known (`WriteInfo::loudest_window` is then `(0, 0)`) and begun again when the reading it
+    /// was written from is not the one kept. The last pass then writes the master as its
+    /// reading measures it, instead of measuring first and writing after.
+    fn rewindable(&self) -> bool {
+        false
+    }
     /// A chunk of the master (planar, floating point, before dither) starting at `first_frame`.
     fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> Result<()>;
     /// Called once after the last chunk: what the ceiling's last guard did to the written
@@ -176,6 +184,10 @@ pub struct CollectSink {
 }
 
 impl MasterSink for CollectSink {
+    fn rewindable(&self) -> bool {
+        true
+    }
+
     fn begin(&mut self, info: &WriteInfo) -> Result<()> {
         self.audio = Some(AudioBuffer {
             sample_rate_hz: info.sample_rate_hz,
@@ -199,7 +211,12 @@ impl MasterSink for CollectSink {
 pub struct WavSink<'a, 'b>(pub &'a mut crate::encode::WavChunks<'b>);
 
 impl MasterSink for WavSink<'_, '_> {
+    fn rewindable(&self) -> bool {
+        true
+    }
+
     fn begin(&mut self, info: &WriteInfo) -> Result<()> {
+        self.0.rewind()?;
         self.0.set_dither_seed(info.dither_seed);
         if let Some(c) = info.ceiling_dbtp {
             self.0.set_ceiling(c);
@@ -417,7 +434,21 @@ pub fn master_stream(
             let gains = matches!(prepared.pre, Pre::Cached { .. }) && settings.limiter.enabled;
             spool = Spool::create(opts.spool_dir.as_deref(), channels, gains);
         }
-        progress(&format!("limiting and measuring (pass {})", pass + 1));
+        // The last pass's readings write the master as they measure it, when the sink can be
+        // begun again (for a reading not kept) and the master is likely to be written as read
+        // (no safety trim expected). Else the master is written after the readings, from what
+        // the kept one limited.
+        let speculate = last && rounds.analyse && sink.rewindable();
+        let info = WriteInfo {
+            sample_rate_hz: rate,
+            channel_count: channels,
+            frames,
+            dither_seed: settings.dither_seed,
+            loudest_window: (0, 0),
+            ceiling_dbtp: settings.limiter.enabled.then_some(settings.limiter.ceiling_dbtp),
+        };
+        let write = speculate.then_some(Speculative { sink: &mut *sink, info: &info });
+        progress(&format!("limiting and measuring{} (pass {})", if speculate { " and writing" } else { "" }, pass + 1));
         let search = loudness_loop(
             &prepared,
             &mut settings,
@@ -425,7 +456,7 @@ pub fn master_stream(
             rounds,
             (&mut bias, &mut depth),
             !last,
-            spool.as_mut().filter(|_| last),
+            Outlets { spool: spool.as_mut().filter(|_| last), write },
         )?;
         // The estimate of what the limiter alone would do anchors the plan's trade curve.
         if let Some(l) = prepared.limiting_estimate.filter(|l| l.is_finite()) {
@@ -500,6 +531,19 @@ pub fn master_stream(
             "saturation: the loudest peaks (99.9th percentile) were driven {:.1} dB into the soft clipper, taking that much work off the limiter",
             sat_stats.peak_drive_db.max(0.0)
         ));
+    }
+    if search.written && search.trim_db == 0.0 {
+        // The kept reading wrote the master as it measured it: its analysis is the master's.
+        if let Some(net) = sink.end()? {
+            notes.extend(net_note(&net, rate));
+        }
+        progress("verifying");
+        let profile =
+            search.profile.ok_or_else(|| Error::Unsupported("internal: the written master was not analysed".into()))?;
+        if settings.limiter.enabled {
+            notes.push(limiter_note(&search.stats));
+        }
+        return Ok(Mastered { settings, profile, limiter: search.stats, saturation: sat_stats, notes });
     }
     progress("writing");
     let info = WriteInfo {
@@ -612,12 +656,17 @@ pub fn master_stream(
     // What the limiter did as it wrote the master: the gain the last reading measured.
     let stats = limiter.map_or(search.stats, |l| l.stats());
     if settings.limiter.enabled {
-        notes.push(format!(
-            "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
-            stats.loud_gain_reduction_db, stats.max_gain_reduction_db
-        ));
+        notes.push(limiter_note(&stats));
     }
     Ok(Mastered { settings, profile, limiter: stats, saturation: sat_stats, notes })
+}
+
+/// What the limiter did to the master, for the notes.
+fn limiter_note(stats: &LimiterStats) -> String {
+    format!(
+        "limiter gain reduction: {:.1} dB at the 99.9th percentile, {:.1} dB at most",
+        stats.loud_gain_reduction_db, stats.max_gain_reduction_db
+    )
 }
 
 /// The proxy of a long mix ([`crate::proxy`]) and its own mid and side band levels, dB on the
@@ -1154,6 +1203,9 @@ struct Search {
     /// The analysis of the limited output as read (the last pass's readings), before the
     /// safety trim: the master's own profile when the trim is 0 dB.
     profile: Option<Profile>,
+    /// Whether the chosen reading's output was written to the sink as it was read: with no
+    /// safety trim, that is the master, written.
+    written: bool,
 }
 
 /// One read of the limited output at the drive in `limiter`: its integrated loudness, its true
@@ -1166,6 +1218,8 @@ struct Reading {
     sub_blocks: Vec<f64>,
     /// The whole analysis of what was read, when the reading took it ([`Meters::Analysis`]).
     profile: Option<Profile>,
+    /// Whether what was read was also written to the master's sink as it was read.
+    written: bool,
 }
 
 /// How [`read_limited`] measures the limited output.
@@ -1306,21 +1360,35 @@ fn limit_and_take(
     lim: &mut StreamLimiter,
     mut spool: Option<SpoolWriter<'_>>,
     out: &mut Planes,
-    take: &mut dyn FnMut(&mut Planes),
+    take: &mut dyn FnMut(&mut Planes) -> Result<()>,
 ) -> Result<()> {
     prepared.pre.replay(&mut |p, e| {
         lim.process(p, e, out);
         keep_limited(&mut spool, out, lim);
-        take(out);
-        Ok(())
+        take(out)
     })?;
     lim.finish(out);
     keep_limited(&mut spool, out, lim);
-    take(out);
+    take(out)?;
     if let Some(s) = spool {
         s.finish();
     }
     Ok(())
+}
+
+/// Where the last pass's readings put what they limit, besides their meters: the spool (what
+/// the kept reading limited, for writing the master after) and the master's sink (written as
+/// read).
+struct Outlets<'a, 's, 'i> {
+    spool: Option<&'a mut Spool>,
+    write: Option<Speculative<'s, 'i>>,
+}
+
+/// Where a last-pass reading writes what it limits as it measures it: the sink, begun (again)
+/// with `info` before the reading's first chunk.
+struct Speculative<'s, 'i> {
+    sink: &'s mut dyn MasterSink,
+    info: &'i WriteInfo,
 }
 
 fn read_limited(
@@ -1329,6 +1397,7 @@ fn read_limited(
     meters: Meters,
     spectra: bool,
     spool: Option<&mut Spool>,
+    write: Option<&mut Speculative<'_, '_>>,
 ) -> Result<Reading> {
     let (rate, channels) = (prepared.rate, prepared.channels);
     let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
@@ -1344,15 +1413,45 @@ fn read_limited(
         Meters::Analysis => {
             // The analyser measures on its own threads, a block behind the limiter.
             let mut analyzer = Analyzer::without_dynamics(rate, channels, Some(frames));
-            let mut take = |out: &mut Planes| {
+            let mut measure = |out: &Planes| {
                 let planes = slices(out);
                 analyzer.push(&planes);
                 if let Some(s) = spec.as_mut() {
                     s.push(&planes);
                 }
-                out.iter_mut().for_each(Vec::clear);
             };
-            limit_and_take(prepared, &mut lim, spool, &mut out, &mut take)?;
+            let written = match write {
+                None => {
+                    limit_and_take(prepared, &mut lim, spool, &mut out, &mut |out| {
+                        measure(out);
+                        out.iter_mut().for_each(Vec::clear);
+                        Ok(())
+                    })?;
+                    false
+                }
+                Some(Speculative { sink, info }) => {
+                    // The limiter and the meters on one thread, the writer (the ceiling's net,
+                    // encoding, the file) on this one, a chunk behind.
+                    sink.begin(info)?;
+                    let lim = &mut lim;
+                    let mut at = 0usize;
+                    crate::render::chain::hand_over(
+                        channels,
+                        move |emit| {
+                            limit_and_take(prepared, lim, spool, &mut out, &mut |out| {
+                                measure(out);
+                                emit(out)
+                            })
+                        },
+                        &mut |planes| {
+                            sink.write(at, &slices(planes))?;
+                            at += planes.first().map_or(0, Vec::len);
+                            Ok(())
+                        },
+                    )?;
+                    true
+                }
+            };
             let (profile, levels) = analyzer.finish_with_levels("master", false);
             Ok(Reading {
                 lufs: levels.integrated_lufs,
@@ -1361,6 +1460,7 @@ fn read_limited(
                 spectra: spec.map(SpectrumMeter::finish),
                 sub_blocks: levels.sub_blocks,
                 profile: Some(profile),
+                written,
             })
         }
         Meters::Levels { true_peak } => {
@@ -1381,6 +1481,7 @@ fn read_limited(
                     }
                 });
                 out.iter_mut().for_each(Vec::clear);
+                Ok(())
             };
             limit_and_take(prepared, &mut lim, spool, &mut out, &mut take)?;
             Ok(Reading {
@@ -1390,6 +1491,7 @@ fn read_limited(
                 spectra: spec.map(SpectrumMeter::finish),
                 sub_blocks: kmeter.sub_blocks().to_vec(),
                 profile: None,
+                written: false,
             })
         }
     }
@@ -1416,8 +1518,9 @@ fn loudness_loop(
     rounds: LoopRounds,
     learned: (&mut f64, &mut f64),
     intermediate: bool,
-    mut spool: Option<&mut Spool>,
+    outlets: Outlets<'_, '_, '_>,
 ) -> Result<Search> {
+    let Outlets { mut spool, mut write } = outlets;
     let (bias, depth) = learned;
     let LoopRounds { search: rounds, trim_compensation, true_peak, analyse } = rounds;
     let meters = |tp: bool| match (intermediate, analyse) {
@@ -1437,6 +1540,7 @@ fn loudness_loop(
         short,
         spectra: r.spectra,
         profile: r.profile,
+        written: r.written,
     };
     let trim_of = |r: &Reading| safety_trim_db(settings.limiter.ceiling_dbtp, r.true_peak_dbtp);
     if !settings.limiter.enabled && base.is_finite() && target.is_finite() {
@@ -1445,14 +1549,28 @@ fn loudness_loop(
         // own margin). Nothing is clipped; a target given up for it is said.
         let aim_dbtp = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB;
         settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
-        let mut r = read_limited(prepared, &settings.limiter, meters(true), intermediate, spool.as_deref_mut())?;
+        let mut r = read_limited(
+            prepared,
+            &settings.limiter,
+            meters(true),
+            intermediate,
+            spool.as_deref_mut(),
+            write.as_mut(),
+        )?;
         for _ in 0..3 {
             let over_db = r.true_peak_dbtp - aim_dbtp;
             if over_db.is_nan() || over_db <= 0.0 {
                 break;
             }
             settings.limiter.drive_db = (settings.limiter.drive_db - over_db - 0.01).clamp(-60.0, 36.0);
-            r = read_limited(prepared, &settings.limiter, meters(true), intermediate, spool.as_deref_mut())?;
+            r = read_limited(
+                prepared,
+                &settings.limiter,
+                meters(true),
+                intermediate,
+                spool.as_deref_mut(),
+                write.as_mut(),
+            )?;
         }
         let short = (r.lufs < target - LOUDNESS_TOLERANCE_LU).then_some((r.lufs, target));
         return Ok(finish(r, 0.0, short));
@@ -1460,7 +1578,14 @@ fn loudness_loop(
     if !base.is_finite() || !target.is_finite() {
         settings.limiter.drive_db = 0.0;
         let enabled = settings.limiter.enabled;
-        let r = read_limited(prepared, &settings.limiter, meters(false), intermediate, spool.as_deref_mut())?;
+        let r = read_limited(
+            prepared,
+            &settings.limiter,
+            meters(false),
+            intermediate,
+            spool.as_deref_mut(),
+            write.as_mut(),
+        )?;
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };
         return Ok(finish(r, trim_db, None));
     }
@@ -1501,7 +1626,14 @@ fn loudness_loop(
     while round < rounds.max(1) + extra {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
-        let r = read_limited(prepared, &settings.limiter, meters(false), intermediate, spool.as_deref_mut())?;
+        let r = read_limited(
+            prepared,
+            &settings.limiter,
+            meters(false),
+            intermediate,
+            spool.as_deref_mut(),
+            write.as_mut(),
+        )?;
         reached = r.lufs;
         let moved = correct_limit(&r, drive, &mut drive_max);
         reading = Some(r);
@@ -1549,7 +1681,7 @@ fn loudness_loop(
             previous = Some((drive, reached));
             drive = next;
             settings.limiter.drive_db = drive;
-            r = read_limited(prepared, &settings.limiter, meters(true), false, spool.as_deref_mut())?;
+            r = read_limited(prepared, &settings.limiter, meters(true), false, spool.as_deref_mut(), write.as_mut())?;
             trim_db = trim_of(&r);
             reached = r.lufs + trim_db;
         }
