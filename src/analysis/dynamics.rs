@@ -97,13 +97,12 @@ impl EnvelopeFollower {
         while !rest.is_empty() {
             let (now, later) = rest.split_at(rest.len().min(self.block - self.filled));
             let (mut peak, mut energy) = (self.peak, self.energy);
-            for &x in now {
-                let b = self.crossover.split(f64::from(x));
+            self.crossover.split_each(now, |_, b| {
                 for i in 0..4 {
                     peak[i] = peak[i].max(b[i].abs());
                     energy[i] += b[i] * b[i];
                 }
-            }
+            });
             (self.peak, self.energy) = (peak, energy);
             self.filled += now.len();
             if self.filled == self.block {

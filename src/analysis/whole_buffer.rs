@@ -201,13 +201,12 @@ pub fn envelopes(mid: &[f32], sample_rate_hz: u32, crossovers_hz: [f64; 3]) -> B
     for chunk in mid.chunks(block) {
         let mut peak = [0f64; 4];
         let mut ms = [0f64; 4];
-        for &x in chunk {
-            let b = xo.split(f64::from(x));
+        xo.split_each(chunk, |_, b| {
             for i in 0..4 {
                 peak[i] = peak[i].max(b[i].abs());
                 ms[i] += b[i] * b[i];
             }
-        }
+        });
         for i in 0..4 {
             bands[i].peak.push(peak[i] as f32);
             bands[i].mean_square.push((ms[i] / chunk.len() as f64) as f32);

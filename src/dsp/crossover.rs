@@ -27,9 +27,15 @@ pub fn crossovers_for_rate(crossovers_hz: [f64; 3], sample_rate_hz: u32) -> [f64
     out
 }
 
-/// `N` biquads side by side, lane `i` with its own coefficients and state, each lane doing
-/// exactly [`Biquad::process`]'s arithmetic (same operations, same order, no fused
-/// multiply-add): the lanes vectorise and give the scalar filters' bits.
+/// `N` biquads side by side, lane `i` with its own coefficients and state: the lanes vectorise.
+///
+/// Each lane is [`crate::dsp::biquad::Biquad::process`]'s transposed direct form II with its
+/// multiply-adds fused and the state update reassociated so that the next output waits on one
+/// fused multiply-add, not on a multiply and two adds: half the operations and a shorter
+/// dependency chain per sample. Fused multiply-adds round once, so the bits are the same on
+/// every machine (where the CPU lacks them, [`f64::mul_add`] computes them in software, slowly);
+/// they differ from the unfused scalar filter's by rounding only (see the tests). Hot loops run
+/// through [`Crossover4::split_each`], which compiles them with the FMA instructions.
 #[derive(Debug, Clone, Copy)]
 struct Lanes<const N: usize> {
     b0: [f64; N],
@@ -59,9 +65,9 @@ impl<const N: usize> Lanes<N> {
     fn process(&mut self, x: [f64; N]) -> [f64; N] {
         let mut y = [0.0; N];
         for i in 0..N {
-            y[i] = self.b0[i] * x[i] + self.s1[i];
-            self.s1[i] = self.b1[i] * x[i] - self.a1[i] * y[i] + self.s2[i];
-            self.s2[i] = self.b2[i] * x[i] - self.a2[i] * y[i];
+            y[i] = self.b0[i].mul_add(x[i], self.s1[i]);
+            self.s1[i] = (-self.a1[i]).mul_add(y[i], self.b1[i].mul_add(x[i], self.s2[i]));
+            self.s2[i] = (-self.a2[i]).mul_add(y[i], self.b2[i] * x[i]);
         }
         y
     }
@@ -108,10 +114,35 @@ impl Crossover4 {
     }
 
     /// Splits one sample into its four bands (low to high). The bands sum to an allpass of `x`.
+    /// For a stream, [`Self::split_each`] is several times faster.
     #[inline(always)]
-    pub fn split(&mut self, x: f64) -> [f64; 4] {
+    fn split(&mut self, x: f64) -> [f64; 4] {
         let [low, high] = self.allpass.process(self.mid_b.process(self.mid_a.process([x, x])));
         self.bands_b.process(self.bands_a.process([low, low, high, high]))
+    }
+
+    /// Splits every sample of `xs` in turn, handing `each(k, bands)` the bands of sample `k`:
+    /// [`Self::split`] in a loop compiled with the CPU's FMA and AVX2 instructions when it has
+    /// them (the same bits either way).
+    #[inline]
+    pub fn split_each(&mut self, xs: &[f32], mut each: impl FnMut(usize, [f64; 4])) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { self.split_each_fma(xs, &mut each) };
+            return;
+        }
+        for (k, &x) in xs.iter().enumerate() {
+            each(k, self.split(f64::from(x)));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn split_each_fma(&mut self, xs: &[f32], each: &mut impl FnMut(usize, [f64; 4])) {
+        for (k, &x) in xs.iter().enumerate() {
+            each(k, self.split(f64::from(x)));
+        }
     }
 }
 
@@ -120,32 +151,74 @@ mod tests {
     use super::*;
     use crate::dsp::biquad::Biquad;
 
-    /// The crossover as a tree of scalar biquads, as first written: the specification the
-    /// vector layout is held to, bit for bit.
-    struct ScalarTree([Biquad; 14]);
+    /// One biquad of the tree, scalar, with [`Lanes`]'s fused arithmetic.
+    struct FusedBiquad {
+        c: BiquadCoeffs,
+        s1: f64,
+        s2: f64,
+    }
 
-    impl ScalarTree {
+    impl FusedBiquad {
+        fn process(&mut self, x: f64) -> f64 {
+            let y = self.c.b0.mul_add(x, self.s1);
+            self.s1 = (-self.c.a1).mul_add(y, self.c.b1.mul_add(x, self.s2));
+            self.s2 = (-self.c.a2).mul_add(y, self.c.b2 * x);
+            y
+        }
+    }
+
+    /// The crossover as a tree of scalar biquads: the specification the vector layout is held
+    /// to, bit for bit with fused biquads, and to rounding with [`Biquad`]'s unfused ones.
+    struct ScalarTree<B>([B; 14]);
+
+    trait Section {
+        fn new(c: BiquadCoeffs) -> Self;
+        fn process(&mut self, x: f64) -> f64;
+    }
+
+    impl Section for Biquad {
+        fn new(c: BiquadCoeffs) -> Self {
+            Biquad::new(c)
+        }
+        fn process(&mut self, x: f64) -> f64 {
+            Biquad::process(self, x)
+        }
+    }
+
+    impl Section for FusedBiquad {
+        fn new(c: BiquadCoeffs) -> Self {
+            Self { c, s1: 0.0, s2: 0.0 }
+        }
+        fn process(&mut self, x: f64) -> f64 {
+            FusedBiquad::process(self, x)
+        }
+    }
+
+    impl<B: Section> ScalarTree<B> {
         fn new(crossovers_hz: [f64; 3], rate: u32) -> Self {
             let sr = f64::from(rate);
             let [f1, f2, f3] = crossovers_for_rate(crossovers_hz, rate);
             let q = BUTTERWORTH_Q;
             let (lp, hp, ap) = (BiquadCoeffs::lowpass, BiquadCoeffs::highpass, BiquadCoeffs::allpass);
-            Self([
-                Biquad::new(lp(f2, q, sr)),
-                Biquad::new(lp(f2, q, sr)),
-                Biquad::new(hp(f2, q, sr)),
-                Biquad::new(hp(f2, q, sr)),
-                Biquad::new(ap(f3, q, sr)),
-                Biquad::new(ap(f1, q, sr)),
-                Biquad::new(lp(f1, q, sr)),
-                Biquad::new(lp(f1, q, sr)),
-                Biquad::new(hp(f1, q, sr)),
-                Biquad::new(hp(f1, q, sr)),
-                Biquad::new(lp(f3, q, sr)),
-                Biquad::new(lp(f3, q, sr)),
-                Biquad::new(hp(f3, q, sr)),
-                Biquad::new(hp(f3, q, sr)),
-            ])
+            Self(
+                [
+                    lp(f2, q, sr),
+                    lp(f2, q, sr),
+                    hp(f2, q, sr),
+                    hp(f2, q, sr),
+                    ap(f3, q, sr),
+                    ap(f1, q, sr),
+                    lp(f1, q, sr),
+                    lp(f1, q, sr),
+                    hp(f1, q, sr),
+                    hp(f1, q, sr),
+                    lp(f3, q, sr),
+                    lp(f3, q, sr),
+                    hp(f3, q, sr),
+                    hp(f3, q, sr),
+                ]
+                .map(B::new),
+            )
         }
 
         fn split(&mut self, x: f64) -> [f64; 4] {
@@ -156,17 +229,58 @@ mod tests {
         }
     }
 
+    /// A test signal: noise plus a slow sine, about ±1.5.
+    fn signal(n: usize) -> Vec<f64> {
+        let mut s = 9u64;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 33) as f64 / (1u64 << 31) as f64 - 0.5) + (i as f64 * 0.01).sin()
+            })
+            .collect()
+    }
+
     #[test]
-    fn the_vector_layout_gives_the_scalar_trees_bits() {
+    fn the_vector_layout_gives_the_fused_scalar_trees_bits() {
         for rate in [44_100, 96_000] {
             let mut xo = Crossover4::new(DEFAULT_CROSSOVERS_HZ, rate);
-            let mut tree = ScalarTree::new(DEFAULT_CROSSOVERS_HZ, rate);
-            let mut s = 9u64;
-            for i in 0..20_000 {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                let x = ((s >> 33) as f64 / (1u64 << 31) as f64 - 0.5) + (i as f64 * 0.01).sin();
+            let mut tree = ScalarTree::<FusedBiquad>::new(DEFAULT_CROSSOVERS_HZ, rate);
+            for (i, &x) in signal(20_000).iter().enumerate() {
                 assert_eq!(xo.split(x), tree.split(x), "sample {i} at {rate} Hz");
             }
+        }
+    }
+
+    #[test]
+    fn split_each_gives_the_bits_of_split_however_the_stream_is_cut() {
+        let x: Vec<f32> = signal(5_000).iter().map(|&v| v as f32).collect();
+        let mut one = Crossover4::new(DEFAULT_CROSSOVERS_HZ, 48_000);
+        let mut each = one.clone();
+        let expected: Vec<[f64; 4]> = x.iter().map(|&v| one.split(f64::from(v))).collect();
+        let mut got = Vec::new();
+        each.split_each(&x[..1234], |k, b| got.push((k, b)));
+        each.split_each(&x[1234..], |k, b| got.push((k + 1234, b)));
+        assert_eq!(got.len(), x.len());
+        for (k, b) in got {
+            assert_eq!(b, expected[k], "sample {k}");
+        }
+    }
+
+    /// Fusing the multiply-adds changes only rounding: over 20 000 samples of a ±1.5 signal the
+    /// bands stay within 1e-12 of the unfused filters', the lowest split's long memory included.
+    #[test]
+    fn the_fused_arithmetic_differs_from_the_unfused_filters_by_rounding_only() {
+        for rate in [44_100, 192_000] {
+            let mut xo = Crossover4::new(DEFAULT_CROSSOVERS_HZ, rate);
+            let mut tree = ScalarTree::<Biquad>::new(DEFAULT_CROSSOVERS_HZ, rate);
+            let mut worst = 0f64;
+            for &x in &signal(20_000) {
+                let (a, b) = (xo.split(x), tree.split(x));
+                for i in 0..4 {
+                    worst = worst.max((a[i] - b[i]).abs());
+                }
+            }
+            assert!(worst < 1e-12, "{worst:e} at {rate} Hz");
         }
     }
 

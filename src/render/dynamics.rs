@@ -302,10 +302,9 @@ impl Compressor {
     fn block(&mut self, mid: &[f32], side: &[f32], mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
         let mut bands_m = [[0f64; 4]; CONTROL];
         let at_start = self.feedback.then(|| self.gains_now());
-        for (k, &x) in mid.iter().enumerate() {
-            let m = self.xo_mid.split(f64::from(x));
-            bands_m[k] = m;
-            if !self.feedback {
+        self.xo_mid.split_each(mid, |k, m| bands_m[k] = m);
+        if !self.feedback {
+            for m in &bands_m[..mid.len()] {
                 self.detect(m.map(|v| v * v));
             }
         }
