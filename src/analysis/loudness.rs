@@ -6,7 +6,7 @@ use ebur128::{EbuR128, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::audio::{lin_to_db, AudioBuffer};
-use crate::dsp::biquad::{Biquad, BiquadCoeffs};
+use crate::dsp::biquad::{BiquadCoeffs, FusedBiquad};
 
 /// Loudness measurements of one file. Silence gives −inf loudness, written as `null` in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,8 +123,8 @@ struct KChannel {
     index: usize,
     /// BS.1770 channel weight.
     weight: f64,
-    shelf: Biquad,
-    highpass: Biquad,
+    shelf: FusedBiquad,
+    highpass: FusedBiquad,
     /// Σ y² of this channel in the sub-block being filled (unweighted).
     sum: f64,
 }
@@ -140,8 +140,8 @@ impl KMeter {
             .map(|(index, weight)| KChannel {
                 index,
                 weight,
-                shelf: Biquad::new(shelf),
-                highpass: Biquad::new(hp),
+                shelf: FusedBiquad::new(shelf),
+                highpass: FusedBiquad::new(hp),
                 sum: 0.0,
             })
             .collect();
@@ -218,28 +218,48 @@ impl KMeter {
 impl KChannel {
     /// K-weights `x` and adds its squares to the running sum, one sample after another.
     fn add(&mut self, x: &[f32]) {
-        let (mut shelf, mut hp, mut sum) = (self.shelf, self.highpass, self.sum);
-        for &v in x {
-            let y = hp.process(shelf.process(f64::from(v)));
-            sum += y * y;
-        }
-        (self.shelf, self.highpass, self.sum) = (shelf, hp, sum);
+        k_sum(&mut self.shelf, &mut self.highpass, &mut self.sum, x);
     }
 
     /// [`Self::add`] of two channels at once, `a` with `xa` and `b` with `xb` (equal lengths):
     /// the same operations per channel, interleaved.
     fn add_pair(a: &mut Self, b: &mut Self, xa: &[f32], xb: &[f32]) {
-        let (mut shelf_a, mut hp_a, mut sum_a) = (a.shelf, a.highpass, a.sum);
-        let (mut shelf_b, mut hp_b, mut sum_b) = (b.shelf, b.highpass, b.sum);
-        for (&u, &v) in xa.iter().zip(xb) {
-            let ya = hp_a.process(shelf_a.process(f64::from(u)));
-            let yb = hp_b.process(shelf_b.process(f64::from(v)));
-            sum_a += ya * ya;
-            sum_b += yb * yb;
-        }
-        (a.shelf, a.highpass, a.sum) = (shelf_a, hp_a, sum_a);
-        (b.shelf, b.highpass, b.sum) = (shelf_b, hp_b, sum_b);
+        k_sum_pair(a, b, xa, xb);
     }
+}
+
+crate::dsp::fma_dispatch!(
+    /// [`KChannel::add`]'s loop.
+    fn k_sum(shelf: &mut FusedBiquad, highpass: &mut FusedBiquad, sum: &mut f64, x: &[f32]) => k_sum_body
+);
+
+#[inline(always)]
+fn k_sum_body(shelf: &mut FusedBiquad, highpass: &mut FusedBiquad, sum: &mut f64, x: &[f32]) {
+    let (mut shelf_, mut hp, mut acc) = (*shelf, *highpass, *sum);
+    for &v in x {
+        let y = hp.process(shelf_.process(f64::from(v)));
+        acc += y * y;
+    }
+    (*shelf, *highpass, *sum) = (shelf_, hp, acc);
+}
+
+crate::dsp::fma_dispatch!(
+    /// [`KChannel::add_pair`]'s loop.
+    fn k_sum_pair(a: &mut KChannel, b: &mut KChannel, xa: &[f32], xb: &[f32]) => k_sum_pair_body
+);
+
+#[inline(always)]
+fn k_sum_pair_body(a: &mut KChannel, b: &mut KChannel, xa: &[f32], xb: &[f32]) {
+    let (mut shelf_a, mut hp_a, mut sum_a) = (a.shelf, a.highpass, a.sum);
+    let (mut shelf_b, mut hp_b, mut sum_b) = (b.shelf, b.highpass, b.sum);
+    for (&u, &v) in xa.iter().zip(xb) {
+        let ya = hp_a.process(shelf_a.process(f64::from(u)));
+        let yb = hp_b.process(shelf_b.process(f64::from(v)));
+        sum_a += ya * ya;
+        sum_b += yb * yb;
+    }
+    (a.shelf, a.highpass, a.sum) = (shelf_a, hp_a, sum_a);
+    (b.shelf, b.highpass, b.sum) = (shelf_b, hp_b, sum_b);
 }
 
 /// Mean energy of each 400 ms gating block (four sub-blocks, 100 ms hop) from sub-block sums of
@@ -293,7 +313,7 @@ pub fn k_weighted_energy(audio: &AudioBuffer) -> Vec<f32> {
 /// Per-sample K-weighted energy summed over channels with their BS.1770 weights, as a stream:
 /// the filters carry their state from chunk to chunk, so chunks give what one buffer gives.
 pub struct KWeightedEnergy {
-    filters: Vec<(Biquad, Biquad)>,
+    filters: Vec<(FusedBiquad, FusedBiquad)>,
     weights: Vec<f64>,
 }
 
@@ -302,7 +322,7 @@ impl KWeightedEnergy {
     pub fn new(sample_rate_hz: u32, channels: usize) -> Self {
         let [shelf, hp] = k_weighting(sample_rate_hz);
         Self {
-            filters: (0..channels).map(|_| (Biquad::new(shelf), Biquad::new(hp))).collect(),
+            filters: (0..channels).map(|_| (FusedBiquad::new(shelf), FusedBiquad::new(hp))).collect(),
             weights: channel_weights(channels),
         }
     }
@@ -314,24 +334,63 @@ impl KWeightedEnergy {
         if let ([l, r], [left, right], &[wl, wr]) = (chunk, self.filters.as_mut_slice(), self.weights.as_slice()) {
             // Stereo: both channels in one loop (their filter chains overlap), each frame summed
             // in the order the loop below sums it.
-            let ((mut la, mut lb), (mut ra, mut rb)) = (*left, *right);
-            for ((o, &x), &y) in out.iter_mut().zip(l.iter()).zip(r.iter()) {
-                let yl = lb.process(la.process(f64::from(x)));
-                let yr = rb.process(ra.process(f64::from(y)));
-                *o = (0.0 + (wl * yl * yl) as f32) + (wr * yr * yr) as f32;
-            }
-            (*left, *right) = ((la, lb), (ra, rb));
+            energy_pair(out, l, r, left, right, wl, wr);
             return;
         }
-        for ((c, (a, b)), &w) in chunk.iter().zip(self.filters.iter_mut()).zip(&self.weights) {
+        for ((c, filters), &w) in chunk.iter().zip(self.filters.iter_mut()).zip(&self.weights) {
             if w == 0.0 {
                 continue;
             }
-            for (o, &x) in out.iter_mut().zip(c.iter()) {
-                let y = b.process(a.process(f64::from(x)));
-                *o += (w * y * y) as f32;
-            }
+            energy_add(out, c, filters, w);
         }
+    }
+}
+
+crate::dsp::fma_dispatch!(
+    /// Two channels' K-weighted energy per frame, weighted and summed in the order
+    /// [`energy_add`] sums them.
+    #[allow(clippy::too_many_arguments)]
+    fn energy_pair(
+        out: &mut [f32],
+        l: &[f32],
+        r: &[f32],
+        left: &mut (FusedBiquad, FusedBiquad),
+        right: &mut (FusedBiquad, FusedBiquad),
+        wl: f64,
+        wr: f64,
+    ) => energy_pair_body
+);
+
+#[inline(always)]
+fn energy_pair_body(
+    out: &mut [f32],
+    l: &[f32],
+    r: &[f32],
+    left: &mut (FusedBiquad, FusedBiquad),
+    right: &mut (FusedBiquad, FusedBiquad),
+    wl: f64,
+    wr: f64,
+) {
+    let ((mut la, mut lb), (mut ra, mut rb)) = (*left, *right);
+    for ((o, &x), &y) in out.iter_mut().zip(l.iter()).zip(r.iter()) {
+        let yl = lb.process(la.process(f64::from(x)));
+        let yr = rb.process(ra.process(f64::from(y)));
+        *o = (0.0 + (wl * yl * yl) as f32) + (wr * yr * yr) as f32;
+    }
+    (*left, *right) = ((la, lb), (ra, rb));
+}
+
+crate::dsp::fma_dispatch!(
+    /// Adds one channel's weighted K-weighted energy to each frame's.
+    fn energy_add(out: &mut [f32], x: &[f32], filters: &mut (FusedBiquad, FusedBiquad), w: f64) => energy_add_body
+);
+
+#[inline(always)]
+fn energy_add_body(out: &mut [f32], x: &[f32], filters: &mut (FusedBiquad, FusedBiquad), w: f64) {
+    let (a, b) = filters;
+    for (o, &v) in out.iter_mut().zip(x.iter()) {
+        let y = b.process(a.process(f64::from(v)));
+        *o += (w * y * y) as f32;
     }
 }
 
@@ -469,7 +528,7 @@ mod tests {
         let weights = channel_weights(channels.len());
         let hop = (sample_rate_hz / 10).max(1) as usize;
         let sub_blocks = |ch: &[f32], w: f64| -> Vec<f64> {
-            let (mut a, mut b) = (Biquad::new(shelf), Biquad::new(hp));
+            let (mut a, mut b) = (FusedBiquad::new(shelf), FusedBiquad::new(hp));
             ch.chunks(hop)
                 .zip(gain.chunks(hop))
                 .filter(|(c, _)| c.len() == hop)

@@ -296,6 +296,37 @@ impl Biquad {
     }
 }
 
+/// [`Biquad`] with its multiply-adds fused and its state update reassociated, so that the next
+/// output waits on one fused multiply-add instead of a multiply and two adds: about half the
+/// operations and half the dependency chain per sample, for the meters that filter every sample
+/// of every pass (K-weighting). Fused multiply-adds round once, so the bits are the same on every
+/// machine ([`f64::mul_add`] computes them in software where the CPU lacks the instruction);
+/// they differ from [`Biquad`]'s by rounding only. Fast only inside a loop compiled with the FMA
+/// instructions ([`crate::dsp::fma_dispatch`]): elsewhere each fused operation is a library call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FusedBiquad {
+    coeffs: BiquadCoeffs,
+    s1: f64,
+    s2: f64,
+}
+
+impl FusedBiquad {
+    /// A filter with the given coefficients and zero state.
+    pub fn new(coeffs: BiquadCoeffs) -> Self {
+        Self { coeffs, s1: 0.0, s2: 0.0 }
+    }
+
+    /// Filters one sample.
+    #[inline(always)]
+    pub fn process(&mut self, x: f64) -> f64 {
+        let c = &self.coeffs;
+        let y = c.b0.mul_add(x, self.s1);
+        self.s1 = (-c.a1).mul_add(y, c.b1.mul_add(x, self.s2));
+        self.s2 = (-c.a2).mul_add(y, c.b2 * x);
+        y
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,5 +531,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&FilterKind::LowShelf).ok().as_deref(), Some("\"low_shelf\""));
         assert_eq!(serde_json::from_str::<FilterKind>("\"high_shelf\"").ok(), Some(FilterKind::HighShelf));
         assert_eq!(serde_json::to_string(&FilterKind::Peaking).ok().as_deref(), Some("\"peaking\""));
+    }
+
+    #[test]
+    fn the_fused_filter_differs_from_the_unfused_one_by_rounding_only() {
+        let c = BiquadCoeffs::design(FilterKind::Peaking, 1_000.0, -4.0, 1.4, SR);
+        let (mut a, mut b) = (Biquad::new(c), FusedBiquad::new(c));
+        let mut worst = 0f64;
+        for i in 0..20_000 {
+            let x = (i as f64 * 0.37).sin() + 0.3 * (i as f64 * 0.011).cos();
+            worst = worst.max((a.process(x) - b.process(x)).abs());
+        }
+        assert!(worst < 1e-12, "{worst:e}");
     }
 }
