@@ -415,14 +415,17 @@ impl Chain {
     }
 }
 
-/// Streams `source` through `front` on a thread of its own and `back` on the calling thread,
-/// handing each chunk `back` produced to `f` (which empties the planes it takes).
+/// Streams `source` through `front` on a thread of its own and `back` on another, handing each
+/// chunk `back` produced to `f` on the calling thread (which may empty the planes it takes).
 ///
 /// A chain cut in two like this is the same computation as the whole chain: every stage sees
 /// the same samples in the same order, so the output is bit-identical to running
-/// `front.then(back)` on one thread, but the two halves of the work overlap on two cores.
+/// `front.then(back)` on one thread, but the work overlaps on the machine's cores: the reading
+/// and the tone stages, the peak stages, and what the caller does with the output (the pass's
+/// meters, the cache) each on its own thread, a chunk or two apart. With `f` on the back's
+/// thread, that thread carried the meters and copies too and the other two waited on it.
 /// `front_planes` and `back_planes`: the planes each part hands on. A failing `f` stops the
-/// front; an error of the source is returned after the back has drained what came before it.
+/// chain; an error of the source is returned after what came before it has been handed on.
 pub fn run_two_threads(
     source: &dyn FrameSource,
     front: &mut Chain,
@@ -431,25 +434,31 @@ pub fn run_two_threads(
     back_planes: usize,
     f: &mut dyn FnMut(&mut Planes) -> Result<()>,
 ) -> Result<()> {
-    let mut out: Planes = vec![Vec::new(); back_planes];
     hand_over(
-        front_planes,
-        |emit| {
-            let mut chunk_out: Planes = vec![Vec::new(); front_planes];
-            source.stream(&mut |chunk| {
-                front.process(chunk, &mut chunk_out);
-                emit(&mut chunk_out)
-            })?;
-            front.finish(&mut chunk_out);
-            emit(&mut chunk_out)
+        back_planes,
+        |emit_back| {
+            let mut out: Planes = vec![Vec::new(); back_planes];
+            hand_over(
+                front_planes,
+                |emit| {
+                    let mut chunk_out: Planes = vec![Vec::new(); front_planes];
+                    source.stream(&mut |chunk| {
+                        front.process(chunk, &mut chunk_out);
+                        emit(&mut chunk_out)
+                    })?;
+                    front.finish(&mut chunk_out);
+                    emit(&mut chunk_out)
+                },
+                &mut |planes| {
+                    back.process(&slices(planes), &mut out);
+                    emit_back(&mut out)
+                },
+            )?;
+            back.finish(&mut out);
+            emit_back(&mut out)
         },
-        &mut |planes| {
-            back.process(&slices(planes), &mut out);
-            f(&mut out)
-        },
-    )?;
-    back.finish(&mut out);
-    f(&mut out)
+        f,
+    )
 }
 
 /// Runs `produce` on a thread of its own and hands the chunks it emits to `consume` on the
