@@ -109,10 +109,18 @@ impl WelchPlan {
 
     /// Adds |X_k|² of the windowed frame `head ++ tail` (zero-padded to n) to `acc`.
     fn add_frame(&mut self, head: &[f32], tail: &[f32], acc: &mut [f64]) {
-        let mut samples = head.iter().chain(tail);
-        for (slot, w) in self.input.iter_mut().zip(&self.window) {
-            *slot = samples.next().map_or(0.0, |x| x * w);
+        // Head, then tail, then zeros: plain slice loops, which vectorise.
+        let h = head.len().min(self.input.len());
+        let (input_head, rest) = self.input.split_at_mut(h);
+        for ((slot, &x), &w) in input_head.iter_mut().zip(head).zip(&self.window) {
+            *slot = x * w;
         }
+        let t = tail.len().min(rest.len());
+        let (input_tail, zeros) = rest.split_at_mut(t);
+        for ((slot, &x), &w) in input_tail.iter_mut().zip(tail).zip(&self.window[h..]) {
+            *slot = x * w;
+        }
+        zeros.fill(0.0);
         // Cannot fail: the buffers were made by this plan.
         if self.fft.process_with_scratch(&mut self.input, &mut self.output, &mut self.scratch).is_ok() {
             for (a, c) in acc.iter_mut().zip(&self.output) {
