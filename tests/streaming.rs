@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{kellet_pink, temp_dir, write_wav_i16, Rng};
 use refmaster::analysis::analyze;
-use refmaster::master::{master_stream, CollectSink, MasterOptions};
+use refmaster::master::{master_stream, CollectSink, MasterOptions, MasterSink, WriteInfo};
 use refmaster::source::{open_mix, FrameSource, Mix};
 use refmaster::AudioBuffer;
 
@@ -209,4 +209,40 @@ fn the_master_written_from_the_kept_reading_is_the_master_limited_again_and_its_
         }
     }
     eprintln!("true peaks of the masters (dBTP): {trims:?}");
+}
+
+/// A sink that can be begun only once (as the job's sink is while previews are kept): the
+/// master is then written after the last pass's readings instead of as they measure it.
+struct OneShot {
+    inner: CollectSink,
+    begun: usize,
+}
+
+impl MasterSink for OneShot {
+    fn begin(&mut self, info: &WriteInfo) -> refmaster::Result<()> {
+        self.begun += 1;
+        self.inner.begin(info)
+    }
+    fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> refmaster::Result<()> {
+        self.inner.write(first_frame, chunk)
+    }
+}
+
+#[test]
+fn writing_the_master_as_it_is_measured_or_after_gives_the_same_master_and_profile() {
+    let dir = temp_dir();
+    let path = dir.path().join("mix.wav");
+    write_wav_i16(&path, RATE, &song(25.0, 7));
+    let (mix, profile, _) = open_mix(&path, usize::MAX).expect("opens");
+    let target = analyze(&AudioBuffer { sample_rate_hz: RATE, channels: song(20.0, 99) }, "reference", false);
+    for budget in [MasterOptions::default().memory_budget_bytes, 0] {
+        let opts = MasterOptions { memory_budget_bytes: budget, ..MasterOptions::default() };
+        let mut speculative = CollectSink::default();
+        let a = master_stream(&mix, &profile, &target, &opts, &|_| {}, &mut speculative).expect("masters");
+        let mut after = OneShot { inner: CollectSink::default(), begun: 0 };
+        let b = master_stream(&mix, &profile, &target, &opts, &|_| {}, &mut after).expect("masters");
+        assert_eq!(after.begun, 1, "a sink that cannot start over is begun once");
+        assert!(speculative.audio == after.inner.audio, "budget {budget}: the masters differ");
+        assert!(a.profile == b.profile && a.settings == b.settings, "budget {budget}: the outcome differs");
+    }
 }
