@@ -329,15 +329,12 @@ impl CeilingNet {
 crate::dsp::fma_dispatch!(
     /// [`quantised_value`] of each `x` with its dither `d`, into `q` (equal lengths): one loop
     /// over slices, which vectorises (four lanes of f64 with AVX2).
-    fn quantise_into(quantiser: Quantiser, x: &[f32], d: &[f64], q: &mut [f32]) => quantise_into_body
-);
-
-#[inline(always)]
-fn quantise_into_body(quantiser: Quantiser, x: &[f32], d: &[f64], q: &mut [f32]) {
-    for ((q, &x), &d) in q.iter_mut().zip(x).zip(d) {
-        *q = quantised_value(quantiser, x, d);
+    fn quantise_into(quantiser: Quantiser, x: &[f32], d: &[f64], q: &mut [f32]) {
+        for ((q, &x), &d) in q.iter_mut().zip(x).zip(d) {
+            *q = quantised_value(quantiser, x, d);
+        }
     }
-}
+);
 
 /// The value the net writes for input `x` with dither `d` under `quantiser`, as a float at full
 /// scale 1 (exact: a 24-bit integer over 2^23 fits an f32).

@@ -1396,9 +1396,9 @@ fn read_limited(
     limiter: &crate::settings::LimiterSettings,
     meters: Meters,
     spectra: bool,
-    spool: Option<&mut Spool>,
-    write: Option<&mut Speculative<'_, '_>>,
+    outlets: &mut Outlets<'_, '_, '_>,
 ) -> Result<Reading> {
+    let (spool, write) = (outlets.spool.as_deref_mut(), outlets.write.as_mut());
     let (rate, channels) = (prepared.rate, prepared.channels);
     let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
     let frames = prepared.frames;
@@ -1518,9 +1518,8 @@ fn loudness_loop(
     rounds: LoopRounds,
     learned: (&mut f64, &mut f64),
     intermediate: bool,
-    outlets: Outlets<'_, '_, '_>,
+    mut outlets: Outlets<'_, '_, '_>,
 ) -> Result<Search> {
-    let Outlets { mut spool, mut write } = outlets;
     let (bias, depth) = learned;
     let LoopRounds { search: rounds, trim_compensation, true_peak, analyse } = rounds;
     let meters = |tp: bool| match (intermediate, analyse) {
@@ -1549,28 +1548,14 @@ fn loudness_loop(
         // own margin). Nothing is clipped; a target given up for it is said.
         let aim_dbtp = settings.limiter.ceiling_dbtp - CEILING_MARGIN_DB;
         settings.limiter.drive_db = (target - base).clamp(-60.0, 36.0);
-        let mut r = read_limited(
-            prepared,
-            &settings.limiter,
-            meters(true),
-            intermediate,
-            spool.as_deref_mut(),
-            write.as_mut(),
-        )?;
+        let mut r = read_limited(prepared, &settings.limiter, meters(true), intermediate, &mut outlets)?;
         for _ in 0..3 {
             let over_db = r.true_peak_dbtp - aim_dbtp;
             if over_db.is_nan() || over_db <= 0.0 {
                 break;
             }
             settings.limiter.drive_db = (settings.limiter.drive_db - over_db - 0.01).clamp(-60.0, 36.0);
-            r = read_limited(
-                prepared,
-                &settings.limiter,
-                meters(true),
-                intermediate,
-                spool.as_deref_mut(),
-                write.as_mut(),
-            )?;
+            r = read_limited(prepared, &settings.limiter, meters(true), intermediate, &mut outlets)?;
         }
         let short = (r.lufs < target - LOUDNESS_TOLERANCE_LU).then_some((r.lufs, target));
         return Ok(finish(r, 0.0, short));
@@ -1578,14 +1563,7 @@ fn loudness_loop(
     if !base.is_finite() || !target.is_finite() {
         settings.limiter.drive_db = 0.0;
         let enabled = settings.limiter.enabled;
-        let r = read_limited(
-            prepared,
-            &settings.limiter,
-            meters(false),
-            intermediate,
-            spool.as_deref_mut(),
-            write.as_mut(),
-        )?;
+        let r = read_limited(prepared, &settings.limiter, meters(false), intermediate, &mut outlets)?;
         let trim_db = if enabled { trim_of(&r) } else { 0.0 };
         return Ok(finish(r, trim_db, None));
     }
@@ -1626,14 +1604,7 @@ fn loudness_loop(
     while round < rounds.max(1) + extra {
         drive = secant(&estimate, aim, drive, -60.0, drive_max);
         settings.limiter.drive_db = drive;
-        let r = read_limited(
-            prepared,
-            &settings.limiter,
-            meters(false),
-            intermediate,
-            spool.as_deref_mut(),
-            write.as_mut(),
-        )?;
+        let r = read_limited(prepared, &settings.limiter, meters(false), intermediate, &mut outlets)?;
         reached = r.lufs;
         let moved = correct_limit(&r, drive, &mut drive_max);
         reading = Some(r);
@@ -1681,7 +1652,7 @@ fn loudness_loop(
             previous = Some((drive, reached));
             drive = next;
             settings.limiter.drive_db = drive;
-            r = read_limited(prepared, &settings.limiter, meters(true), false, spool.as_deref_mut(), write.as_mut())?;
+            r = read_limited(prepared, &settings.limiter, meters(true), false, &mut outlets)?;
             trim_db = trim_of(&r);
             reached = r.lufs + trim_db;
         }

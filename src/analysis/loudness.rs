@@ -230,37 +230,31 @@ impl KChannel {
 
 crate::dsp::fma_dispatch!(
     /// [`KChannel::add`]'s loop.
-    fn k_sum(shelf: &mut FusedBiquad, highpass: &mut FusedBiquad, sum: &mut f64, x: &[f32]) => k_sum_body
-);
-
-#[inline(always)]
-fn k_sum_body(shelf: &mut FusedBiquad, highpass: &mut FusedBiquad, sum: &mut f64, x: &[f32]) {
-    let (mut shelf_, mut hp, mut acc) = (*shelf, *highpass, *sum);
-    for &v in x {
-        let y = hp.process(shelf_.process(f64::from(v)));
-        acc += y * y;
+    fn k_sum(shelf: &mut FusedBiquad, highpass: &mut FusedBiquad, sum: &mut f64, x: &[f32]) {
+        let (mut shelf_, mut hp, mut acc) = (*shelf, *highpass, *sum);
+        for &v in x {
+            let y = hp.process(shelf_.process(f64::from(v)));
+            acc += y * y;
+        }
+        (*shelf, *highpass, *sum) = (shelf_, hp, acc);
     }
-    (*shelf, *highpass, *sum) = (shelf_, hp, acc);
-}
+);
 
 crate::dsp::fma_dispatch!(
     /// [`KChannel::add_pair`]'s loop.
-    fn k_sum_pair(a: &mut KChannel, b: &mut KChannel, xa: &[f32], xb: &[f32]) => k_sum_pair_body
-);
-
-#[inline(always)]
-fn k_sum_pair_body(a: &mut KChannel, b: &mut KChannel, xa: &[f32], xb: &[f32]) {
-    let (mut shelf_a, mut hp_a, mut sum_a) = (a.shelf, a.highpass, a.sum);
-    let (mut shelf_b, mut hp_b, mut sum_b) = (b.shelf, b.highpass, b.sum);
-    for (&u, &v) in xa.iter().zip(xb) {
-        let ya = hp_a.process(shelf_a.process(f64::from(u)));
-        let yb = hp_b.process(shelf_b.process(f64::from(v)));
-        sum_a += ya * ya;
-        sum_b += yb * yb;
+    fn k_sum_pair(a: &mut KChannel, b: &mut KChannel, xa: &[f32], xb: &[f32]) {
+        let (mut shelf_a, mut hp_a, mut sum_a) = (a.shelf, a.highpass, a.sum);
+        let (mut shelf_b, mut hp_b, mut sum_b) = (b.shelf, b.highpass, b.sum);
+        for (&u, &v) in xa.iter().zip(xb) {
+            let ya = hp_a.process(shelf_a.process(f64::from(u)));
+            let yb = hp_b.process(shelf_b.process(f64::from(v)));
+            sum_a += ya * ya;
+            sum_b += yb * yb;
+        }
+        (a.shelf, a.highpass, a.sum) = (shelf_a, hp_a, sum_a);
+        (b.shelf, b.highpass, b.sum) = (shelf_b, hp_b, sum_b);
     }
-    (a.shelf, a.highpass, a.sum) = (shelf_a, hp_a, sum_a);
-    (b.shelf, b.highpass, b.sum) = (shelf_b, hp_b, sum_b);
-}
+);
 
 /// Mean energy of each 400 ms gating block (four sub-blocks, 100 ms hop) from sub-block sums of
 /// `hop` frames each.
@@ -358,41 +352,27 @@ crate::dsp::fma_dispatch!(
         right: &mut (FusedBiquad, FusedBiquad),
         wl: f64,
         wr: f64,
-    ) => energy_pair_body
-);
-
-#[inline(always)]
-fn energy_pair_body(
-    out: &mut [f32],
-    l: &[f32],
-    r: &[f32],
-    left: &mut (FusedBiquad, FusedBiquad),
-    right: &mut (FusedBiquad, FusedBiquad),
-    wl: f64,
-    wr: f64,
-) {
-    let ((mut la, mut lb), (mut ra, mut rb)) = (*left, *right);
-    for ((o, &x), &y) in out.iter_mut().zip(l.iter()).zip(r.iter()) {
-        let yl = lb.process(la.process(f64::from(x)));
-        let yr = rb.process(ra.process(f64::from(y)));
-        *o = (0.0 + (wl * yl * yl) as f32) + (wr * yr * yr) as f32;
+    ) {
+        let ((mut la, mut lb), (mut ra, mut rb)) = (*left, *right);
+        for ((o, &x), &y) in out.iter_mut().zip(l.iter()).zip(r.iter()) {
+            let yl = lb.process(la.process(f64::from(x)));
+            let yr = rb.process(ra.process(f64::from(y)));
+            *o = (0.0 + (wl * yl * yl) as f32) + (wr * yr * yr) as f32;
+        }
+        (*left, *right) = ((la, lb), (ra, rb));
     }
-    (*left, *right) = ((la, lb), (ra, rb));
-}
+);
 
 crate::dsp::fma_dispatch!(
     /// Adds one channel's weighted K-weighted energy to each frame's.
-    fn energy_add(out: &mut [f32], x: &[f32], filters: &mut (FusedBiquad, FusedBiquad), w: f64) => energy_add_body
-);
-
-#[inline(always)]
-fn energy_add_body(out: &mut [f32], x: &[f32], filters: &mut (FusedBiquad, FusedBiquad), w: f64) {
-    let (a, b) = filters;
-    for (o, &v) in out.iter_mut().zip(x.iter()) {
-        let y = b.process(a.process(f64::from(v)));
-        *o += (w * y * y) as f32;
+    fn energy_add(out: &mut [f32], x: &[f32], filters: &mut (FusedBiquad, FusedBiquad), w: f64) {
+        let (a, b) = filters;
+        for (o, &v) in out.iter_mut().zip(x.iter()) {
+            let y = b.process(a.process(f64::from(v)));
+            *o += (w * y * y) as f32;
+        }
     }
-}
+);
 
 /// BS.1770 channel weights in the `ebur128` crate's default layout: L, R (C) weight 1,
 /// surrounds 1.41, the LFE of 5.1 (fourth channel of six) and channels past the sixth unused.

@@ -149,23 +149,7 @@ impl Crossover4 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dsp::biquad::Biquad;
-
-    /// One biquad of the tree, scalar, with [`Lanes`]'s fused arithmetic.
-    struct FusedBiquad {
-        c: BiquadCoeffs,
-        s1: f64,
-        s2: f64,
-    }
-
-    impl FusedBiquad {
-        fn process(&mut self, x: f64) -> f64 {
-            let y = self.c.b0.mul_add(x, self.s1);
-            self.s1 = (-self.c.a1).mul_add(y, self.c.b1.mul_add(x, self.s2));
-            self.s2 = (-self.c.a2).mul_add(y, self.c.b2 * x);
-            y
-        }
-    }
+    use crate::dsp::biquad::{Biquad, FusedBiquad};
 
     /// The crossover as a tree of scalar biquads: the specification the vector layout is held
     /// to, bit for bit with fused biquads, and to rounding with [`Biquad`]'s unfused ones.
@@ -187,7 +171,7 @@ mod tests {
 
     impl Section for FusedBiquad {
         fn new(c: BiquadCoeffs) -> Self {
-            Self { c, s1: 0.0, s2: 0.0 }
+            FusedBiquad::new(c)
         }
         fn process(&mut self, x: f64) -> f64 {
             FusedBiquad::process(self, x)

@@ -300,7 +300,7 @@ impl Chain {
         tone.then(peaks)
     }
 
-    /// [`Self::pre_limiter`] in its two parts, for [`run_two_threads`]: the tone stages (mid/side,
+    /// [`Self::pre_limiter`] in its two parts, for [`run_pipelined`]: the tone stages (mid/side,
     /// EQ, compression, back to L/R) and the peak stage (the saturator; empty without it). The
     /// two cost about the same on a loud master once the true-peak envelope and the meters join
     /// the second.
@@ -341,7 +341,7 @@ impl Chain {
         tone.then(peaks)
     }
 
-    /// [`Self::whole`] in two parts for [`run_two_threads`]: the tone stages, then the
+    /// [`Self::whole`] in two parts for [`run_pipelined`]: the tone stages, then the
     /// saturator, the true-peak envelope and the limiter.
     pub fn whole_parts(spec: StageSpec, s: &Settings, trim_db: f64) -> (Self, Self) {
         let (tone, mut peaks) = Self::pre_limiter_parts(spec, s, Some(Quality::Oversampled));
@@ -426,7 +426,7 @@ impl Chain {
 /// thread, that thread carried the meters and copies too and the other two waited on it.
 /// `front_planes` and `back_planes`: the planes each part hands on. A failing `f` stops the
 /// chain; an error of the source is returned after what came before it has been handed on.
-pub fn run_two_threads(
+pub fn run_pipelined(
     source: &dyn FrameSource,
     front: &mut Chain,
     front_planes: usize,

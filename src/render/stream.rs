@@ -12,7 +12,7 @@ use crate::audio::{db_to_lin, AudioBuffer};
 use crate::dsp::oversample::Oversampler;
 use crate::dsp::truepeak::{peak_envelope, TruePeakDetector};
 use crate::error::Result;
-use crate::render::chain::{run_two_threads, Chain, Envelope, StageSpec};
+use crate::render::chain::{run_pipelined, Chain, Envelope, StageSpec};
 use crate::render::limiter::{safety_trim_db, GainComputer, LimiterStats};
 use crate::render::saturation::{saturate_with, Quality};
 use crate::settings::{LimiterSettings, SaturationSettings, Settings};
@@ -207,7 +207,7 @@ pub fn render_pre(
     let spec = StageSpec { sample_rate_hz: source.sample_rate_hz(), channels };
     let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, settings, quality);
     peaks.push(Box::new(Envelope::new(spec)), channels + 1);
-    run_two_threads(source, &mut tone, channels, &mut peaks, channels + 1, &mut |out| hand_on(out, f))
+    run_pipelined(source, &mut tone, channels, &mut peaks, channels + 1, &mut |out| hand_on(out, f))
 }
 
 /// Hands the audio planes and the envelope plane of `out` to `f`, then empties them.
@@ -232,7 +232,7 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     if settings.limiter.enabled {
         let (mut tone, mut peaks) = Chain::whole_parts(spec, settings, 0.0);
         let mut meter = TruePeakMeter::new(channels);
-        run_two_threads(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
+        run_pipelined(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
             meter.push(&slices(out));
             out.iter_mut().for_each(Vec::clear);
             Ok(())
@@ -241,7 +241,7 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     }
     let (mut tone, mut peaks) = Chain::whole_parts(spec, settings, trim_db);
     let mut written = 0;
-    run_two_threads(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
+    run_pipelined(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
         if out.first().is_none_or(Vec::is_empty) {
             return Ok(());
         }
@@ -653,7 +653,7 @@ mod tests {
         one.finish(&mut want);
         let (mut tone, mut peaks) = Chain::whole_parts(spec, &s, -0.5);
         let mut got: Planes = vec![Vec::new(); 2];
-        run_two_threads(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
+        run_pipelined(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
             for (g, o) in got.iter_mut().zip(out.iter_mut()) {
                 g.append(o);
             }
@@ -672,7 +672,7 @@ mod tests {
         let spec = StageSpec { sample_rate_hz: 44_100, channels: 2 };
         let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, &s, Some(Quality::Draft));
         let mut calls = 0;
-        let r = run_two_threads(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
+        let r = run_pipelined(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
             out.iter_mut().for_each(Vec::clear);
             calls += 1;
             Err(crate::error::Error::Unsupported("disk full".into()))
