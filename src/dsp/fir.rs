@@ -129,42 +129,77 @@ pub fn magnitude_db(taps: &[f32], freq_hz: f64, sample_rate_hz: u32) -> f64 {
 /// with the input (the filter's `delay` dropped from the front, the tail flushed by
 /// [`StreamConvolver::finish`]) and as long as the input. Same blocks and the same summation
 /// order as [`FirConvolver::convolve_aligned`], so both give the same samples.
-pub struct StreamConvolver {
-    conv: FirConvolver,
+pub struct StreamConvolver(ConvolverBank);
+
+impl StreamConvolver {
+    /// Prepares `taps`; the output drops the first `delay` samples of the full convolution (pass
+    /// `taps.len() / 2` for a linear-phase filter).
+    pub fn new(taps: &[f32], delay: usize) -> Self {
+        Self(ConvolverBank::new(&[taps], delay))
+    }
+
+    /// Filters `input`, appending whatever output is ready to `out`.
+    pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        self.0.process(input, std::slice::from_mut(out));
+    }
+
+    /// Flushes the filter's tail: after this, `out` has received exactly as many samples as went
+    /// in.
+    pub fn finish(&mut self, out: &mut Vec<f32>) {
+        self.0.finish(std::slice::from_mut(out));
+    }
+}
+
+/// Several FIR filters of one length run as streams on the same input (the bands of a
+/// linear-phase split): each block's input is transformed once and every filter's output comes
+/// from that one spectrum, so `n` filters cost one forward transform and `n` inverse ones instead
+/// of `n` of each. Each output is the same samples a [`StreamConvolver`] of its filter gives.
+pub struct ConvolverBank {
+    taps_len: usize,
+    fft_len: usize,
+    /// Each filter's spectrum, scaled by `1 / fft_len`.
+    taps_spectra: Vec<Vec<Complex<f32>>>,
     fwd: std::sync::Arc<dyn realfft::RealToComplex<f32>>,
     inv: std::sync::Arc<dyn realfft::ComplexToReal<f32>>,
     time: Vec<f32>,
+    /// The block's spectrum, and one filter's product with it.
+    spectrum: Vec<Complex<f32>>,
     freq: Vec<Complex<f32>>,
     scratch_f: Vec<Complex<f32>>,
     scratch_i: Vec<Complex<f32>>,
     /// Input of the block in progress.
     pending: Vec<f32>,
-    /// Overlap-add accumulator (`fft_len` long; its head is the next output).
-    overlap: Vec<f32>,
+    /// Each filter's overlap-add accumulator (`fft_len` long; its head is the next output).
+    overlaps: Vec<Vec<f32>>,
     /// Samples still to drop from the front of the full convolution.
     skip: usize,
     taken: usize,
     given: usize,
 }
 
-impl StreamConvolver {
-    /// Prepares `taps`; the output drops the first `delay` samples of the full convolution (pass
-    /// `taps.len() / 2` for a linear-phase filter).
-    pub fn new(taps: &[f32], delay: usize) -> Self {
-        let conv = FirConvolver::new(taps);
+impl ConvolverBank {
+    /// Prepares the filters `taps` (all of one length); the outputs drop the first `delay`
+    /// samples of the full convolution (pass half the length for linear-phase filters).
+    pub fn new(taps: &[&[f32]], delay: usize) -> Self {
+        let convs: Vec<FirConvolver> = taps.iter().map(|t| FirConvolver::new(t)).collect();
+        let (taps_len, fft_len) = convs.first().map_or((1, 1024), |c| (c.taps_len, c.fft_len));
+        debug_assert!(convs.iter().all(|c| c.taps_len == taps_len), "a bank's filters share one length");
         let mut planner = RealFftPlanner::<f32>::new();
-        let fwd = planner.plan_fft_forward(conv.fft_len);
-        let inv = planner.plan_fft_inverse(conv.fft_len);
-        let (time, freq) = (fwd.make_input_vec(), fwd.make_output_vec());
+        let fwd = planner.plan_fft_forward(fft_len);
+        let inv = planner.plan_fft_inverse(fft_len);
+        let (time, spectrum, freq) = (fwd.make_input_vec(), fwd.make_output_vec(), fwd.make_output_vec());
         let (scratch_f, scratch_i) = (fwd.make_scratch_vec(), inv.make_scratch_vec());
-        let block = conv.fft_len - conv.taps_len + 1;
+        let block = fft_len - taps_len + 1;
         Self {
-            overlap: vec![0.0; conv.fft_len],
+            overlaps: vec![vec![0.0; fft_len]; convs.len()],
+            taps_spectra: convs.into_iter().map(|c| c.taps_spectrum).collect(),
+            taps_len,
+            fft_len,
             pending: Vec::with_capacity(block),
-            conv,
             fwd,
             inv,
             time,
+            spectrum,
             freq,
             scratch_f,
             scratch_i,
@@ -175,11 +210,11 @@ impl StreamConvolver {
     }
 
     fn block_len(&self) -> usize {
-        self.conv.fft_len - self.conv.taps_len + 1
+        self.fft_len - self.taps_len + 1
     }
 
-    /// Filters `input`, appending whatever output is ready to `out`.
-    pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
+    /// Filters `input`, appending whatever output is ready to `outs` (one per filter).
+    pub fn process(&mut self, input: &[f32], outs: &mut [Vec<f32>]) {
         self.taken += input.len();
         let block = self.block_len();
         let mut rest = input;
@@ -188,58 +223,90 @@ impl StreamConvolver {
             self.pending.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.pending.len() == block {
-                self.run_block(out);
+                self.run_block(outs);
             }
         }
     }
 
-    /// Flushes the filter's tail: after this, `out` has received exactly as many samples as went
-    /// in.
-    pub fn finish(&mut self, out: &mut Vec<f32>) {
+    /// Flushes the filters' tails: after this, each output has received exactly as many samples
+    /// as went in.
+    pub fn finish(&mut self, outs: &mut [Vec<f32>]) {
         let block = self.block_len();
         // The last partial block padded with silence, then silent blocks until the delayed tail
         // is out (a block of zeros transforms to exact zeros: nothing is added but the tail).
         while self.given < self.taken {
             self.pending.resize(block, 0.0);
-            self.run_block(out);
+            self.run_block(outs);
         }
         self.pending.clear();
     }
 
-    fn run_block(&mut self, out: &mut Vec<f32>) {
+    fn run_block(&mut self, outs: &mut [Vec<f32>]) {
         let n = self.pending.len();
         self.time[..n].copy_from_slice(&self.pending);
         self.time[n..].iter_mut().for_each(|x| *x = 0.0);
         self.pending.clear();
-        if self.fwd.process_with_scratch(&mut self.time, &mut self.freq, &mut self.scratch_f).is_err() {
+        if self.fwd.process_with_scratch(&mut self.time, &mut self.spectrum, &mut self.scratch_f).is_err() {
             return;
         }
-        for (f, t) in self.freq.iter_mut().zip(&self.conv.taps_spectrum) {
-            *f *= t;
-        }
-        if let Some(first) = self.freq.first_mut() {
-            first.im = 0.0;
-        }
-        if let Some(last) = self.freq.last_mut() {
-            last.im = 0.0;
-        }
-        if self.inv.process_with_scratch(&mut self.freq, &mut self.time, &mut self.scratch_i).is_err() {
-            return;
-        }
-        let valid = n + self.conv.taps_len - 1;
-        for (o, y) in self.overlap.iter_mut().zip(&self.time[..valid]) {
-            *o += y;
-        }
-        // The first `n` accumulated values are complete: no later block reaches them.
-        let ready = &self.overlap[..n];
         let skip = self.skip.min(n);
         self.skip -= skip;
-        let room = self.taken - self.given;
-        let emit = (n - skip).min(room);
-        out.extend_from_slice(&ready[skip..skip + emit]);
+        let emit = (n - skip).min(self.taken - self.given);
+        let valid = n + self.taps_len - 1;
+        for ((taps, overlap), out) in self.taps_spectra.iter().zip(self.overlaps.iter_mut()).zip(outs.iter_mut()) {
+            for ((f, x), t) in self.freq.iter_mut().zip(&self.spectrum).zip(taps) {
+                *f = x * t;
+            }
+            if let Some(first) = self.freq.first_mut() {
+                first.im = 0.0;
+            }
+            if let Some(last) = self.freq.last_mut() {
+                last.im = 0.0;
+            }
+            if self.inv.process_with_scratch(&mut self.freq, &mut self.time, &mut self.scratch_i).is_err() {
+                return;
+            }
+            for (o, y) in overlap.iter_mut().zip(&self.time[..valid]) {
+                *o += y;
+            }
+            // The first `n` accumulated values are complete: no later block reaches them.
+            out.extend_from_slice(&overlap[skip..skip + emit]);
+            overlap.copy_within(n.., 0);
+            let len = overlap.len();
+            overlap[len - n..].iter_mut().for_each(|x| *x = 0.0);
+        }
         self.given += emit;
-        self.overlap.copy_within(n.., 0);
-        let len = self.overlap.len();
-        self.overlap[len - n..].iter_mut().for_each(|x| *x = 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bank_gives_each_filter_the_samples_its_own_stream_convolver_gives() {
+        let rate = 44_100;
+        let x: Vec<f32> = (0..60_000u32).map(|i| ((i as f32 * 0.37).sin() + (i as f32 * 0.011).cos()) * 0.3).collect();
+        let len = 4096;
+        let taps: Vec<Vec<f32>> = [120.0, 1000.0, 5000.0]
+            .iter()
+            .map(|&fc| design(len, rate, |f| -20.0 * (1.0 + (f / fc).powi(4)).log10()))
+            .collect();
+        let mut bank = ConvolverBank::new(&[&taps[0], &taps[1], &taps[2]], len / 2);
+        let mut outs = vec![Vec::new(); 3];
+        for c in x.chunks(4096) {
+            bank.process(c, &mut outs);
+        }
+        bank.finish(&mut outs);
+        for (t, got) in taps.iter().zip(&outs) {
+            let mut one = StreamConvolver::new(t, len / 2);
+            let mut want = Vec::new();
+            for c in x.chunks(1000) {
+                one.process(c, &mut want);
+            }
+            one.finish(&mut want);
+            assert_eq!(got.len(), x.len());
+            assert_eq!(got, &want, "a bank's output differs from its filter's own convolver");
+        }
     }
 }

@@ -14,7 +14,7 @@
 //! envelope (linear, undriven), a side-chain the [`Limiter`] consumes.
 
 use crate::error::{Error, Result};
-use crate::render::dynamics::Compressor;
+use crate::render::dynamics::{Compressor, LinearPhaseSplit};
 use crate::render::eq;
 use crate::render::limiter::LimiterStats;
 use crate::render::saturation::Quality;
@@ -189,6 +189,56 @@ impl Stage for Compression {
     }
 }
 
+/// The compressor's detectors on mid (and side) planes, its multiband split detached
+/// ([`Compressor::detach_split`]): hands on the input planes and, after them, the four planes of
+/// the band gains' weights for [`CompressionSplit`], which may run on another thread.
+pub struct CompressionDetect(Compressor);
+
+impl Stage for CompressionDetect {
+    fn name(&self) -> &'static str {
+        "compressor detectors"
+    }
+    fn latency_frames(&self) -> usize {
+        0
+    }
+    fn process(&mut self, input: &[&[f32]], out: &mut Planes) {
+        self.0.detect(input, out);
+    }
+    fn finish(&mut self, out: &mut Planes) {
+        self.0.finish_detect(out);
+    }
+}
+
+/// The compressor's multiband split: applies the gains [`CompressionDetect`] found to the
+/// planes it handed on with them.
+pub struct CompressionSplit {
+    split: LinearPhaseSplit,
+    no_side: Vec<f32>,
+}
+
+impl Stage for CompressionSplit {
+    fn name(&self) -> &'static str {
+        "compressor split"
+    }
+    fn latency_frames(&self) -> usize {
+        self.split.latency_frames()
+    }
+    fn process(&mut self, input: &[&[f32]], out: &mut Planes) {
+        match out.as_mut_slice() {
+            [mo, so, ..] => self.split.process(input, mo, so),
+            [mo] => self.split.process(input, mo, &mut self.no_side),
+            [] => {}
+        }
+    }
+    fn finish(&mut self, out: &mut Planes) {
+        match out.as_mut_slice() {
+            [mo, so, ..] => self.split.finish(mo, so),
+            [mo] => self.split.finish(mo, &mut self.no_side),
+            [] => {}
+        }
+    }
+}
+
 /// The soft-clipping saturator on L/R ([`SaturatorStage`]).
 pub struct Saturation(SaturatorStage);
 
@@ -301,25 +351,35 @@ impl Chain {
     }
 
     /// [`Self::pre_limiter`] in its two parts, for [`run_pipelined`]: the tone stages (mid/side,
-    /// EQ, compression, back to L/R) and the peak stage (the saturator; empty without it). The
-    /// two cost about the same on a loud master once the true-peak envelope and the meters join
-    /// the second.
+    /// EQ, compression, back to L/R), and the peak stage (the saturator; empty without it).
+    /// Without a saturator the peak part would have little to do and the tone part most of the
+    /// work, so the cut moves into the compressor: its multiband split (most of its work) and the
+    /// return to L/R go to the second part. Either cut gives the same samples.
     pub fn pre_limiter_parts(spec: StageSpec, s: &Settings, saturation: Option<Quality>) -> (Self, Self) {
         let mut tone = Self::new();
+        let mut peaks = Self::new();
         let n = spec.channels;
         let stereo = n == 2;
         if stereo {
             tone.push(Box::new(MidSideEncode), n);
         }
         tone.push(Box::new(Equalizer::new(spec, s)), n);
-        let compression = Compression::new(spec, s);
-        if !compression.compressor.is_bypassed() {
-            tone.push(Box::new(compression), n);
+        let saturating = saturation.is_some() && s.saturation.enabled;
+        let Compression { mut compressor, no_side } = Compression::new(spec, s);
+        let mut cut = false;
+        if !compressor.is_bypassed() {
+            match (!saturating).then(|| compressor.detach_split()).flatten() {
+                Some(split) => {
+                    tone.push(Box::new(CompressionDetect(compressor)), n + 4);
+                    peaks.push(Box::new(CompressionSplit { split, no_side }), n);
+                    cut = true;
+                }
+                None => tone.push(Box::new(Compression { compressor, no_side }), n),
+            }
         }
         if stereo {
-            tone.push(Box::new(MidSideDecode), n);
+            if cut { &mut peaks } else { &mut tone }.push(Box::new(MidSideDecode), n);
         }
-        let mut peaks = Self::new();
         if let Some(q) = saturation.filter(|_| s.saturation.enabled) {
             let sat = SaturatorStage::new(spec.sample_rate_hz, n, &s.saturation, s.limiter.ceiling_dbtp, q);
             peaks.push(Box::new(Saturation(sat)), n);
@@ -359,6 +419,11 @@ impl Chain {
     /// The stages' names and latencies, frames, in order.
     pub fn describe(&self) -> Vec<(&'static str, usize)> {
         self.stages.iter().map(|s| (s.name(), s.latency_frames())).collect()
+    }
+
+    /// Planes the chain hands on when given `planes_in` (an empty chain hands its input on).
+    pub fn planes_out(&self, planes_in: usize) -> usize {
+        self.buffers.last().map_or(planes_in, Vec::len)
     }
 
     /// Total latency of the chain, frames (compensated: the output stays aligned).
@@ -424,16 +489,15 @@ impl Chain {
 /// and the tone stages, the peak stages, and what the caller does with the output (the pass's
 /// meters, the cache) each on its own thread, a chunk or two apart. With `f` on the back's
 /// thread, that thread carried the meters and copies too and the other two waited on it.
-/// `front_planes` and `back_planes`: the planes each part hands on. A failing `f` stops the
-/// chain; an error of the source is returned after what came before it has been handed on.
+/// Each part hands on as many planes as its last stage does. A failing `f` stops the chain; an error of the source is returned after what came before it has been handed on.
 pub fn run_pipelined(
     source: &dyn FrameSource,
     front: &mut Chain,
-    front_planes: usize,
     back: &mut Chain,
-    back_planes: usize,
     f: &mut dyn FnMut(&mut Planes) -> Result<()>,
 ) -> Result<()> {
+    let front_planes = front.planes_out(source.channel_count());
+    let back_planes = back.planes_out(front_planes);
     hand_over(
         back_planes,
         |emit_back| {

@@ -18,7 +18,7 @@
 //! output does not depend on where the chunks are cut.
 
 use crate::dsp::crossover::Crossover4;
-use crate::dsp::fir::{design, StreamConvolver};
+use crate::dsp::fir::{design, ConvolverBank};
 use crate::settings::DynamicsSettings;
 use crate::solve::dynamics::{coefficient, gain_db};
 
@@ -47,15 +47,21 @@ fn split_len(sample_rate_hz: u32, lowest_crossover_hz: f64) -> usize {
 /// LP₃ − LP₂, x − LP₃), so the bands' sum is the input, delayed by the filters' half length, which
 /// the stream holds back and drops (the stage's latency). The output under band gains g is
 /// `g₃·x + (g₀ − g₁)·LP₁ + (g₁ − g₂)·LP₂ + (g₂ − g₃)·LP₃`.
-struct LinearPhaseSplit {
-    /// The three low-passes, per plane (mid, then side).
-    lowpass: Vec<[StreamConvolver; 3]>,
+///
+/// It is most of the multiband compressor's work and needs only the input and the gains, so a
+/// chain may run it on another thread than the detectors ([`Compressor::detach_split`]).
+pub struct LinearPhaseSplit {
+    /// The three low-passes, per plane (mid, then side): one bank, so each block of a plane is
+    /// transformed once for all three.
+    lowpass: Vec<ConvolverBank>,
     /// Low-pass output not yet combined, per plane and crossover.
     low: Vec<[Vec<f32>; 3]>,
     /// Input not yet combined, per plane.
     input: Vec<Vec<f32>>,
-    /// Band gains (make-up included) of the samples not yet combined.
-    gains: Vec<[f32; 4]>,
+    /// The band gains (make-up included) of the samples not yet combined, as the weights of the
+    /// output's four terms: `[g₃, g₀ − g₁, g₁ − g₂, g₂ − g₃]`, one plane each (so the combination
+    /// runs down plain slices).
+    weights: [Vec<f32>; 4],
     latency: usize,
 }
 
@@ -66,44 +72,71 @@ impl LinearPhaseSplit {
         let taps: Vec<Vec<f32>> =
             crossovers_hz.iter().map(|&fc| design(len, sample_rate_hz, |f| lr4_lowpass_db(f, fc))).collect();
         Self {
-            lowpass: (0..planes).map(|_| std::array::from_fn(|j| StreamConvolver::new(&taps[j], len / 2))).collect(),
+            lowpass: (0..planes).map(|_| ConvolverBank::new(&[&taps[0], &taps[1], &taps[2]], len / 2)).collect(),
             low: (0..planes).map(|_| std::array::from_fn(|_| Vec::new())).collect(),
             input: vec![Vec::new(); planes],
-            gains: Vec::new(),
+            weights: std::array::from_fn(|_| Vec::new()),
             latency: len / 2,
         }
     }
 
-    /// Takes in a chunk of the input planes.
-    fn take_in(&mut self, planes: [&[f32]; 2]) {
+    /// Takes in a chunk of the input planes (mid, and side for stereo).
+    fn take_in(&mut self, planes: &[&[f32]]) {
         for (p, x) in planes.iter().enumerate().take(self.input.len()) {
             self.input[p].extend_from_slice(x);
-            for (lp, out) in self.lowpass[p].iter_mut().zip(self.low[p].iter_mut()) {
-                lp.process(x, out);
-            }
+            self.lowpass[p].process(x, &mut self.low[p]);
         }
     }
 
+    /// Frames the split holds back: its low-passes' linear-phase delay.
+    pub fn latency_frames(&self) -> usize {
+        self.latency
+    }
+
+    /// Takes in a chunk of the detached compressor's output ([`Compressor::detect`]): the input
+    /// planes, then the four weight planes. Appends to `mid_out`/`side_out` what is ready.
+    pub fn process(&mut self, input: &[&[f32]], mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
+        let planes = self.input.len();
+        if input.len() < planes + 4 {
+            return;
+        }
+        self.take_in(&input[..planes]);
+        for (w, x) in self.weights.iter_mut().zip(&input[planes..]) {
+            w.extend_from_slice(x);
+        }
+        self.emit(mid_out, side_out);
+    }
+
+    /// Appends what the split still holds: after this it has handed on as many frames as it
+    /// took in.
+    pub fn finish(&mut self, mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
+        self.flush();
+        self.emit(mid_out, side_out);
+    }
+
     /// Flushes the low-passes' tails.
-    fn finish(&mut self) {
-        for (lps, outs) in self.lowpass.iter_mut().zip(self.low.iter_mut()) {
-            for (lp, out) in lps.iter_mut().zip(outs.iter_mut()) {
-                lp.finish(out);
-            }
+    fn flush(&mut self) {
+        for (bank, outs) in self.lowpass.iter_mut().zip(self.low.iter_mut()) {
+            bank.finish(outs);
         }
     }
 
     /// Appends every sample whose low-passes and gains are both ready.
     fn emit(&mut self, mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
-        let ready = self.low.iter().flatten().map(Vec::len).chain([self.gains.len()]).min().unwrap_or(0);
+        let ready = self.low.iter().flatten().map(Vec::len).chain([self.weights[0].len()]).min().unwrap_or(0);
         if ready == 0 {
             return;
         }
+        let [w3, w0, w1, w2] = self.weights.each_ref().map(|w| &w[..ready]);
         for (p, out) in [mid_out, side_out].into_iter().enumerate().take(self.input.len()) {
-            let [l1, l2, l3] = &self.low[p];
-            out.extend(self.gains[..ready].iter().enumerate().map(|(i, g)| {
-                g[3] * self.input[p][i] + (g[0] - g[1]) * l1[i] + (g[1] - g[2]) * l2[i] + (g[2] - g[3]) * l3[i]
-            }));
+            let [l1, l2, l3] = self.low[p].each_ref().map(|l| &l[..ready]);
+            let x = &self.input[p][..ready];
+            let at = out.len();
+            out.resize(at + ready, 0.0);
+            let out = &mut out[at..];
+            for i in 0..ready {
+                out[i] = w3[i] * x[i] + w0[i] * l1[i] + w1[i] * l2[i] + w2[i] * l3[i];
+            }
         }
         for p in 0..self.input.len() {
             self.input[p].drain(..ready);
@@ -111,8 +144,21 @@ impl LinearPhaseSplit {
                 l.drain(..ready);
             });
         }
-        self.gains.drain(..ready);
+        self.weights.iter_mut().for_each(|w| {
+            w.drain(..ready);
+        });
     }
+}
+
+/// Appends the band gains of `n` samples (`gains[b][k]`, band `b`, sample `k`) to `weights` as
+/// the split's weights ([`LinearPhaseSplit`]'s `[g₃, g₀ − g₁, g₁ − g₂, g₂ − g₃]`).
+fn push_weights(weights: &mut [Vec<f32>; 4], gains: &[[f32; CONTROL]; 4], n: usize) {
+    let [g0, g1, g2, g3] = gains.each_ref().map(|g| &g[..n]);
+    let [w3, w0, w1, w2] = weights;
+    w3.extend_from_slice(g3);
+    w0.extend(g0.iter().zip(g1).map(|(a, b)| a - b));
+    w1.extend(g1.iter().zip(g2).map(|(a, b)| a - b));
+    w2.extend(g2.iter().zip(g3).map(|(a, b)| a - b));
 }
 
 /// Compresses `mid` and `side` (equal length; `side` may be empty for mono) in place.
@@ -141,8 +187,16 @@ pub struct Compressor {
     feedback: bool,
     /// The detectors' band split (the output never uses it: see the module's doc).
     xo_mid: Crossover4,
-    /// The multiband output's split (`None` when linked or bypassed).
+    /// Per-band gains rather than one (neither linked nor bypassed): they go to the split.
+    multiband: bool,
+    /// The multiband output's split (`None` when linked, bypassed or detached).
     split: Option<LinearPhaseSplit>,
+    /// Weights for the split computed and not yet handed to it (or, detached, on).
+    weights: [Vec<f32>; 4],
+    /// Detached: the input planes not yet handed on with their weights.
+    held: Vec<Vec<f32>>,
+    /// Output a detached compressor never writes (its gains go out as weights).
+    unused: [Vec<f32>; 2],
     coeffs: [(f64, f64); 4],
     params: [(f64, f64, f64, f64); 4],
     state: [f64; 4],
@@ -170,8 +224,12 @@ impl Compressor {
             linked: settings.linked,
             feedback: settings.feedback,
             xo_mid: Crossover4::new(settings.crossovers_hz, sample_rate_hz),
+            multiband: !bypass && !settings.linked,
             split: (!bypass && !settings.linked)
                 .then(|| LinearPhaseSplit::new(settings.crossovers_hz, sample_rate_hz, planes)),
+            weights: std::array::from_fn(|_| Vec::new()),
+            held: vec![Vec::new(); planes],
+            unused: [Vec::new(), Vec::new()],
             coeffs,
             params,
             state: [0.0; 4],
@@ -202,8 +260,60 @@ impl Compressor {
             return;
         }
         if let Some(split) = self.split.as_mut() {
-            split.take_in([mid, side]);
+            split.take_in(&[mid, side]);
         }
+        self.run_blocks(mid, side, mid_out, side_out);
+        self.emit(mid_out, side_out);
+    }
+
+    /// Takes the multiband split out of the compressor, to run on another thread: the compressor
+    /// then only detects ([`Self::detect`]) and the split applies its gains
+    /// ([`LinearPhaseSplit::process`]), the same samples as the two together. `None` (and the
+    /// compressor unchanged) when there is no split: broadband, bypassed, or already detached.
+    pub fn detach_split(&mut self) -> Option<LinearPhaseSplit> {
+        self.split.take()
+    }
+
+    /// A detached compressor's half ([`Self::detach_split`]): takes in a chunk of `input` (mid,
+    /// and side for stereo) and appends to `out` the input planes, then the four weight planes,
+    /// for every frame whose gains are known (whole control blocks).
+    pub fn detect(&mut self, input: &[&[f32]], out: &mut [Vec<f32>]) {
+        let Some(&mid) = input.first() else { return };
+        let side = input.get(1).copied().unwrap_or(&[]);
+        for (h, x) in self.held.iter_mut().zip(input) {
+            h.extend_from_slice(x);
+        }
+        let [mut a, mut b] = std::mem::take(&mut self.unused);
+        self.run_blocks(mid, side, &mut a, &mut b);
+        self.unused = [a, b];
+        self.hand_on_detected(out);
+    }
+
+    /// Flushes a detached compressor: [`Self::detect`] for the last (short) control block.
+    pub fn finish_detect(&mut self, out: &mut [Vec<f32>]) {
+        let [mut a, mut b] = std::mem::take(&mut self.unused);
+        self.flush_block(&mut a, &mut b);
+        self.unused = [a, b];
+        self.hand_on_detected(out);
+    }
+
+    fn hand_on_detected(&mut self, out: &mut [Vec<f32>]) {
+        let n = self.weights[0].len();
+        let planes = self.held.len();
+        for (o, h) in out.iter_mut().zip(self.held.iter_mut()) {
+            o.extend_from_slice(&h[..n]);
+            h.drain(..n);
+        }
+        for (o, w) in out.iter_mut().skip(planes).zip(self.weights.iter_mut()) {
+            o.extend_from_slice(w);
+            w.clear();
+        }
+    }
+
+    /// Runs the detectors over a chunk, control block by control block (the block in progress
+    /// first, the rest of the chunk kept for the next): broadband, the scaled samples go to
+    /// `mid_out`/`side_out`; multiband, the gains go to [`Self::weights`].
+    fn run_blocks(&mut self, mid: &[f32], side: &[f32], mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
         let mut i = 0;
         // Complete the block in progress first.
         if !self.pending_mid.is_empty() {
@@ -214,15 +324,9 @@ impl Compressor {
             }
             i = take;
             if self.pending_mid.len() < CONTROL {
-                self.emit(mid_out, side_out);
                 return;
             }
-            let (m, s) = (std::mem::take(&mut self.pending_mid), std::mem::take(&mut self.pending_side));
-            self.block(&m, &s, mid_out, side_out);
-            self.pending_mid = m;
-            self.pending_side = s;
-            self.pending_mid.clear();
-            self.pending_side.clear();
+            self.flush_block(mid_out, side_out);
         }
         while i + CONTROL <= mid.len() {
             let s = if self.has_side { &side[i..i + CONTROL] } else { &[][..] };
@@ -233,26 +337,40 @@ impl Compressor {
         if self.has_side {
             self.pending_side.extend_from_slice(&side[i..]);
         }
-        self.emit(mid_out, side_out);
     }
 
-    /// Hands on what the multiband split has ready (nothing to do when broadband).
+    /// Runs the block in progress, however short, and empties it.
+    fn flush_block(&mut self, mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
+        if self.pending_mid.is_empty() {
+            return;
+        }
+        let (m, s) = (std::mem::take(&mut self.pending_mid), std::mem::take(&mut self.pending_side));
+        self.block(&m, &s, mid_out, side_out);
+        self.pending_mid = m;
+        self.pending_side = s;
+        self.pending_mid.clear();
+        self.pending_side.clear();
+    }
+
+    /// Hands the gains computed so far to the multiband split and on what it has ready
+    /// (nothing to do when broadband).
     fn emit(&mut self, mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
         if let Some(split) = self.split.as_mut() {
+            for (w, x) in split.weights.iter_mut().zip(self.weights.iter_mut()) {
+                w.extend_from_slice(x);
+                x.clear();
+            }
             split.emit(mid_out, side_out);
         }
     }
 
     /// Compresses what is left of the last (short) control block.
     pub fn finish(&mut self, mid_out: &mut Vec<f32>, side_out: &mut Vec<f32>) {
-        if !self.pending_mid.is_empty() {
-            let (m, s) = (std::mem::take(&mut self.pending_mid), std::mem::take(&mut self.pending_side));
-            self.block(&m, &s, mid_out, side_out);
-        }
+        self.flush_block(mid_out, side_out);
         if let Some(split) = self.split.as_mut() {
-            split.finish();
-            split.emit(mid_out, side_out);
+            split.flush();
         }
+        self.emit(mid_out, side_out);
     }
 
     /// The gain of each band (make-up included) for the detectors' present state.
@@ -274,20 +392,22 @@ impl Compressor {
         next
     }
 
-    /// Updates the detectors with one sample's band powers.
-    #[inline]
-    fn detect(&mut self, powers: [f64; 4]) {
+    /// Updates the detectors `state` with one sample's band powers.
+    #[inline(always)]
+    fn follow(&self, state: &mut [f64; 4], powers: [f64; 4]) {
         if self.linked {
             let e = powers.iter().sum::<f64>();
             let (att, rel) = self.coeffs[0];
-            let a = if e > self.state[0] { att } else { rel };
-            self.state[0] = a * self.state[0] + (1.0 - a) * e;
+            let a = if e > state[0] { att } else { rel };
+            state[0] = a * state[0] + (1.0 - a) * e;
             return;
         }
-        for (b, &e) in powers.iter().enumerate() {
-            let (att, rel) = self.coeffs[b];
-            let a = if e > self.state[b] { att } else { rel };
-            self.state[b] = a * self.state[b] + (1.0 - a) * e;
+        // Both candidates, then a select: the coefficient chosen by a comparison would put a
+        // load on the chain that runs from one sample's state to the next.
+        for ((s, &e), &(att, rel)) in state.iter_mut().zip(&powers).zip(&self.coeffs) {
+            let rising = att * *s + (1.0 - att) * e;
+            let falling = rel * *s + (1.0 - rel) * e;
+            *s = if e > *s { rising } else { falling };
         }
     }
 
@@ -303,32 +423,48 @@ impl Compressor {
         let mut bands_m = [[0f64; 4]; CONTROL];
         let at_start = self.feedback.then(|| self.gains_now());
         self.xo_mid.split_each(mid, |k, m| bands_m[k] = m);
+        // The detectors' state stays in registers across the block.
+        let mut state = self.state;
         if !self.feedback {
             for m in &bands_m[..mid.len()] {
-                self.detect(m.map(|v| v * v));
+                self.follow(&mut state, m.map(|v| v * v));
             }
+            self.state = state;
         }
         let next = at_start.unwrap_or_else(|| self.gains_now());
         let makeup: [f64; 4] = std::array::from_fn(|b| self.params[if self.linked { 0 } else { b }].3.max(1e-12));
         let n = mid.len() as f64;
+        // The block's gains, band by band, for the multiband split.
+        let mut gains = [[0f32; CONTROL]; 4];
+        let multiband = self.multiband;
         for k in 0..mid.len() {
             let frac = (k + 1) as f64 / n;
             let g: [f64; 4] = std::array::from_fn(|b| self.gain[b] + (next[b] - self.gain[b]) * frac);
             if self.feedback {
-                self.detect(std::array::from_fn(|b| {
-                    let reduced = bands_m[k][b] * g[b] / makeup[b];
-                    reduced * reduced
-                }));
+                self.follow(
+                    &mut state,
+                    std::array::from_fn(|b| {
+                        let reduced = bands_m[k][b] * g[b] / makeup[b];
+                        reduced * reduced
+                    }),
+                );
             }
-            match self.split.as_mut() {
-                Some(split) => split.gains.push(g.map(|v| v as f32)),
-                None => {
-                    mid_out.push((f64::from(mid[k]) * g[0]) as f32);
-                    if self.has_side {
-                        side_out.push((f64::from(side[k]) * g[0]) as f32);
-                    }
+            if multiband {
+                for (band, v) in gains.iter_mut().zip(g) {
+                    band[k] = v as f32;
+                }
+            } else {
+                mid_out.push((f64::from(mid[k]) * g[0]) as f32);
+                if self.has_side {
+                    side_out.push((f64::from(side[k]) * g[0]) as f32);
                 }
             }
+        }
+        if self.feedback {
+            self.state = state;
+        }
+        if multiband {
+            push_weights(&mut self.weights, &gains, mid.len());
         }
         self.gain = next;
     }

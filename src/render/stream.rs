@@ -207,7 +207,7 @@ pub fn render_pre(
     let spec = StageSpec { sample_rate_hz: source.sample_rate_hz(), channels };
     let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, settings, quality);
     peaks.push(Box::new(Envelope::new(spec)), channels + 1);
-    run_pipelined(source, &mut tone, channels, &mut peaks, channels + 1, &mut |out| hand_on(out, f))
+    run_pipelined(source, &mut tone, &mut peaks, &mut |out| hand_on(out, f))
 }
 
 /// Hands the audio planes and the envelope plane of `out` to `f`, then empties them.
@@ -232,7 +232,7 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     if settings.limiter.enabled {
         let (mut tone, mut peaks) = Chain::whole_parts(spec, settings, 0.0);
         let mut meter = TruePeakMeter::new(channels);
-        run_pipelined(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
+        run_pipelined(source, &mut tone, &mut peaks, &mut |out| {
             meter.push(&slices(out));
             out.iter_mut().for_each(Vec::clear);
             Ok(())
@@ -241,7 +241,7 @@ pub fn render_stream(source: &dyn FrameSource, settings: &Settings, f: &mut Outp
     }
     let (mut tone, mut peaks) = Chain::whole_parts(spec, settings, trim_db);
     let mut written = 0;
-    run_pipelined(source, &mut tone, channels, &mut peaks, channels, &mut |out| {
+    run_pipelined(source, &mut tone, &mut peaks, &mut |out| {
         if out.first().is_none_or(Vec::is_empty) {
             return Ok(());
         }
@@ -653,7 +653,7 @@ mod tests {
         one.finish(&mut want);
         let (mut tone, mut peaks) = Chain::whole_parts(spec, &s, -0.5);
         let mut got: Planes = vec![Vec::new(); 2];
-        run_pipelined(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
+        run_pipelined(&mix, &mut tone, &mut peaks, &mut |out| {
             for (g, o) in got.iter_mut().zip(out.iter_mut()) {
                 g.append(o);
             }
@@ -666,13 +666,47 @@ mod tests {
     }
 
     #[test]
+    fn the_chain_cut_inside_the_multiband_compressor_renders_the_bits_of_one_thread() {
+        for (channels, feedback) in [(2, false), (2, true), (1, false)] {
+            let mix = crate::analysis::test_audio::music(44_100, channels, 6.0, 9);
+            let mut s = every_stage_on(&mix);
+            s.dynamics.feedback = feedback;
+            let spec = StageSpec { sample_rate_hz: 44_100, channels };
+            let mut one = Chain::pre_limiter(spec, &s, None);
+            let mut want: Planes = vec![Vec::new(); channels];
+            mix.stream(&mut |chunk| {
+                one.process(chunk, &mut want);
+                Ok(())
+            })
+            .expect("one thread");
+            one.finish(&mut want);
+            // Without the saturator the cut falls between the compressor's detectors and its
+            // split.
+            let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, &s, None);
+            assert!(tone.describe().iter().any(|(n, _)| *n == "compressor detectors"), "{:?}", tone.describe());
+            assert!(peaks.describe().iter().any(|(n, _)| *n == "compressor split"), "{:?}", peaks.describe());
+            assert_eq!(tone.latency_frames() + peaks.latency_frames(), one.latency_frames());
+            let mut got: Planes = vec![Vec::new(); channels];
+            run_pipelined(&mix, &mut tone, &mut peaks, &mut |out| {
+                for (g, o) in got.iter_mut().zip(out.iter_mut()) {
+                    g.append(o);
+                }
+                Ok(())
+            })
+            .expect("two threads");
+            assert_eq!(got[0].len(), mix.frames());
+            assert!(want == got, "{channels} channels, feedback {feedback}: the cut render differs");
+        }
+    }
+
+    #[test]
     fn a_failing_consumer_stops_the_two_thread_render_with_its_own_error() {
         let mix = crate::analysis::test_audio::music(44_100, 2, 8.0, 8);
         let s = every_stage_on(&mix);
         let spec = StageSpec { sample_rate_hz: 44_100, channels: 2 };
         let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, &s, Some(Quality::Draft));
         let mut calls = 0;
-        let r = run_pipelined(&mix, &mut tone, 2, &mut peaks, 2, &mut |out| {
+        let r = run_pipelined(&mix, &mut tone, &mut peaks, &mut |out| {
             out.iter_mut().for_each(Vec::clear);
             calls += 1;
             Err(crate::error::Error::Unsupported("disk full".into()))
