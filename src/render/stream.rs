@@ -700,6 +700,36 @@ mod tests {
     }
 
     #[test]
+    fn a_long_chunk_is_handed_over_in_order_in_pieces_of_at_most_piece_frames() {
+        use crate::render::chain::{hand_over, PIECE_FRAMES};
+        let long: Vec<f32> = (0..2 * PIECE_FRAMES + 123).map(|i| i as f32).collect();
+        let (mut got, mut largest) = (vec![Vec::new(), Vec::new()], 0);
+        hand_over(
+            2,
+            |emit| {
+                let mut out: Planes = vec![long.clone(), long.iter().map(|v| -v).collect()];
+                emit(&mut out)?;
+                assert!(out.iter().all(Vec::is_empty), "emit leaves a cleared buffer");
+                let mut short: Planes = vec![vec![1.0; 10], vec![2.0; 10]];
+                emit(&mut short)
+            },
+            &mut |planes| {
+                largest = largest.max(planes[0].len());
+                for (g, p) in got.iter_mut().zip(planes.iter()) {
+                    g.extend_from_slice(p);
+                }
+                Ok(())
+            },
+        )
+        .expect("hand over");
+        assert!(largest <= PIECE_FRAMES);
+        assert_eq!(got[0][..long.len()], long[..]);
+        assert_eq!(got[1][..long.len()], long.iter().map(|v| -v).collect::<Vec<f32>>()[..]);
+        assert_eq!(got[0][long.len()..], [1.0; 10]);
+        assert_eq!(got[1].len(), long.len() + 10);
+    }
+
+    #[test]
     fn a_failing_consumer_stops_the_two_thread_render_with_its_own_error() {
         let mix = crate::analysis::test_audio::music(44_100, 2, 8.0, 8);
         let s = every_stage_on(&mix);
