@@ -141,12 +141,19 @@ pub fn detector_levels_db(detector: &[f32], attack_ms: f64, release_ms: f64, lev
     let a_rel = coefficient(release_ms, BLOCK_S);
     levels.clear();
     let mut state = 0f64;
+    // The recurrence first (both candidates, then a select: the coefficient chosen by a
+    // comparison would lengthen the chain from one block's state to the next), the levels in a
+    // second pass, which runs on vector lanes.
     levels.extend(detector.iter().map(|&x| {
         let x = f64::from(x);
-        let a = if x > state { a_att } else { a_rel };
-        state = a * state + (1.0 - a) * x;
-        power_db(state.max(1e-20) as f32) as f32
+        let rising = a_att * state + (1.0 - a_att) * x;
+        let falling = a_rel * state + (1.0 - a_rel) * x;
+        state = if x > state { rising } else { falling };
+        state.max(1e-20) as f32
     }));
+    for l in levels.iter_mut() {
+        *l = power_db(*l) as f32;
+    }
 }
 
 /// Power gain per block (linear, ≤ 1 before make-up) of `band`'s gain law on the detector levels
