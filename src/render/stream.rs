@@ -700,9 +700,9 @@ mod tests {
     }
 
     #[test]
-    fn a_long_chunk_is_handed_over_in_order_in_pieces_of_at_most_piece_frames() {
-        use crate::render::chain::{hand_over, PIECE_FRAMES};
-        let long: Vec<f32> = (0..2 * PIECE_FRAMES + 123).map(|i| i as f32).collect();
+    fn a_long_chunk_is_handed_over_in_order_in_pieces_of_at_most_piece_samples() {
+        use crate::render::chain::{hand_over, PIECE_SAMPLES};
+        let long: Vec<f32> = (0..PIECE_SAMPLES + 123).map(|i| i as f32).collect();
         let (mut got, mut largest) = (vec![Vec::new(), Vec::new()], 0);
         hand_over(
             2,
@@ -722,7 +722,7 @@ mod tests {
             },
         )
         .expect("hand over");
-        assert!(largest <= PIECE_FRAMES);
+        assert!(2 * largest <= PIECE_SAMPLES, "{largest} frames of two planes in one piece");
         assert_eq!(got[0][..long.len()], long[..]);
         assert_eq!(got[1][..long.len()], long.iter().map(|v| -v).collect::<Vec<f32>>()[..]);
         assert_eq!(got[0][long.len()..], [1.0; 10]);
