@@ -15,7 +15,10 @@
 //! its phase.
 //!
 //! It runs as a stream ([`Compressor`]): the song passes through in chunks of any size and the
-//! output does not depend on where the chunks are cut.
+//! output does not depend on where the chunks are cut. The split is most of the work and needs
+//! only the input and the gains, so a chain may run it on another thread than the detectors
+//! ([`Compressor::detach_split`], [`Compressor::detect`], [`LinearPhaseSplit::process`]): the same
+//! samples either way.
 
 use crate::dsp::crossover::Crossover4;
 use crate::dsp::fir::{design, ConvolverBank};
