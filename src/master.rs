@@ -1483,7 +1483,13 @@ fn read_limited(
                 out.iter_mut().for_each(Vec::clear);
                 Ok(())
             };
-            limit_and_take(prepared, &mut lim, spool, &mut out, &mut take)?;
+            // The limiter on a thread of its own, the meters a chunk behind it on this one.
+            let lim_ref = &mut lim;
+            crate::render::chain::hand_over(
+                channels,
+                move |emit| limit_and_take(prepared, lim_ref, spool, &mut out, &mut |o| emit(o)),
+                &mut take,
+            )?;
             Ok(Reading {
                 lufs: kmeter.integrated_lufs(),
                 true_peak_dbtp: tp.map_or(f64::NEG_INFINITY, |t| t.true_peak_dbtp()),
