@@ -1487,7 +1487,7 @@ fn read_limited(
             let lim_ref = &mut lim;
             crate::render::chain::hand_over(
                 channels,
-                move |emit| limit_and_take(prepared, lim_ref, spool, &mut out, &mut |o| emit(o)),
+                move |emit| limit_and_take(prepared, lim_ref, spool, &mut out, emit),
                 &mut take,
             )?;
             Ok(Reading {

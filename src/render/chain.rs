@@ -174,18 +174,24 @@ impl Stage for Compression {
     }
     fn process(&mut self, input: &[&[f32]], out: &mut Planes) {
         let side_in: &[f32] = input.get(1).copied().unwrap_or(&[]);
-        match (input.first(), out.as_mut_slice()) {
-            (Some(m), [mo, so, ..]) => self.compressor.process(m, side_in, mo, so),
-            (Some(m), [mo]) => self.compressor.process(m, side_in, mo, &mut self.no_side),
-            _ => {}
+        if let (Some(m), Some((mo, so))) = (input.first(), mid_side_out(out, &mut self.no_side)) {
+            self.compressor.process(m, side_in, mo, so);
         }
     }
     fn finish(&mut self, out: &mut Planes) {
-        match out.as_mut_slice() {
-            [mo, so, ..] => self.compressor.finish(mo, so),
-            [mo] => self.compressor.finish(mo, &mut self.no_side),
-            [] => {}
+        if let Some((mo, so)) = mid_side_out(out, &mut self.no_side) {
+            self.compressor.finish(mo, so);
         }
+    }
+}
+
+/// The mid and side output planes of a compressor stage; mono has no side plane, so `no_side`
+/// (never read) takes its place.
+fn mid_side_out<'a>(out: &'a mut Planes, no_side: &'a mut Vec<f32>) -> Option<(&'a mut Vec<f32>, &'a mut Vec<f32>)> {
+    match out.as_mut_slice() {
+        [mo, so, ..] => Some((mo, so)),
+        [mo] => Some((mo, no_side)),
+        [] => None,
     }
 }
 
@@ -224,17 +230,13 @@ impl Stage for CompressionSplit {
         self.split.latency_frames()
     }
     fn process(&mut self, input: &[&[f32]], out: &mut Planes) {
-        match out.as_mut_slice() {
-            [mo, so, ..] => self.split.process(input, mo, so),
-            [mo] => self.split.process(input, mo, &mut self.no_side),
-            [] => {}
+        if let Some((mo, so)) = mid_side_out(out, &mut self.no_side) {
+            self.split.process(input, mo, so);
         }
     }
     fn finish(&mut self, out: &mut Planes) {
-        match out.as_mut_slice() {
-            [mo, so, ..] => self.split.finish(mo, so),
-            [mo] => self.split.finish(mo, &mut self.no_side),
-            [] => {}
+        if let Some((mo, so)) = mid_side_out(out, &mut self.no_side) {
+            self.split.finish(mo, so);
         }
     }
 }
@@ -489,7 +491,8 @@ impl Chain {
 /// and the tone stages, the peak stages, and what the caller does with the output (the pass's
 /// meters, the cache) each on its own thread, a chunk or two apart. With `f` on the back's
 /// thread, that thread carried the meters and copies too and the other two waited on it.
-/// Each part hands on as many planes as its last stage does. A failing `f` stops the chain; an error of the source is returned after what came before it has been handed on.
+/// Each part hands on as many planes as its last stage does. A failing `f` stops the chain; an
+/// error of the source is returned after what came before it has been handed on.
 pub fn run_pipelined(
     source: &dyn FrameSource,
     front: &mut Chain,
@@ -541,9 +544,9 @@ pub const PIECE_SAMPLES: usize = 3 * crate::source::CHUNK_FRAMES;
 /// chunk in order and may swap the buffer out for a cleared one of its own (to hand it on to
 /// another thread). Buffers go back to the producer for reuse, so chunks cost no allocation
 /// once the pipe is full. A chunk of more than [`PIECE_SAMPLES`] samples is handed over in
-/// pieces of at most that many. A failing `consume` stops the producer (its `emit` then fails) and its
-/// error is the one returned; else the producer's own error, after everything it emitted before
-/// it was consumed.
+/// pieces of at most that many. A failing `consume` stops the producer (its `emit` then fails)
+/// and its error is the one returned; else the producer's own error, after everything it
+/// emitted before it was consumed.
 pub fn hand_over(
     planes: usize,
     produce: impl FnOnce(&mut dyn FnMut(&mut Planes) -> Result<()>) -> Result<()> + Send,
@@ -557,6 +560,7 @@ pub fn hand_over(
         let (recycle, spare) = std::sync::mpsc::channel::<Planes>();
         let producer = scope.spawn(move || -> Result<()> {
             let stopped = || Error::Unsupported("internal: the chunks' consumer stopped".into());
+            let buffer = || spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); planes]);
             produce(&mut |out: &mut Planes| {
                 let frames = out.first().map_or(0, Vec::len);
                 if frames == 0 {
@@ -564,15 +568,14 @@ pub fn hand_over(
                 }
                 let piece_frames = (PIECE_SAMPLES / out.len().max(1)).max(1);
                 if frames <= piece_frames {
-                    let next = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); planes]);
-                    return to_consumer.send(std::mem::replace(out, next)).map_err(|_| stopped());
+                    return to_consumer.send(std::mem::replace(out, buffer())).map_err(|_| stopped());
                 }
                 // A long chunk (a linear-phase filter's block) goes over in pieces, copied into
                 // buffers of a piece each: the buffers in flight stay small whatever a stage
                 // hands on at once, and the long one stays here.
                 for start in (0..frames).step_by(piece_frames) {
                     let end = (start + piece_frames).min(frames);
-                    let mut piece = spare.try_recv().unwrap_or_else(|_| vec![Vec::new(); planes]);
+                    let mut piece = buffer();
                     for (p, o) in piece.iter_mut().zip(out.iter()) {
                         p.clear();
                         p.extend_from_slice(&o[start..end]);

@@ -190,16 +190,12 @@ pub struct Compressor {
     feedback: bool,
     /// The detectors' band split (the output never uses it: see the module's doc).
     xo_mid: Crossover4,
-    /// Per-band gains rather than one (neither linked nor bypassed): they go to the split.
-    multiband: bool,
     /// The multiband output's split (`None` when linked, bypassed or detached).
     split: Option<LinearPhaseSplit>,
     /// Weights for the split computed and not yet handed to it (or, detached, on).
     weights: [Vec<f32>; 4],
     /// Detached: the input planes not yet handed on with their weights.
     held: Vec<Vec<f32>>,
-    /// Output a detached compressor never writes (its gains go out as weights).
-    unused: [Vec<f32>; 2],
     coeffs: [(f64, f64); 4],
     params: [(f64, f64, f64, f64); 4],
     state: [f64; 4],
@@ -227,12 +223,10 @@ impl Compressor {
             linked: settings.linked,
             feedback: settings.feedback,
             xo_mid: Crossover4::new(settings.crossovers_hz, sample_rate_hz),
-            multiband: !bypass && !settings.linked,
             split: (!bypass && !settings.linked)
                 .then(|| LinearPhaseSplit::new(settings.crossovers_hz, sample_rate_hz, planes)),
             weights: std::array::from_fn(|_| Vec::new()),
             held: vec![Vec::new(); planes],
-            unused: [Vec::new(), Vec::new()],
             coeffs,
             params,
             state: [0.0; 4],
@@ -240,6 +234,11 @@ impl Compressor {
             pending_mid: Vec::with_capacity(CONTROL),
             pending_side: Vec::with_capacity(CONTROL),
         }
+    }
+
+    /// Per-band gains rather than one (neither linked nor bypassed): they go to the split.
+    fn multiband(&self) -> bool {
+        !self.bypass && !self.linked
     }
 
     /// True when the settings leave the signal untouched (the stage passes samples through).
@@ -286,17 +285,14 @@ impl Compressor {
         for (h, x) in self.held.iter_mut().zip(input) {
             h.extend_from_slice(x);
         }
-        let [mut a, mut b] = std::mem::take(&mut self.unused);
-        self.run_blocks(mid, side, &mut a, &mut b);
-        self.unused = [a, b];
+        // Multiband, the detectors write no samples (empty vectors do not allocate).
+        self.run_blocks(mid, side, &mut Vec::new(), &mut Vec::new());
         self.hand_on_detected(out);
     }
 
     /// Flushes a detached compressor: [`Self::detect`] for the last (short) control block.
     pub fn finish_detect(&mut self, out: &mut [Vec<f32>]) {
-        let [mut a, mut b] = std::mem::take(&mut self.unused);
-        self.flush_block(&mut a, &mut b);
-        self.unused = [a, b];
+        self.flush_block(&mut Vec::new(), &mut Vec::new());
         self.hand_on_detected(out);
     }
 
@@ -432,14 +428,15 @@ impl Compressor {
             for m in &bands_m[..mid.len()] {
                 self.follow(&mut state, m.map(|v| v * v));
             }
-            self.state = state;
         }
+        // Feed-forward, the gain is read off the state the block left.
+        self.state = state;
         let next = at_start.unwrap_or_else(|| self.gains_now());
         let makeup: [f64; 4] = std::array::from_fn(|b| self.params[if self.linked { 0 } else { b }].3.max(1e-12));
         let n = mid.len() as f64;
         // The block's gains, band by band, for the multiband split.
         let mut gains = [[0f32; CONTROL]; 4];
-        let multiband = self.multiband;
+        let multiband = self.multiband();
         for k in 0..mid.len() {
             let frac = (k + 1) as f64 / n;
             let g: [f64; 4] = std::array::from_fn(|b| self.gain[b] + (next[b] - self.gain[b]) * frac);
@@ -463,9 +460,7 @@ impl Compressor {
                 }
             }
         }
-        if self.feedback {
-            self.state = state;
-        }
+        self.state = state;
         if multiband {
             push_weights(&mut self.weights, &gains, mid.len());
         }

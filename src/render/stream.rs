@@ -637,6 +637,31 @@ mod tests {
         s
     }
 
+    /// `chain` run over `mix` on this thread, all its output.
+    fn render_one_thread(chain: &mut Chain, mix: &AudioBuffer) -> Planes {
+        let mut out: Planes = vec![Vec::new(); mix.channel_count()];
+        mix.stream(&mut |chunk| {
+            chain.process(chunk, &mut out);
+            Ok(())
+        })
+        .expect("one thread");
+        chain.finish(&mut out);
+        out
+    }
+
+    /// `front` then `back` run over `mix` by [`run_pipelined`], all the output.
+    fn render_two_threads(front: &mut Chain, back: &mut Chain, mix: &AudioBuffer) -> Planes {
+        let mut got: Planes = vec![Vec::new(); mix.channel_count()];
+        run_pipelined(mix, front, back, &mut |out| {
+            for (g, o) in got.iter_mut().zip(out.iter_mut()) {
+                g.append(o);
+            }
+            Ok(())
+        })
+        .expect("two threads");
+        got
+    }
+
     #[test]
     fn the_chain_cut_across_two_threads_renders_the_bits_of_one_thread() {
         let mix = crate::analysis::test_audio::music(44_100, 2, 6.0, 7);
@@ -644,22 +669,9 @@ mod tests {
         let spec = StageSpec { sample_rate_hz: 44_100, channels: 2 };
         let mut one = Chain::whole(spec, &s, -0.5);
         assert!(one.describe().len() >= 7, "every stage present: {:?}", one.describe());
-        let mut want: Planes = vec![Vec::new(); 2];
-        mix.stream(&mut |chunk| {
-            one.process(chunk, &mut want);
-            Ok(())
-        })
-        .expect("one thread");
-        one.finish(&mut want);
+        let want = render_one_thread(&mut one, &mix);
         let (mut tone, mut peaks) = Chain::whole_parts(spec, &s, -0.5);
-        let mut got: Planes = vec![Vec::new(); 2];
-        run_pipelined(&mix, &mut tone, &mut peaks, &mut |out| {
-            for (g, o) in got.iter_mut().zip(out.iter_mut()) {
-                g.append(o);
-            }
-            Ok(())
-        })
-        .expect("two threads");
+        let got = render_two_threads(&mut tone, &mut peaks, &mix);
         assert_eq!(want[0].len(), mix.frames());
         assert!(want == got, "the two-thread render differs from the one-thread render");
         assert_eq!(one.limiter_stats(), peaks.limiter_stats());
@@ -673,27 +685,14 @@ mod tests {
             s.dynamics.feedback = feedback;
             let spec = StageSpec { sample_rate_hz: 44_100, channels };
             let mut one = Chain::pre_limiter(spec, &s, None);
-            let mut want: Planes = vec![Vec::new(); channels];
-            mix.stream(&mut |chunk| {
-                one.process(chunk, &mut want);
-                Ok(())
-            })
-            .expect("one thread");
-            one.finish(&mut want);
+            let want = render_one_thread(&mut one, &mix);
             // Without the saturator the cut falls between the compressor's detectors and its
             // split.
             let (mut tone, mut peaks) = Chain::pre_limiter_parts(spec, &s, None);
             assert!(tone.describe().iter().any(|(n, _)| *n == "compressor detectors"), "{:?}", tone.describe());
             assert!(peaks.describe().iter().any(|(n, _)| *n == "compressor split"), "{:?}", peaks.describe());
             assert_eq!(tone.latency_frames() + peaks.latency_frames(), one.latency_frames());
-            let mut got: Planes = vec![Vec::new(); channels];
-            run_pipelined(&mix, &mut tone, &mut peaks, &mut |out| {
-                for (g, o) in got.iter_mut().zip(out.iter_mut()) {
-                    g.append(o);
-                }
-                Ok(())
-            })
-            .expect("two threads");
+            let got = render_two_threads(&mut tone, &mut peaks, &mix);
             assert_eq!(got[0].len(), mix.frames());
             assert!(want == got, "{channels} channels, feedback {feedback}: the cut render differs");
         }
