@@ -1170,7 +1170,8 @@ fn easyeffects_limiter(settings: &Settings) -> Value {
         "input-gain": round((l.drive_db + sat_drive_db(settings)).clamp(-36.0, 36.0), 2),
         "lookahead": round(l.lookahead_ms.clamp(0.1, 20.0), 3),
         "mode": "Herm Thin",
-        "output-gain": 0.0,
+        // The safety trim refmaster's render carries after its limiter (0 dB on most masters).
+        "output-gain": round(l.output_trim_db.clamp(-12.0, 0.0), 2),
         "oversampling": "Full x4(3L)",
         "release": round(l.release_ms.clamp(0.25, 20.0), 3),
         "sidechain-preamp": 0.0,

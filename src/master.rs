@@ -26,6 +26,12 @@ const DEPTH_TOLERANCE_DB: f64 = 0.04;
 /// How far under the limit a reading at the drive limit may stay, short of its target, before
 /// the limit is raised again, dB.
 const DEPTH_SLACK_DB: f64 = 0.25;
+/// How much further than the last intermediate pass's safety trim the master's render trims its
+/// output, dB: the master's drive differs a little from that pass's (its loudness is won back,
+/// its EQ corrected), and the content the limiter's detector under-reads moves with it. Where
+/// the foreseen trim still falls short, the master gets the rest as before, written after its
+/// readings; where it goes past, the search's extra drive wins the loudness back.
+const TRIM_FORESIGHT_MARGIN_DB: f64 = 0.01;
 /// Deepest limiting refmaster applies by default, dB of gain reduction at the 99.9th percentile
 /// (what more than 0.1 % of the music receives). Past this a loud target is reported
 /// unreachable rather than crushed.
@@ -391,12 +397,20 @@ pub fn master_stream(
     let mut depth = 0.0;
     let mut pass = 0;
     let mut spool: Option<Spool> = None;
-    // Whether the last intermediate pass's output needed a safety trim (then the master
-    // likely does too).
+    // Whether the last intermediate pass's output needed a safety trim that the master's
+    // render does not carry (then the master likely needs one too).
     let mut expect_trim = false;
+    // The safety trim the last intermediate pass measured, dB (≤ 0): the master's render
+    // carries it ([`crate::settings::LimiterSettings::output_trim_db`]), the loudness search
+    // aims with it in place, and the master is written as its last reading measures it instead
+    // of being trimmed and written again after the readings.
+    let mut foreseen_trim_db = 0.0;
     let (pre, search) = loop {
         progress(&format!("rendering (pass {})", pass + 1));
         let last = pass >= opts.closed_loop_passes || !settings.eq.enabled;
+        if last {
+            settings.limiter.output_trim_db = foreseen_trim_db;
+        }
         // Intermediate passes are measured, never written, so the draft saturator serves them,
         // except the last one: its measurement sets the EQ correction the master is rendered
         // with, so it is measured on the saturator that renders the master. With the draft
@@ -469,7 +483,12 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
-        expect_trim = search.trim_db < 0.0;
+        if settings.limiter.enabled && search.trim_db < 0.0 {
+            foreseen_trim_db =
+                (search.trim_db - TRIM_FORESIGHT_MARGIN_DB).max(crate::settings::limits::OUTPUT_TRIM_DB.0);
+        } else {
+            expect_trim = search.trim_db < 0.0;
+        }
         let Some([mut out_mid, mut out_side]) =
             search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
@@ -561,7 +580,9 @@ pub fn master_stream(
     // again.
     let spooled = spool.filter(|s| s.frames == Some(frames));
     let mut limiter = spooled.is_none().then(|| StreamLimiter::new(rate, channels, &settings.limiter, search.trim_db));
-    let trim = db_to_lin(search.trim_db) as f32;
+    // As the limiter scales its output ([`StreamLimiter::new`]): the trim the render carried and
+    // the one measured on top.
+    let trim = db_to_lin(settings.limiter.output_trim_db + search.trim_db) as f32;
     // The last reading analysed the limited output as it measured it: without a safety trim
     // that output is the master, sample for sample, and its analysis is the master's. Else the
     // master's own analysis runs as it is written, on the other core, a chunk behind the
@@ -1107,7 +1128,8 @@ fn estimate_lufs(
     drive_db: f64,
 ) -> (f64, Vec<f32>) {
     let gain = gain_curve(env_d, db_to_lin(drive_db) as f32, rate_d, limiter);
-    let g2 = db_to_lin(2.0 * drive_db) as f32;
+    // The output trim scales the limited output's energy like the drive does its input's.
+    let g2 = db_to_lin(2.0 * (drive_db + limiter.output_trim_db)) as f32;
     (gated_loudness(&block_energies(energy_d, rate_d, |i| gain[i] * gain[i] * g2)), gain)
 }
 
@@ -1353,23 +1375,30 @@ fn keep_limited(spool: &mut Option<SpoolWriter<'_>>, out: &Planes, lim: &mut Str
     }
 }
 
-/// Runs the prepared render through the limiter, keeping what it limited in the reading's spool
-/// and handing each chunk of its output to `take` (the reading's meters, which clear it).
+/// Runs the prepared render through the limiter, keeping what it limited in the reading's spool,
+/// scaling it by `trim` (linear) and handing each chunk to `take` (the reading's meters, which
+/// clear it).
 fn limit_and_take(
     prepared: &Prepared,
     lim: &mut StreamLimiter,
+    trim: f32,
     mut spool: Option<SpoolWriter<'_>>,
     out: &mut Planes,
     take: &mut dyn FnMut(&mut Planes) -> Result<()>,
 ) -> Result<()> {
+    let mut limited = |out: &mut Planes, lim: &mut StreamLimiter| {
+        keep_limited(&mut spool, out, lim);
+        if trim != 1.0 {
+            out.iter_mut().for_each(|c| c.iter_mut().for_each(|x| *x *= trim));
+        }
+        take(out)
+    };
     prepared.pre.replay(&mut |p, e| {
         lim.process(p, e, out);
-        keep_limited(&mut spool, out, lim);
-        take(out)
+        limited(out, lim)
     })?;
     lim.finish(out);
-    keep_limited(&mut spool, out, lim);
-    take(out)?;
+    limited(out, lim)?;
     if let Some(s) = spool {
         s.finish();
     }
@@ -1400,7 +1429,14 @@ fn read_limited(
 ) -> Result<Reading> {
     let (spool, write) = (outlets.spool.as_deref_mut(), outlets.write.as_mut());
     let (rate, channels) = (prepared.rate, prepared.channels);
-    let mut lim = StreamLimiter::new(rate, channels, limiter, 0.0);
+    // The limiter runs without the output trim and the trim scales each chunk after the spool
+    // has kept it: the spool holds what was limited before any trim, which the master is
+    // written from times the whole trim (carried and measured), as a limiter with that trim
+    // computes it, bit for bit. The readings see the same bits as that limiter's too
+    // (`x · (drive · g) · 1` is `x · (drive · g)`).
+    let untrimmed = crate::settings::LimiterSettings { output_trim_db: 0.0, ..limiter.clone() };
+    let mut lim = StreamLimiter::new(rate, channels, &untrimmed, 0.0);
+    let trim = db_to_lin(limiter.output_trim_db) as f32;
     let frames = prepared.frames;
     let mut spec = spectra.then(|| SpectrumMeter::new(rate, frames, prepared.measured.as_deref()));
     let gains = spool.as_ref().is_some_and(|s| s.gains);
@@ -1422,7 +1458,7 @@ fn read_limited(
             };
             let written = match write {
                 None => {
-                    limit_and_take(prepared, &mut lim, spool, &mut out, &mut |out| {
+                    limit_and_take(prepared, &mut lim, trim, spool, &mut out, &mut |out| {
                         measure(out);
                         out.iter_mut().for_each(Vec::clear);
                         Ok(())
@@ -1438,7 +1474,7 @@ fn read_limited(
                     crate::render::chain::hand_over(
                         channels,
                         move |emit| {
-                            limit_and_take(prepared, lim, spool, &mut out, &mut |out| {
+                            limit_and_take(prepared, lim, trim, spool, &mut out, &mut |out| {
                                 measure(out);
                                 emit(out)
                             })
@@ -1487,7 +1523,7 @@ fn read_limited(
             let lim_ref = &mut lim;
             crate::render::chain::hand_over(
                 channels,
-                move |emit| limit_and_take(prepared, lim_ref, spool, &mut out, emit),
+                move |emit| limit_and_take(prepared, lim_ref, trim, spool, &mut out, emit),
                 &mut take,
             )?;
             Ok(Reading {
@@ -1533,7 +1569,10 @@ fn loudness_loop(
         (false, true) => Meters::Analysis,
         (false, false) => Meters::Levels { true_peak: true },
     };
-    let target = settings.limiter.target_lufs;
+    // Where the loudness a safety trim takes is not won back, the trim the render carries keeps
+    // it too: the search aims that much under the target, at the drive it would have without.
+    let kept_trim_db = if trim_compensation { 0.0 } else { settings.limiter.output_trim_db };
+    let target = settings.limiter.target_lufs + kept_trim_db;
     let base = prepared.base_lufs;
     let frames = prepared.frames;
     let window_of =
@@ -1636,6 +1675,14 @@ fn loudness_loop(
         const RETRIES: usize = 4;
         let mut previous: Option<(f64, f64)> = None;
         reached += trim_db;
+        // A master that needs a trim on top of what its render carries is written after the
+        // readings: the retries only measure.
+        let retry_meters = if trim_db < 0.0 {
+            outlets.write = None;
+            Meters::Levels { true_peak: true }
+        } else {
+            meters(true)
+        };
         for retry in 0..=RETRIES {
             if trim_db > -0.02
                 || !trim_compensation
@@ -1658,7 +1705,7 @@ fn loudness_loop(
             previous = Some((drive, reached));
             drive = next;
             settings.limiter.drive_db = drive;
-            r = read_limited(prepared, &settings.limiter, meters(true), false, &mut outlets)?;
+            r = read_limited(prepared, &settings.limiter, retry_meters, false, &mut outlets)?;
             trim_db = trim_of(&r);
             reached = r.lufs + trim_db;
         }

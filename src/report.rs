@@ -226,11 +226,16 @@ pub fn settings_text(st: &Settings) -> String {
     }
     let _ = writeln!(
         s,
-        "limiter: drive {:+.1} dB, ceiling {:.1} dBTP, look-ahead {:.1} ms, release {:.0} ms{}; target {:.1} LUFS",
+        "limiter: drive {:+.1} dB, ceiling {:.1} dBTP, look-ahead {:.1} ms, release {:.0} ms{}{}; target {:.1} LUFS",
         st.limiter.drive_db,
         st.limiter.ceiling_dbtp,
         st.limiter.lookahead_ms,
         st.limiter.release_ms,
+        if st.limiter.output_trim_db < 0.0 {
+            format!(", output trim {:.2} dB", st.limiter.output_trim_db)
+        } else {
+            String::new()
+        },
         if st.limiter.enabled { "" } else { " (limiter OFF: gain only)" },
         st.limiter.target_lufs
     );

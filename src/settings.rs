@@ -39,6 +39,8 @@ pub mod limits {
     pub const SATURATION_KNEE_DB: (f64, f64) = (0.5, 20.0);
     /// Look-ahead range, ms.
     pub const LOOKAHEAD_MS: (f64, f64) = (0.1, 20.0);
+    /// Range of the gain after the limiter, dB: a trim, never a boost past the ceiling.
+    pub const OUTPUT_TRIM_DB: (f64, f64) = (-12.0, 0.0);
 }
 
 /// The whole mastering chain.
@@ -246,6 +248,17 @@ pub struct LimiterSettings {
     pub release_ms: f64,
     /// Loudness the loop aimed at, LUFS (informational).
     pub target_lufs: f64,
+    /// Gain after the limiter, dB (≤ 0): the safety trim the closed loop measured on its last
+    /// intermediate pass, carried into the master's render so that the master can be written
+    /// as it is measured instead of after ([`crate::master`]). A render still measures its
+    /// limited output's true peak and trims whatever this leaves over the ceiling on top.
+    /// Absent (0 dB) in files from before it existed and wherever no trim was foreseen.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub output_trim_db: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn check_range(src: &str, field: &str, v: f64, (lo, hi): (f64, f64)) -> Result<()> {
@@ -364,6 +377,7 @@ impl Settings {
         check_range(src, "limiter.lookahead_ms", l.lookahead_ms, limits::LOOKAHEAD_MS)?;
         check_range(src, "limiter.release_ms", l.release_ms, limits::RELEASE_MS)?;
         check_range(src, "limiter.target_lufs", l.target_lufs, (-70.0, 0.0))?;
+        check_range(src, "limiter.output_trim_db", l.output_trim_db, limits::OUTPUT_TRIM_DB)?;
         Ok(())
     }
 

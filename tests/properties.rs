@@ -572,14 +572,10 @@ fn limiter_settings() -> impl Strategy<Value = LimiterSettings> {
         in_range(limits::LOOKAHEAD_MS.0, limits::LOOKAHEAD_MS.1),
         in_range(limits::RELEASE_MS.0, limits::RELEASE_MS.1),
         in_range(-70.0, 0.0),
+        prop_oneof![Just(0.0), in_range(limits::OUTPUT_TRIM_DB.0, limits::OUTPUT_TRIM_DB.1)],
     )
-        .prop_map(|(enabled, drive_db, ceiling_dbtp, lookahead_ms, release_ms, target_lufs)| LimiterSettings {
-            enabled,
-            drive_db,
-            ceiling_dbtp,
-            lookahead_ms,
-            release_ms,
-            target_lufs,
+        .prop_map(|(enabled, drive_db, ceiling_dbtp, lookahead_ms, release_ms, target_lufs, output_trim_db)| {
+            LimiterSettings { enabled, drive_db, ceiling_dbtp, lookahead_ms, release_ms, target_lufs, output_trim_db }
         })
 }
 

@@ -108,6 +108,8 @@ fn out_of_range_values_are_refused_naming_the_field() {
     let cases: Vec<(String, &str)> = vec![
         (edit(&text, |v| v["limiter"]["ceiling_dbtp"] = 3.0.into()), "limiter.ceiling_dbtp"),
         (edit(&text, |v| v["limiter"]["drive_db"] = 80.0.into()), "limiter.drive_db"),
+        // A trim after the limiter, never a boost past its ceiling.
+        (edit(&text, |v| v["limiter"]["output_trim_db"] = 3.0.into()), "limiter.output_trim_db"),
         (edit(&text, |v| v["eq"]["mid_gain_db"][10] = 40.0.into()), "eq.mid_gain_db[10]"),
         (edit(&text, |v| v["dynamics"]["bands"][2]["ratio"] = 0.5.into()), "dynamics.bands[2].ratio"),
         (edit(&text, |v| v["dynamics"]["bands"][1]["attack_ms"] = (-5.0).into()), "dynamics.bands[1].attack_ms"),

@@ -246,3 +246,68 @@ fn writing_the_master_as_it_is_measured_or_after_gives_the_same_master_and_profi
         assert!(a.profile == b.profile && a.settings == b.settings, "budget {budget}: the outcome differs");
     }
 }
+
+/// A rewindable sink that counts how often the master was begun.
+#[derive(Default)]
+struct Counting {
+    inner: CollectSink,
+    begun: usize,
+}
+
+impl MasterSink for Counting {
+    fn rewindable(&self) -> bool {
+        true
+    }
+    fn begin(&mut self, info: &WriteInfo) -> refmaster::Result<()> {
+        self.begun += 1;
+        self.inner.begin(info)
+    }
+    fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> refmaster::Result<()> {
+        self.inner.write(first_frame, chunk)
+    }
+}
+
+/// The shipped demo pair drives its mix hard into the saturator, and the limiter's 4x detector
+/// under-reads what the clipper makes near Nyquist: the master needs a small safety trim. The
+/// last intermediate pass measures it and the master's render carries it
+/// (`limiter.output_trim_db`), so the master is written once, as its last reading measures it:
+/// its true peak is under the trim's limit by the precise meter, its loudness on the target, and
+/// the saved settings render it again bit for bit.
+#[test]
+fn a_safety_trim_foreseen_on_the_last_intermediate_pass_is_carried_into_the_masters_render() {
+    let shipped = |name: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join("references").join(name);
+    // Looped to 5 minutes, as the pipeline bench does: long enough for the proxy.
+    let (excerpt, _) = refmaster::decode::decode_file(&shipped("demo_mix.flac")).expect("decodes");
+    let channels =
+        excerpt.channels.iter().map(|c| c.repeat(300 * excerpt.sample_rate_hz as usize / c.len() + 1)).collect();
+    let mix = AudioBuffer { sample_rate_hz: excerpt.sample_rate_hz, channels };
+    let profile = analyze(&mix, "mix", false);
+    let target = refmaster::source::profile_file(&shipped("demo_ref.ogg")).expect("profiles");
+    for budget in [MasterOptions::default().memory_budget_bytes, 0] {
+        let opts = MasterOptions { memory_budget_bytes: budget, ..MasterOptions::default() };
+        let mut sink = Counting::default();
+        let m = master_stream(&mix, &profile, &target, &opts, &|_| {}, &mut sink).expect("masters");
+        let trim = m.settings.limiter.output_trim_db;
+        assert!(trim < 0.0, "budget {budget}: no trim was carried into the render");
+        assert_eq!(sink.begun, 1, "budget {budget}: the master was written again after its readings");
+        let audio = sink.inner.audio.expect("written");
+        let planes: Vec<&[f32]> = audio.channels.iter().map(Vec::as_slice).collect();
+        // The trim's own limit: the ceiling less the writer's net margin and 0.01 dB.
+        let limit = m.settings.limiter.ceiling_dbtp - refmaster::ceiling::NET_MARGIN_DB - 0.01;
+        let tp = refmaster::dsp::truepeak::precise_true_peak_db(&planes);
+        assert!(tp <= limit + 1e-6, "budget {budget}: true peak {tp:.4} dBTP over {limit:.4}");
+        let lufs = m.profile.loudness.integrated_lufs;
+        assert!(
+            (lufs - m.settings.limiter.target_lufs).abs() <= refmaster::master::LOUDNESS_TOLERANCE_LU,
+            "budget {budget}: {lufs:.3} LUFS for a target of {:.3}",
+            m.settings.limiter.target_lufs
+        );
+        let mut again: Vec<Vec<f32>> = vec![Vec::new(); audio.channels.len()];
+        refmaster::render::stream::render_stream(&mix, &m.settings, &mut |_, chunk| {
+            again.iter_mut().zip(chunk).for_each(|(a, c)| a.extend_from_slice(c));
+            Ok(())
+        })
+        .expect("renders");
+        assert!(again == audio.channels, "budget {budget}: the saved settings render another master");
+    }
+}

@@ -272,8 +272,8 @@ pub struct StreamLimiter {
 }
 
 impl StreamLimiter {
-    /// A limiter for `s` at `rate`, driven by `s.drive_db`, its output scaled by `trim_db` (the
-    /// safety trim, ≤ 0).
+    /// A limiter for `s` at `rate`, driven by `s.drive_db`, its output scaled by
+    /// `s.output_trim_db` and `trim_db` (the safety trim measured on top of it, ≤ 0).
     pub fn new(rate: u32, channels: usize, s: &LimiterSettings, trim_db: f64) -> Self {
         let drive = db_to_lin(s.drive_db) as f32;
         let look = ((s.lookahead_ms * 1e-3 * f64::from(rate)).round() as usize).max(1);
@@ -281,7 +281,7 @@ impl StreamLimiter {
             enabled: s.enabled,
             latency: if s.enabled { look - 1 } else { 0 },
             drive,
-            trim: db_to_lin(trim_db) as f32,
+            trim: db_to_lin(s.output_trim_db + trim_db) as f32,
             gain: GainComputer::new(rate, s, drive),
             held: vec![Vec::new(); channels],
             gains: Vec::new(),
@@ -755,6 +755,7 @@ mod tests {
             lookahead_ms: 5.0,
             release_ms: 80.0,
             target_lufs: -10.0,
+            output_trim_db: 0.0,
         };
         let whole = three_pass_gain_curve(&env, db_to_lin(6.0) as f32, 44_100, &s);
         let want: Vec<f32> = x.iter().zip(&whole).map(|(x, g)| x * (db_to_lin(6.0) as f32 * g)).collect();
