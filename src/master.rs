@@ -983,6 +983,8 @@ fn prepare<'a>(
     let mut sat_stats = SaturationStats::default();
     let mut limiting_estimate = None;
     let mut unsaturated: Option<(Planes, Vec<f32>)> = None;
+    // What entered the saturator, measured before the plan.
+    let mut measured: Option<Measure> = None;
     // The last pass keeps the drive the pass before planned and capped: it is not rendered
     // once more without the saturator only to measure what enters it.
     let measure_first = saturation.as_ref().is_some_and(|p| p.replan);
@@ -991,7 +993,10 @@ fn prepare<'a>(
         // the EQ and compressor again).
         // The first pass estimates the limiter's work from the decimated signal; later passes
         // have measured it.
-        let mut m0 = Measure::new(rate, channels, frames, decimation, work.is_empty());
+        // Decimating too where the pass before left the saturator off: if this plan leaves it
+        // off as well, what was measured here is what enters the limiter, and it is not
+        // measured a second time.
+        let mut m0 = Measure::new(rate, channels, frames, decimation, work.is_empty() || !settings.saturation.enabled);
         let mut store = new_store();
         render_pre(source, settings, None, &mut |p, e| {
             m0.push(p, e);
@@ -1008,6 +1013,7 @@ fn prepare<'a>(
             sat_stats.peak_drive_db = loud_db + settings.saturation.drive_db - settings.limiter.ceiling_dbtp;
         }
         unsaturated = store;
+        measured = Some(m0);
     }
     let mut m = Measure::new(rate, channels, frames, decimation, true);
     let store;
@@ -1062,12 +1068,17 @@ fn prepare<'a>(
         }
         Some((pre, env)) => {
             // The saturator stays out: what was measured is what enters the limiter.
-            let mut start = 0;
-            while start < frames {
-                let end = (start + CHUNK_FRAMES).min(frames);
-                let chunk: Vec<&[f32]> = pre.iter().map(|c| &c[start..end]).collect();
-                m.push(&chunk, &env[start..end]);
-                start = end;
+            match measured.filter(|m0| m0.decimate) {
+                Some(m0) => m = m0,
+                None => {
+                    let mut start = 0;
+                    while start < frames {
+                        let end = (start + CHUNK_FRAMES).min(frames);
+                        let chunk: Vec<&[f32]> = pre.iter().map(|c| &c[start..end]).collect();
+                        m.push(&chunk, &env[start..end]);
+                        start = end;
+                    }
+                }
             }
             store = Some((pre, env));
         }
