@@ -873,6 +873,92 @@ fn decimated_rate(rate: u32, decimation: usize) -> u32 {
     (rate / decimation as u32).max(1)
 }
 
+/// Saturates the first `frames` frames of the kept pre-limiter signal `pre` in place with `sat`,
+/// writes its true-peak envelope over `env`, and measures what comes out into `m`.
+///
+/// The saturator runs on a thread of its own, fed copies of the signal's chunks; the envelope,
+/// the measurement and the writing back run on this one, a chunk behind. The saturator's
+/// output lags its input, so every frame written back has been copied out before. Each stage
+/// sees the chunks it would see run one after the other: the same bits.
+fn saturate_kept(
+    pre: &mut Planes,
+    env: &mut [f32],
+    frames: usize,
+    mut sat: crate::render::stream::SaturatorStage,
+    m: &mut Measure,
+) -> Result<()> {
+    use std::sync::mpsc::{channel, sync_channel};
+    let channels = pre.len();
+    // Message k < `chunks` carries chunk k; message `chunks` ends the stream.
+    let chunks = frames.div_ceil(CHUNK_FRAMES);
+    let (to_sat, sat_in) = sync_channel::<(usize, Planes)>(2);
+    let (from_sat, sat_out) = sync_channel::<Planes>(2);
+    // Buffers go back to where they are filled: the chunks' copies here, the saturator's
+    // output planes to its thread.
+    let (inputs_back, spare_inputs) = channel::<Planes>();
+    let (outputs_back, spare_outputs) = channel::<Planes>();
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for (k, input) in sat_in {
+                let mut a = spare_outputs.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+                if k < chunks {
+                    sat.process(&slices(&input), &mut a);
+                } else {
+                    sat.finish(&mut a);
+                }
+                // A send fails only when this side has stopped reading (an error there).
+                let _ = inputs_back.send(input);
+                if from_sat.send(a).is_err() || k >= chunks {
+                    return;
+                }
+            }
+        });
+        let copy_out = |k: usize, pre: &Planes| -> (usize, Planes) {
+            let mut input = spare_inputs.try_recv().unwrap_or_else(|_| vec![Vec::new(); channels]);
+            let start = k * CHUNK_FRAMES;
+            let end = (start + CHUNK_FRAMES).min(frames);
+            for (i, c) in input.iter_mut().zip(pre.iter()) {
+                i.clear();
+                if k < chunks {
+                    i.extend_from_slice(&c[start..end]);
+                }
+            }
+            (k, input)
+        };
+        let mut stage = EnvelopeStage::new(channels);
+        let (mut b, mut e): (Planes, Vec<f32>) = (vec![Vec::new(); channels], Vec::new());
+        let mut sent = 0;
+        let mut written = 0;
+        let lost = || Error::Unsupported("internal: the saturator's thread stopped".into());
+        for k in 0..=chunks {
+            while sent <= chunks && sent < k + 2 {
+                to_sat.send(copy_out(sent, pre)).map_err(|_| lost())?;
+                sent += 1;
+            }
+            let mut a = sat_out.recv().map_err(|_| lost())?;
+            stage.process(&slices(&a), &mut b, &mut e);
+            if k == chunks {
+                stage.finish(&mut b, &mut e);
+            }
+            a.iter_mut().for_each(Vec::clear);
+            let _ = outputs_back.send(a);
+            m.push(&slices(&b), &e);
+            let n = e.len();
+            for (c, x) in pre.iter_mut().zip(&b) {
+                c[written..written + n].copy_from_slice(x);
+            }
+            env[written..written + n].copy_from_slice(&e);
+            written += n;
+            b.iter_mut().for_each(Vec::clear);
+            e.clear();
+        }
+        // The saturator's thread has ended (after the last message, or on an error here: this
+        // side's senders go with it).
+        drop(to_sat);
+        Ok(())
+    })
+}
+
 /// Gathers a [`Prepared`]'s measurements from chunks of the signal and its envelope.
 struct Measure {
     rate: u32,
@@ -1021,49 +1107,14 @@ fn prepare<'a>(
     let saturating = settings.saturation.enabled && saturation.is_some();
     match unsaturated {
         Some((mut pre, mut env)) if saturating => {
-            // Saturate the kept signal in place (each chunk is copied out before the saturator
-            // sees it, and its output lags behind its input), then take its envelope.
-            let mut sat = crate::render::stream::SaturatorStage::new(
+            let sat = crate::render::stream::SaturatorStage::new(
                 rate,
                 channels,
                 &settings.saturation,
                 settings.limiter.ceiling_dbtp,
                 quality,
             );
-            let mut stage = EnvelopeStage::new(channels);
-            let (mut input, mut a, mut b, mut e): (Planes, Planes, Planes, Vec<f32>) =
-                (vec![Vec::new(); channels], vec![Vec::new(); channels], vec![Vec::new(); channels], Vec::new());
-            let (mut start, mut written) = (0, 0);
-            loop {
-                let end = (start + CHUNK_FRAMES).min(frames);
-                if start < end {
-                    for (i, c) in input.iter_mut().zip(&pre) {
-                        i.clear();
-                        i.extend_from_slice(&c[start..end]);
-                    }
-                    sat.process(&slices(&input), &mut a);
-                } else {
-                    sat.finish(&mut a);
-                }
-                stage.process(&slices(&a), &mut b, &mut e);
-                if start >= end {
-                    stage.finish(&mut b, &mut e);
-                }
-                a.iter_mut().for_each(Vec::clear);
-                m.push(&slices(&b), &e);
-                let n = e.len();
-                for (c, x) in pre.iter_mut().zip(&b) {
-                    c[written..written + n].copy_from_slice(x);
-                }
-                env[written..written + n].copy_from_slice(&e);
-                written += n;
-                b.iter_mut().for_each(Vec::clear);
-                e.clear();
-                if start >= end {
-                    break;
-                }
-                start = end;
-            }
+            saturate_kept(&mut pre, &mut env, frames, sat, &mut m)?;
             store = Some((pre, env));
         }
         Some((pre, env)) => {
