@@ -397,9 +397,6 @@ pub fn master_stream(
     let mut depth = 0.0;
     let mut pass = 0;
     let mut spool: Option<Spool> = None;
-    // Whether the last intermediate pass's output needed a safety trim that the master's
-    // render does not carry (then the master likely needs one too).
-    let mut expect_trim = false;
     // The safety trim the last intermediate pass measured, dB (≤ 0): the master's render
     // carries it ([`crate::settings::LimiterSettings::output_trim_db`]), the loudness search
     // aims with it in place, and the master is written as its last reading measures it instead
@@ -442,17 +439,16 @@ pub fn master_stream(
             search: if last { 4 } else { 1 },
             trim_compensation,
             true_peak: pass + 1 >= opts.closed_loop_passes,
-            analyse: !expect_trim,
         };
         if last && spool.is_none() && opts.spool {
             let gains = matches!(prepared.pre, Pre::Cached { .. }) && settings.limiter.enabled;
             spool = Spool::create(opts.spool_dir.as_deref(), channels, gains);
         }
         // The last pass's readings write the master as they measure it, when the sink can be
-        // begun again (for a reading not kept) and the master is likely to be written as read
-        // (no safety trim expected). Else the master is written after the readings, from what
-        // the kept one limited.
-        let speculate = last && rounds.analyse && sink.rewindable();
+        // begun again (for a reading not kept): with the safety trim the render carries, the
+        // master is likely to be written as read. Else (a sink begun once, a trim needed on top)
+        // the master is written after the readings, from what the kept one limited.
+        let speculate = last && sink.rewindable();
         let info = WriteInfo {
             sample_rate_hz: rate,
             channel_count: channels,
@@ -483,12 +479,11 @@ pub fn master_stream(
         if last {
             break (prepared.pre, search);
         }
-        if settings.limiter.enabled && search.trim_db < 0.0 {
-            foreseen_trim_db =
-                (search.trim_db - TRIM_FORESIGHT_MARGIN_DB).max(crate::settings::limits::OUTPUT_TRIM_DB.0);
+        foreseen_trim_db = if search.trim_db < 0.0 {
+            (search.trim_db - TRIM_FORESIGHT_MARGIN_DB).max(crate::settings::limits::OUTPUT_TRIM_DB.0)
         } else {
-            expect_trim = search.trim_db < 0.0;
-        }
+            0.0
+        };
         let Some([mut out_mid, mut out_side]) =
             search.spectra.as_ref().map(|s| s.each_ref().map(|p| band_levels_db(p, &grid)))
         else {
@@ -1309,7 +1304,8 @@ struct Reading {
 /// How [`read_limited`] measures the limited output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meters {
-    /// Loudness, with the true peak when `true_peak`: an intermediate pass's reading.
+    /// Loudness, with the true peak when `true_peak`: an intermediate pass's reading, or a last
+    /// pass's retry once its master needs a trim on top (it is then written after).
     Levels { true_peak: bool },
     /// The whole analysis of a master ([`Analyzer`]), which holds the loudness and the true
     /// peak the search needs: a last-pass reading, which becomes the master's profile when the
@@ -1625,11 +1621,13 @@ fn loudness_loop(
     mut outlets: Outlets<'_, '_, '_>,
 ) -> Result<Search> {
     let (bias, depth) = learned;
-    let LoopRounds { search: rounds, trim_compensation, true_peak, analyse } = rounds;
-    let meters = |tp: bool| match (intermediate, analyse) {
-        (true, _) => Meters::Levels { true_peak: tp || true_peak },
-        (false, true) => Meters::Analysis,
-        (false, false) => Meters::Levels { true_peak: true },
+    let LoopRounds { search: rounds, trim_compensation, true_peak } = rounds;
+    let meters = |tp: bool| {
+        if intermediate {
+            Meters::Levels { true_peak: tp || true_peak }
+        } else {
+            Meters::Analysis
+        }
     };
     // Where the loudness a safety trim takes is not won back, the trim the render carries keeps
     // it too: the search aims that much under the target, at the drive it would have without.
@@ -1846,14 +1844,9 @@ pub struct LoopRounds {
     pub search: usize,
     /// Win back with more drive the loudness the safety trim takes.
     pub trim_compensation: bool,
-    /// An intermediate pass: measure the true peak too (the safety trim its output would need
-    /// tells the last pass whether its master is likely to be written as read).
+    /// An intermediate pass: measure the true peak too (the safety trim its output needs is
+    /// the one the master's render carries).
     pub true_peak: bool,
-    /// The last pass: its readings take the whole analysis of the output ([`Meters::Analysis`]),
-    /// which becomes the master's profile when no safety trim follows. Off when the last
-    /// intermediate pass needed a trim: the master then is analysed as it is written, and
-    /// the readings take only loudness and true peak.
-    pub analyse: bool,
 }
 
 /// Secant search for the drive (dB, within `lo..=hi`) at which `estimate(drive)` equals `aim`.
