@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::master::MAX_LIMITING_DB;
 use crate::render::eq::{mid_curve_db, side_curve_db};
 use crate::render::limiter::CEILING_MARGIN_DB;
+use crate::settings::limits::OUTPUT_TRIM_DB;
 use crate::settings::{CompressorBand, EqRender, Settings};
 use crate::solve::parametric::{response_db, ParametricBand, ParametricEq};
 
@@ -1171,7 +1172,7 @@ fn easyeffects_limiter(settings: &Settings) -> Value {
         "lookahead": round(l.lookahead_ms.clamp(0.1, 20.0), 3),
         "mode": "Herm Thin",
         // The safety trim refmaster's render carries after its limiter (0 dB on most masters).
-        "output-gain": round(l.output_trim_db.clamp(-12.0, 0.0), 2),
+        "output-gain": round(l.output_trim_db.clamp(OUTPUT_TRIM_DB.0, OUTPUT_TRIM_DB.1), 2),
         "oversampling": "Full x4(3L)",
         "release": round(l.release_ms.clamp(0.25, 20.0), 3),
         "sidechain-preamp": 0.0,

@@ -211,14 +211,20 @@ fn the_master_written_from_the_kept_reading_is_the_master_limited_again_and_its_
     eprintln!("true peaks of the masters (dBTP): {trims:?}");
 }
 
-/// A sink that can be begun only once (as the job's sink is while previews are kept): the
-/// master is then written after the last pass's readings instead of as they measure it.
-struct OneShot {
+/// A sink that collects the master and counts how often it was begun. One that cannot be
+/// begun again (`rewindable` false, as the job's sink while previews are kept) has the master
+/// written after the last pass's readings instead of as they measure it.
+#[derive(Default)]
+struct Counting {
     inner: CollectSink,
     begun: usize,
+    rewindable: bool,
 }
 
-impl MasterSink for OneShot {
+impl MasterSink for Counting {
+    fn rewindable(&self) -> bool {
+        self.rewindable
+    }
     fn begin(&mut self, info: &WriteInfo) -> refmaster::Result<()> {
         self.begun += 1;
         self.inner.begin(info)
@@ -239,31 +245,11 @@ fn writing_the_master_as_it_is_measured_or_after_gives_the_same_master_and_profi
         let opts = MasterOptions { memory_budget_bytes: budget, ..MasterOptions::default() };
         let mut speculative = CollectSink::default();
         let a = master_stream(&mix, &profile, &target, &opts, &|_| {}, &mut speculative).expect("masters");
-        let mut after = OneShot { inner: CollectSink::default(), begun: 0 };
+        let mut after = Counting::default();
         let b = master_stream(&mix, &profile, &target, &opts, &|_| {}, &mut after).expect("masters");
         assert_eq!(after.begun, 1, "a sink that cannot start over is begun once");
         assert!(speculative.audio == after.inner.audio, "budget {budget}: the masters differ");
         assert!(a.profile == b.profile && a.settings == b.settings, "budget {budget}: the outcome differs");
-    }
-}
-
-/// A rewindable sink that counts how often the master was begun.
-#[derive(Default)]
-struct Counting {
-    inner: CollectSink,
-    begun: usize,
-}
-
-impl MasterSink for Counting {
-    fn rewindable(&self) -> bool {
-        true
-    }
-    fn begin(&mut self, info: &WriteInfo) -> refmaster::Result<()> {
-        self.begun += 1;
-        self.inner.begin(info)
-    }
-    fn write(&mut self, first_frame: usize, chunk: &[&[f32]]) -> refmaster::Result<()> {
-        self.inner.write(first_frame, chunk)
     }
 }
 
@@ -285,7 +271,7 @@ fn a_safety_trim_foreseen_on_the_last_intermediate_pass_is_carried_into_the_mast
     let target = refmaster::source::profile_file(&shipped("demo_ref.ogg")).expect("profiles");
     for budget in [MasterOptions::default().memory_budget_bytes, 0] {
         let opts = MasterOptions { memory_budget_bytes: budget, ..MasterOptions::default() };
-        let mut sink = Counting::default();
+        let mut sink = Counting { rewindable: true, ..Counting::default() };
         let m = master_stream(&mix, &profile, &target, &opts, &|_| {}, &mut sink).expect("masters");
         let trim = m.settings.limiter.output_trim_db;
         assert!(trim < 0.0, "budget {budget}: no trim was carried into the render");
