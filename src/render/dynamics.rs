@@ -460,6 +460,7 @@ impl Compressor {
                 }
             }
         }
+        // Feedback, the detectors followed the block's output just above.
         self.state = state;
         if multiband {
             push_weights(&mut self.weights, &gains, mid.len());
